@@ -1,0 +1,216 @@
+"""Command line: ``python -m e4d fit|render|export|demo``.
+
+* ``fit --views DIR [--holdout 16,17,18,19] [--iterations N] [--preset paper|official-release] [--device cpu|cuda]
+  --out FILE.safetensors``: fit a view-matrix folder (the ``shared/data/cesium_man_walk`` layout), report PSNR/SSIM
+  (on white) on the held-out views, write the native 4D file.
+* ``render --model FILE --out VIDEO.mp4|.gif``: orbit video of a native file.
+* ``export --model FILE --out DIR``: per-time 3DGS PLY sequence of a native file.
+* ``demo [--out DIR]``: fit the bundled example and write all of the above (see :mod:`e4d.demo`).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+import torch
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: no CUDA device is visible; use --device cpu")
+    return dev
+
+
+def _int_list(text: str) -> List[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 16,17,18,19, got {text!r}") from e
+
+
+def _float_list(text: str) -> List[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers like 0,0.5,1, got {text!r}") from e
+
+
+# ------------------------------------------------------------------------------------------------ fit
+def cmd_fit(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from .export import save_native
+    from .fit import evaluate, fit, preset
+    from .viewmatrix import load_view_matrix
+
+    folder = Path(args.views)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"--views {folder}: folder not found; it must hold cameras.json and views/vVV/tTT.png")
+    dev = _device(args.device)
+    vm = load_view_matrix(folder)
+    holdout = args.holdout or []
+    bad = [v for v in holdout if not 0 <= v < vm.V]
+    if bad:
+        raise ValueError(f"--holdout {bad}: the folder has views 0..{vm.V - 1}")
+    train_ids = [v for v in range(vm.V) if v not in holdout]
+    if not train_ids:
+        raise ValueError(f"--holdout {holdout} leaves no training view (the folder has {vm.V})")
+    overrides = {k: v for k, v in {"iterations": args.iterations, "num_points": args.points, "seed": args.seed,
+                                   "backend": args.backend}.items() if v is not None}
+    if args.no_input:
+        overrides["use_input_view"] = False
+    cfg = preset(args.preset, **overrides)
+    vm = vm.to(dev)
+    train = vm.select_views(train_ids)
+    print(f"[e4d fit] {folder}: {train.T} times x {len(train_ids)} train views at {vm.W}x{vm.H} "
+          f"(input view: {train.has_input and cfg.use_input_view}), held out {holdout}; preset {args.preset}, "
+          f"{cfg.num_points} Gaussians, {cfg.iterations} iterations, device {dev}", file=sys.stderr)
+
+    def progress(step: int, total: int, info: dict) -> None:
+        if "loss" in info and not args.quiet:
+            print(f"[e4d fit] step {step}/{total} loss {info['loss']:.3f}", file=sys.stderr)
+
+    res = fit(train, config=cfg, callback=progress)
+    summary = {"fit_seconds": round(res.seconds, 3), "num_gaussians": res.gaussians.num, "out": str(args.out)}
+    if holdout:
+        test = dataclasses.replace(vm.select_views(holdout), input_images=None, input_alpha=None, input_camera=None)
+        ev = evaluate(res.gaussians, test, backend=cfg.backend, view_ids=holdout)
+        summary.update(heldout_psnr=round(ev["psnr"], 3), heldout_ssim=round(ev["ssim"], 4),
+                       per_view=[{k: (round(v, 4) if isinstance(v, float) else v) for k, v in p.items()}
+                                 for p in ev["per_view"]])
+        for p in ev["per_view"]:
+            print(f"[e4d fit] view {p['view']:>3}: PSNR {p['psnr']:.2f} dB  SSIM {p['ssim']:.4f}", file=sys.stderr)
+        print(f"[e4d fit] held-out mean: PSNR {ev['psnr']:.2f} dB  SSIM {ev['ssim']:.4f} (on white)", file=sys.stderr)
+    tr = (float(train.times.min()), float(train.times.max()))
+    save_native(res.gaussians, args.out, time_range=tr,
+                meta={"source": str(folder), "times": train.times.tolist(), "train_views": train_ids,
+                      "holdout": holdout, "fit": cfg.to_dict(), **{k: summary[k] for k in summary if "heldout" in k}})
+    print(json.dumps(summary))
+    return 0
+
+
+# --------------------------------------------------------------------------------------------- render
+def _model_times(path: Path, count: Optional[int]) -> List[float]:
+    from .export import read_native_meta
+
+    md = read_native_meta(path)
+    times = md["meta"].get("times")
+    if count is None and times:
+        return [float(t) for t in times]
+    t0, t1 = md["time_range"]
+    n = count or 16
+    return [t0 + (t1 - t0) * i / max(n - 1, 1) for i in range(n)]
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from .export import load_native, read_native_meta
+    from .orbit import OrbitConfig, orbit_render
+    from .video_io import write_video
+
+    dev = _device(args.device)
+    g = load_native(args.model, device=dev)
+    t0, t1 = read_native_meta(args.model)["time_range"]
+    cfg = OrbitConfig(mode=args.mode, frames=args.frames, elevation=args.elevation, radius=args.radius,
+                      resolution=args.size, time_start=t0, time_end=t1, fixed_time=args.fixed_time if
+                      args.fixed_time is not None else t0)
+    res = orbit_render(g, cfg, backend=args.backend)
+    path = write_video(res.frames, args.out, fps=args.fps)
+    print(json.dumps({"video": str(path), "frames": args.frames, "size": args.size}))
+    return 0
+
+
+# --------------------------------------------------------------------------------------------- export
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import load_native, save_ply_sequence
+
+    g = load_native(args.model)
+    times = args.times if args.times else _model_times(Path(args.model), args.count)
+    paths = save_ply_sequence(g, times, args.out, prefix=args.prefix, sh_degree_out=args.sh_degree_out)
+    print(json.dumps({"folder": str(args.out), "files": len(paths), "times": times}))
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------- demo
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import DEMO_DATA, run_demo
+
+    summary = run_demo(args.out, device=args.device, data=args.data or DEMO_DATA, iterations=args.iterations,
+                       orbit_frames=args.orbit_frames, orbit_size=args.orbit_size, points=args.points,
+                       print_fn=lambda s: print(s, file=sys.stderr, flush=True))
+    print(json.dumps(summary))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m e4d", description="Efficient4D core: fit, render and export 4D Gaussians.")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    f = sub.add_parser("fit", help="fit a view-matrix folder to 4D Gaussians")
+    f.add_argument("--views", required=True, help="view-matrix folder (cameras.json + views/vVV/tTT.png)")
+    f.add_argument("--holdout", type=_int_list, default=None, help="view ids to hold out and score, e.g. 16,17,18,19")
+    f.add_argument("--iterations", type=int, default=None, help="Adam steps (default: the preset's, 500)")
+    f.add_argument("--points", type=int, default=None, help="number of Gaussians (default 50000)")
+    f.add_argument("--preset", default="paper", choices=["paper", "official-release"])
+    f.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
+    f.add_argument("--backend", default=None, choices=["auto", "gsplat", "reference"])
+    f.add_argument("--seed", type=int, default=None)
+    f.add_argument("--no-input", action="store_true", help="do not train on the input-video view")
+    f.add_argument("--quiet", action="store_true", help="no per-step loss lines")
+    f.add_argument("--out", required=True, type=Path, help="output native file (.safetensors)")
+    f.set_defaults(func=cmd_fit)
+
+    r = sub.add_parser("render", help="orbit video (.mp4/.gif) of a native 4D file")
+    r.add_argument("--model", required=True, type=Path)
+    r.add_argument("--out", required=True, type=Path, help="video path ending in .mp4 or .gif")
+    r.add_argument("--mode", default="orbit", choices=["orbit", "fixed_time", "fixed_view"])
+    r.add_argument("--frames", type=int, default=60)
+    r.add_argument("--size", type=int, default=256)
+    r.add_argument("--elevation", type=float, default=30.0)
+    r.add_argument("--radius", type=float, default=1.5)
+    r.add_argument("--fixed-time", type=float, default=None)
+    r.add_argument("--fps", type=float, default=24.0)
+    r.add_argument("--device", default="auto")
+    r.add_argument("--backend", default="auto", choices=["auto", "gsplat", "reference"])
+    r.set_defaults(func=cmd_render)
+
+    e = sub.add_parser("export", help="per-time 3DGS PLY sequence of a native 4D file")
+    e.add_argument("--model", required=True, type=Path)
+    e.add_argument("--out", required=True, type=Path, help="output folder")
+    e.add_argument("--times", type=_float_list, default=None, help="normalized times (default: the fitted ones)")
+    e.add_argument("--count", type=int, default=None, help="evenly spaced times over the model's time range")
+    e.add_argument("--prefix", default="frame")
+    e.add_argument("--sh-degree-out", type=int, default=None, help="pad/truncate SH (3 for viewers expecting 45 f_rest)")
+    e.set_defaults(func=cmd_export)
+
+    d = sub.add_parser("demo", help="fit the bundled example; write video, PLYs and the native file")
+    d.add_argument("--out", type=Path, default=Path("e4d_demo_out"))
+    d.add_argument("--device", default="auto")
+    d.add_argument("--iterations", type=int, default=None, help="override the step count (tests)")
+    d.add_argument("--points", type=int, default=None, help="override the number of Gaussians (tests)")
+    d.add_argument("--orbit-frames", type=int, default=None, help="frames of the orbit video (default 96 GPU / 32 CPU)")
+    d.add_argument("--orbit-size", type=int, default=None, help="orbit video size (default 256 GPU / 128 CPU)")
+    d.add_argument("--data", type=Path, default=None, help=argparse.SUPPRESS)
+    d.set_defaults(func=cmd_demo)
+    return ap
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point; returns the exit code. User errors print one line (no traceback) and return 2."""
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"e4d {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+__all__ = ["main", "build_parser"]

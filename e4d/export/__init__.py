@@ -1,0 +1,10 @@
+"""Exports of fitted 4D Gaussians.
+
+* :mod:`e4d.export.native`: the native 4D file (safetensors + metadata), lossless round trip.
+* :mod:`e4d.export.ply`: per-timestamp standard 3DGS PLY (INRIA layout).
+* ``e4d.export.splatv`` / ``e4d.export.splat`` / ``e4d.export.compact4d``: web-viewer formats (imported on demand).
+"""
+from .native import load_native, read_native_meta, save_native
+from .ply import read_ply, save_ply, save_ply_sequence
+
+__all__ = ["save_native", "load_native", "read_native_meta", "save_ply", "save_ply_sequence", "read_ply"]

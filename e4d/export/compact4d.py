@@ -1,0 +1,214 @@
+"""Compact 4D Gaussian file for the in-browser player (``web/js/e4d_player.js``).
+
+The player slices the 4D Gaussians at time t on the GPU (paper eq. 4-6), so the file carries, per Gaussian,
+the 4D mean, the full 4D covariance (its upper triangle) and a colour. Layout (all little-endian)::
+
+    offset 0   4 bytes  magic  b"E4DC"
+    offset 4   u32      version (1)
+    offset 8   u32      N, number of Gaussians
+    offset 12  u32      J, byte length of the JSON header (padded with spaces to a multiple of 4)
+    offset 16  J bytes  JSON header, UTF-8 (see :func:`write_compact4d`; it lists every array with offset)
+    then       f32 [N, 4]   means (x, y, z, t); world +Z up, t in the clip's time units
+               f32 [N, 10]  upper triangle of the 4D covariance Sigma, row-major:
+                            xx xy xz xt yy yz yt zz zt tt
+               u8  [N, 4]   r, g, b (degree-0 colour 0.5 + C0 * dc) and a = sigmoid(opacity_logit), x255
+
+The covariance is stored in float32 on purpose: the conditional covariance Sigma_xyz - Sigma_xt Sigma_tx / Sigma_tt
+subtracts two close numbers for thin, fast-moving Gaussians and float16 would cancel them to noise.
+50,000 Gaussians take 3.0 MB.
+"""
+from __future__ import annotations
+
+import json
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from e4d.atomic import atomic_path
+
+MAGIC = b"E4DC"
+VERSION = 1
+SH_C0 = 0.28209479177387814
+"""Degree-0 real spherical-harmonic constant; rgb = 0.5 + SH_C0 * dc (3DGS convention)."""
+COV_ORDER = ("xx", "xy", "xz", "xt", "yy", "yz", "yt", "zz", "zt", "tt")
+_TRIU = [(0, 0), (0, 1), (0, 2), (0, 3), (1, 1), (1, 2), (1, 3), (2, 2), (2, 3), (3, 3)]
+DEFAULT_CULL = 0.05
+"""The paper's threshold: a Gaussian whose temporal marginal at t is <= 0.05 is dropped from the slice."""
+
+PathLike = Union[str, os.PathLike]
+
+
+# ----------------------------------------------------------------------------------------------- the 4D maths
+def gaussian_covariances(g: Any) -> Tensor:
+    """``[N, 4, 4]`` float64 4D covariances ``Sigma = R S S^T R^T`` of 4D Gaussians ``g`` (paper eq. 4).
+
+    Uses the core's :func:`e4d.rotation4d.covariance_4d`, so the player shows exactly what the renderer draws;
+    computed in float64 on the CPU because the conditional covariance later subtracts two close numbers.
+    """
+    from e4d.rotation4d import covariance_4d
+
+    ls, ql, qr = (getattr(g, k).detach().to("cpu", torch.float64) for k in ("log_scales", "rot_l", "rot_r"))
+    return covariance_4d(ls, ql, qr)
+
+
+def condition_on_time(cov: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Split 4D covariances ``[N, 4, 4]`` for slicing (paper eq. 5-6, :mod:`e4d.slicing`).
+
+    Returns ``(velocity [N, 3], cov3 [N, 3, 3], var_t [N])``: the conditional mean at time t is
+    ``mu_xyz + velocity * (t - mu_t)``, the conditional covariance is ``cov3`` (independent of t) and the
+    temporal marginal is ``exp(-0.5 (t - mu_t)^2 / var_t)``.
+    """
+    from e4d.slicing import conditional_covariance
+
+    var_t = cov[:, 3, 3].clamp_min(1e-20)
+    cross = cov[:, :3, 3]
+    return cross / var_t[:, None], conditional_covariance(cov[:, :3, :3], cross, var_t), var_t
+
+
+def rgb_and_opacity(g: Any) -> tuple[Tensor, Tensor]:
+    """Degree-0 colour ``[N, 3]`` in [0, 1] and opacity ``[N]`` in (0, 1) of 4D Gaussians ``g``.
+
+    View-dependent bands are dropped (the player draws degree 0); with temporal harmonics the colour is taken at
+    each Gaussian's temporal centre, where its opacity peaks.
+    """
+    sh = g.sh.detach().to("cpu", torch.float64)
+    if sh.ndim == 4:  # [N, 1 + time_degree, K, 3]: every temporal cosine is 1 at the Gaussian's own centre
+        dc = sh[:, :, 0, :].sum(dim=1)
+    elif sh.ndim == 3:  # [N, K, 3]
+        dc = sh[:, 0, :]
+    else:
+        raise ValueError(f"Gaussians4D.sh must be [N, 1+time_degree, K, 3] or [N, K, 3], got {tuple(sh.shape)}")
+    rgb = (0.5 + SH_C0 * dc).clamp(0.0, 1.0)
+    opacity = torch.sigmoid(g.opacity_logit.detach().to("cpu", torch.float64).reshape(-1))
+    return rgb, opacity
+
+
+def check_gaussians(g: Any) -> int:
+    """Validate the fields the exporters read; returns N. Raises ValueError/TypeError naming the field."""
+    for name in ("means", "log_scales", "rot_l", "rot_r", "opacity_logit", "sh"):
+        if not isinstance(getattr(g, name, None), Tensor):
+            raise TypeError(f"expected 4D Gaussians with a tensor field {name!r} (e4d.gaussians4d.Gaussians4D), "
+                            f"got {type(g).__name__} without it")
+    n = int(g.means.shape[0])
+    for name, shape in (("means", (n, 4)), ("log_scales", (n, 4)), ("rot_l", (n, 4)), ("rot_r", (n, 4))):
+        if tuple(getattr(g, name).shape) != shape:
+            raise ValueError(f"Gaussians4D.{name} must be {list(shape)} (N={n}), got {list(getattr(g, name).shape)}")
+    if g.opacity_logit.numel() != n or g.sh.shape[0] != n:
+        raise ValueError(f"Gaussians4D.opacity_logit / sh must have N={n} rows, got {tuple(g.opacity_logit.shape)}"
+                         f" and {tuple(g.sh.shape)}")
+    if n == 0:
+        raise ValueError("there are no Gaussians to export (N=0); check the fit's pruning settings")
+    if not torch.isfinite(g.means).all() or not torch.isfinite(g.log_scales).all():
+        raise ValueError("Gaussians4D.means / log_scales contain NaN or inf; the fit diverged (lower the learning rate)")
+    return n
+
+
+# ----------------------------------------------------------------------------------------------- the file
+@dataclass
+class Compact4D:
+    """A compact 4D file in memory (what :func:`read_compact4d` returns)."""
+
+    header: dict
+    """The JSON header (format, version, count, time_range, center, radius, cull_threshold, fields, extras)."""
+    means: np.ndarray
+    """``[N, 4]`` float32 (x, y, z, t)."""
+    cov: np.ndarray
+    """``[N, 10]`` float32 upper triangle of Sigma in :data:`COV_ORDER`."""
+    rgba: np.ndarray
+    """``[N, 4]`` uint8 colour and opacity."""
+
+    def covariance(self) -> np.ndarray:
+        """The full symmetric ``[N, 4, 4]`` covariances (float64)."""
+        out = np.zeros((len(self.cov), 4, 4))
+        for k, (i, j) in enumerate(_TRIU):
+            out[:, i, j] = out[:, j, i] = self.cov[:, k]
+        return out
+
+
+def compact4d_bytes(g: Any, time_range: Sequence[float] = (0.0, 1.0), extras: Optional[dict] = None) -> bytes:
+    """Encode 4D Gaussians ``g`` into the compact player format (see the module docstring).
+
+    Args:
+        g: :class:`e4d.gaussians4d.Gaussians4D` (means ``[N, 4]``, log_scales ``[N, 4]``, rot_l/rot_r ``[N, 4]``,
+            opacity_logit ``[N]``, sh ``[N, 1+Tdeg, K, 3]``); any device/dtype, read on CPU.
+        time_range: the clip's time span ``(t0, t1)``, which the player's slider covers.
+        extras: additional JSON-serialisable header entries (e.g. ``{"background": "white", "autoplay": True}``).
+    """
+    n = check_gaussians(g)
+    t0, t1 = float(time_range[0]), float(time_range[1])
+    if not t1 > t0:
+        raise ValueError(f"time_range must have t1 > t0, got {tuple(time_range)}")
+    means = g.means.detach().to("cpu", torch.float64)
+    cov = gaussian_covariances(g)
+    rgb, opacity = rgb_and_opacity(g)
+    tri = torch.stack([cov[:, i, j] for i, j in _TRIU], -1)
+
+    centre = means[:, :3].median(dim=0).values  # robust to a few far-away floaters
+    radius = float(torch.quantile((means[:, :3] - centre).norm(dim=-1), 0.98)) if n > 1 else 0.5
+    means32 = means.numpy().astype("<f4")
+    tri32 = tri.numpy().astype("<f4")
+    rgba = np.concatenate([rgb.numpy(), opacity.numpy()[:, None]], 1)
+    rgba8 = np.clip(np.round(rgba * 255.0), 0, 255).astype(np.uint8)
+
+    fields = []
+    header = {"format": "e4d-compact4d", "version": VERSION, "count": n, "time_range": [t0, t1],
+              "cull_threshold": DEFAULT_CULL, "center": [float(x) for x in centre], "radius": max(radius, 1e-3),
+              "up": [0.0, 0.0, 1.0], "sh_degree": 0, "cov_order": list(COV_ORDER), "fields": fields}
+    header.update(extras or {})
+    # Offsets depend on the header length, which depends on the offsets' digits: iterate to a fixed point.
+    js = b""
+    for _ in range(4):
+        base = 16 + len(js)
+        off = base
+        fields.clear()
+        for name, arr, dt in (("means", means32, "float32"), ("cov", tri32, "float32"), ("rgba", rgba8, "uint8")):
+            fields.append({"name": name, "dtype": dt, "shape": list(arr.shape), "offset": off})
+            off += arr.nbytes
+        new = json.dumps(header, separators=(",", ":")).encode("utf-8")
+        new += b" " * (-len(new) % 4)
+        if len(new) == len(js):
+            break
+        js = new
+    js = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    js += b" " * (-len(js) % 4)
+    assert 16 + len(js) == fields[0]["offset"], "header length did not settle"
+    return b"".join([MAGIC, struct.pack("<III", VERSION, n, len(js)), js,
+                     means32.tobytes(), tri32.tobytes(), rgba8.tobytes()])
+
+
+def write_compact4d(g: Any, path: PathLike, time_range: Sequence[float] = (0.0, 1.0),
+                    extras: Optional[dict] = None) -> Path:
+    """Write :func:`compact4d_bytes` to ``path`` atomically (a cancelled write leaves no partial file)."""
+    data = compact4d_bytes(g, time_range, extras)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return path
+
+
+def read_compact4d(path_or_bytes: Union[PathLike, bytes]) -> Compact4D:
+    """Parse a compact 4D file (path or bytes); raises ValueError with the reason for anything malformed."""
+    data = path_or_bytes if isinstance(path_or_bytes, (bytes, bytearray)) else Path(path_or_bytes).read_bytes()
+    if len(data) < 16 or data[:4] != MAGIC:
+        raise ValueError(f"not an Efficient4D compact file: magic {bytes(data[:4])!r}, expected {MAGIC!r}")
+    version, n, jlen = struct.unpack_from("<III", data, 4)
+    if version != VERSION:
+        raise ValueError(f"compact 4D version {version} is not supported (this reader knows {VERSION}); re-export")
+    header = json.loads(bytes(data[16:16 + jlen]).decode("utf-8"))
+    arrays = {}
+    for f in header["fields"]:
+        dt = np.dtype("<f4") if f["dtype"] == "float32" else np.dtype(np.uint8)
+        count = int(np.prod(f["shape"]))
+        end = f["offset"] + count * dt.itemsize
+        if end > len(data):
+            raise ValueError(f"compact 4D file is truncated: field {f['name']} ends at {end}, file has {len(data)} bytes")
+        arrays[f["name"]] = np.frombuffer(data, dtype=dt, count=count, offset=f["offset"]).reshape(f["shape"])
+    if header.get("count") != n:
+        raise ValueError(f"compact 4D header count {header.get('count')} != {n} in the binary header")
+    return Compact4D(header, arrays["means"], arrays["cov"], arrays["rgba"])

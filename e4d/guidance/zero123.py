@@ -1,0 +1,308 @@
+"""Score distillation (SDS) with Zero-1-to-3 as the 4D fit's "lightly weighted" prior (Efficient4D eq. 8, 14).
+
+Each fit iteration the fit asks :meth:`Zero123Guidance.sample_cameras` for one random novel view per sampled
+time (Δelevation in [-30, 30), Δazimuth in [-180, 180), same radius as the input camera, 256²), renders the 4D
+Gaussians there, and adds ``weight * loss(renders, ...)``. The loss is built so that its gradient with respect to
+the VAE latent of the render is the SDS gradient ``w(t) (ε̂ - ε)`` (Poole et al. 2022, eq. 3), which autograd then
+carries through the VAE encoder into the renderer. Conditioning follows DreamGaussian's zero123 guidance (the
+recipe reused by DreamGaussian4D / STAG4D / 4DGen): CLIP image embedding of the input frame of the sampled time +
+camera 4-vector through ``cc_projection``, plus the frame's VAE latent concatenated to the UNet input; the
+unconditional branch zeroes both; classifier-free guidance 5; ``w(t) = 1 - ᾱ_t``; t annealed from t_max to t_min.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..cameras import Cameras, orbit_cameras
+from .camera_embed import VARIANTS, orbit_coordinates, sample_relative_views, zero123_camera_embedding
+from .loader import Zero123Components
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SDSConfig:
+    """Hyper-parameters of the Zero123 SDS guidance (defaults: DreamGaussian's zero123 recipe, paper λ_SDS = 1)."""
+
+    variant: str = "zero123-xl"
+    """``zero123-xl`` (camera 4-vector ends with Δradius) or ``stable-zero123`` (ends with the reference polar)."""
+    weight: float = 1.0
+    """λ_SDS: the fit multiplies :meth:`Zero123Guidance.loss` by this (Efficient4D eq. 14 uses 1)."""
+    guidance_scale: float = 5.0
+    """Classifier-free guidance scale s in ε̂ = ε_u + s (ε_c - ε_u)."""
+    t_min: float = 0.02
+    """Smallest diffusion time as a fraction of the 1000 training steps."""
+    t_max: float = 0.98
+    """Largest diffusion time as a fraction of the 1000 training steps."""
+    anneal: bool = True
+    """Anneal t linearly from t_max (step 0) to t_min (last step), one t per batch; else uniform random per view."""
+    elevation_range: tuple[float, float] = (-30.0, 30.0)
+    """Δelevation of the novel view relative to the input camera, degrees, sampled uniformly in [lo, hi)."""
+    azimuth_range: tuple[float, float] = (-180.0, 180.0)
+    """Δazimuth relative to the input camera, degrees, uniform in [lo, hi)."""
+    max_abs_elevation: float = 80.0
+    """Absolute elevations are clamped to ±this (the +Z-up look-at is undefined at the poles)."""
+    render_size: int = 256
+    """Side of the square novel-view render (zero123 works at 256² -> 32² latents)."""
+    reduction: str = "mean"
+    """``mean``: loss averaged over the B views (dL/dz = g / B, as DreamGaussian4D); ``sum``: dL/dz = g."""
+    seed: int = 0
+    """Seed of the SDS noise and VAE posterior samples (the views come from the fit's generator)."""
+
+
+def sds_timesteps(step: int, total: int, batch: int, t_min: float, t_max: float, anneal: bool,
+                  generator: Optional[torch.Generator] = None, num_train_timesteps: int = 1000) -> Tensor:
+    """Diffusion timesteps ``[B]`` (int64, CPU) for fit iteration ``step`` of ``total``.
+
+    Annealed: ``t = round(hi - (hi - lo) * step / total)`` shared by the batch, so step 0 gives ``t_max`` and the
+    last step gives ``t_min`` (DreamGaussian's ``(1 - step/iters) * 1000`` clipped to [20, 980] differs only at the
+    clipped ends). Otherwise uniform integers in ``[lo, hi]`` per view.
+    """
+    if not 0.0 <= t_min <= t_max <= 1.0:
+        raise ValueError(f"need 0 <= t_min <= t_max <= 1, got t_min={t_min}, t_max={t_max}")
+    if total < 1 or batch < 1:
+        raise ValueError(f"total steps and batch must be >= 1, got total={total}, batch={batch}")
+    lo = int(round(t_min * num_train_timesteps))
+    hi = min(int(round(t_max * num_train_timesteps)), num_train_timesteps - 1)
+    lo = min(lo, hi)
+    if anneal:
+        frac = min(max(step / total, 0.0), 1.0)
+        return torch.full((batch,), int(round(hi - (hi - lo) * frac)), dtype=torch.long)
+    dev = generator.device if generator is not None else torch.device("cpu")
+    return torch.randint(lo, hi + 1, (batch,), generator=generator, device=dev).cpu()
+
+
+def sds_weight(alphas_cumprod: Tensor, t: Tensor) -> Tensor:
+    """w(t) = 1 - ᾱ_t, ``[B]`` (DreamFusion's choice, used by all zero123 SDS implementations)."""
+    return 1.0 - alphas_cumprod.to(t.device)[t]
+
+
+def sds_gradient(eps_pred: Tensor, eps: Tensor, w: Tensor) -> Tensor:
+    """SDS gradient on the latent, paper eq. 8: ``g = w(t) (ε̂ - ε)``, ``[B, 4, h, w]`` (NaNs zeroed)."""
+    g = w.float().view(-1, 1, 1, 1) * (eps_pred.float() - eps.float())
+    return torch.nan_to_num(g)
+
+
+def sds_loss(latents: Tensor, grad: Tensor, reduction: str = "mean") -> Tensor:
+    """Surrogate whose gradient w.r.t. ``latents`` is ``grad`` (``/ B`` for ``mean``): ``½‖z - sg(z - g)‖²``."""
+    if latents.shape != grad.shape:
+        raise ValueError(f"latents {tuple(latents.shape)} and SDS gradient {tuple(grad.shape)} must match")
+    target = (latents.float() - grad).detach()
+    loss = 0.5 * F.mse_loss(latents.float(), target, reduction="sum")
+    if reduction == "mean":
+        return loss / latents.shape[0]
+    if reduction == "sum":
+        return loss
+    raise ValueError(f"SDS reduction must be 'mean' or 'sum', got {reduction!r}")
+
+
+def cfg_noise_prediction(unet, z_t: Tensor, t: Tensor, cond: Tensor, ref_latents: Tensor, scale: float) -> Tensor:
+    """ε̂ with classifier-free guidance, ``[B, 4, h, w]``.
+
+    The conditional branch sees ``[z_t | reference latent]`` (8 channels) and the projected CLIP+camera token;
+    the unconditional branch zeroes both (zero123 was trained with this dropout). One UNet call on a 2B batch.
+    """
+    B = z_t.shape[0]
+    x = torch.cat([torch.cat([z_t, z_t]), torch.cat([ref_latents, torch.zeros_like(ref_latents)])], dim=1)
+    ehs = torch.cat([cond, torch.zeros_like(cond)])
+    dt = next(unet.parameters()).dtype
+    out = unet(x.to(dt), torch.cat([t, t]).to(z_t.device), encoder_hidden_states=ehs.to(dt)).sample
+    eps_c, eps_u = out[:B].float(), out[B:].float()
+    return eps_u + scale * (eps_c - eps_u)
+
+
+def clip_pixels(processor, images: Tensor) -> Tensor:
+    """CLIP inputs ``[N, 3, 224, 224]`` from RGB ``[N, H, W, 3]`` in [0, 1], through the repo's CLIPImageProcessor
+    on uint8 (the PIL path zero123 and DreamGaussian use: bicubic resize, centre crop, CLIP mean/std)."""
+    arr = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+    return processor(images=list(arr), return_tensors="pt").pixel_values
+
+
+@dataclass
+class ReferenceCache:
+    """Per-frame conditioning computed once in :meth:`Zero123Guidance.prepare`."""
+
+    clip: Tensor  # [T, D] CLIP image_embeds of each input frame
+    latents: Tensor  # [T, 4, h, w] unscaled VAE latents (posterior mode) of each input frame at render size
+    azimuth: float  # reference (input) camera orbit coordinates, degrees / world units
+    elevation: float
+    radius: float
+    focal: float  # focal length in pixels at render_size
+    frames_encoded: int = 0
+
+
+Loader = Callable[[], Zero123Components]
+
+
+class Zero123Guidance:
+    """Zero123 SDS guidance implementing the fit's Guidance protocol (``weight``, ``prepare``, ``sample_cameras``,
+    ``loss``).
+
+    Args:
+        model: loaded :class:`Zero123Components`, or a zero-argument callable returning them; the callable is only
+            invoked on :meth:`prepare`, so a guidance object built by a ComfyUI node holds no GPU memory until the
+            fit uses it.
+        config: :class:`SDSConfig`.
+        device: where to run (default: the view matrix's device at :meth:`prepare`).
+        dtype: model dtype (default fp16 on CUDA, fp32 elsewhere).
+    """
+
+    def __init__(self, model: Union[Zero123Components, Loader], config: SDSConfig = SDSConfig(),
+                 device: Optional[Union[str, torch.device]] = None, dtype: Optional[torch.dtype] = None) -> None:
+        if config.variant not in VARIANTS:
+            raise ValueError(f"SDSConfig.variant must be one of {VARIANTS}, got {config.variant!r}")
+        self.config = config
+        self._model = model if isinstance(model, Zero123Components) else None
+        self._loader = None if isinstance(model, Zero123Components) else model
+        self.device = None if device is None else torch.device(device)
+        self.dtype = dtype
+        self.cache: Optional[ReferenceCache] = None
+        self._alphas: Optional[Tensor] = None
+        self._pending: Optional[tuple[Tensor, Tensor, Tensor]] = None
+        self._gen: Optional[torch.Generator] = None
+        self.last: dict = {}
+        self.keep_debug = False
+
+    # -- protocol -------------------------------------------------------------------------------
+    @property
+    def weight(self) -> float:
+        return float(self.config.weight)
+
+    @property
+    def components(self) -> Zero123Components:
+        if self._model is None:
+            raise RuntimeError("Zero123Guidance.prepare(vm) must be called before use (it loads the model)")
+        return self._model
+
+    def _ensure_model(self, device: torch.device) -> Zero123Components:
+        if self._model is None:
+            self._model = self._loader()
+        dtype = self.dtype or (torch.float16 if device.type == "cuda" else torch.float32)
+        if self._model.device != device or self._model.dtype != dtype:
+            self._model.to(device=device, dtype=dtype)
+        if self._alphas is None:
+            self._alphas = self._model.alphas_cumprod()
+        return self._model
+
+    def prepare(self, vm) -> None:
+        """Encode every input frame once (CLIP embedding + VAE latent) and remember the input camera.
+
+        Uses ``vm.input_images`` / ``vm.input_camera`` when the view matrix has them, otherwise view 0 of the
+        matrix (its camera and images) as the reference.
+        """
+        if vm.has_input:
+            frames, cam = vm.input_images, vm.input_camera
+        else:
+            frames, cam = vm.images[:, 0], vm.cameras[[0]]
+        device = self.device or vm.images.device
+        comps = self._ensure_model(device)
+        az, el, r = (float(x[0]) for x in orbit_coordinates(cam))
+        focal = float(cam.K[0, 0, 0]) * self.config.render_size / cam.width
+        clip, lat = encode_references(comps, frames.to(device), self.config.render_size)
+        self.cache = ReferenceCache(clip, lat, az, el, r, focal, frames_encoded=int(frames.shape[0]))
+        self._gen = torch.Generator(device=device).manual_seed(int(self.config.seed))
+        self._pending = None
+
+    def sample_cameras(self, time_idx: Tensor, step: int, total: int,
+                       generator: Optional[torch.Generator] = None) -> Cameras:
+        """One random novel view per entry of ``time_idx`` ``[B]`` (relative to the input camera, same radius)."""
+        c = self._require_cache()
+        if time_idx.ndim != 1 or time_idx.numel() == 0:
+            raise ValueError(f"time_idx must be a non-empty [B] index tensor, got shape {tuple(time_idx.shape)}")
+        B, cfg = int(time_idx.numel()), self.config
+        d_el, d_az = sample_relative_views(B, cfg.elevation_range, cfg.azimuth_range, generator)
+        el = (c.elevation + d_el).clamp(-cfg.max_abs_elevation, cfg.max_abs_elevation)
+        cams = orbit_cameras(c.azimuth + d_az, el, c.radius, cfg.render_size, c.focal)
+        self._pending = (time_idx.detach().cpu().clone(), el - c.elevation, d_az)
+        return cams.to(c.latents.device)
+
+    def loss(self, renders: Tensor, time_idx: Tensor, step: int, total: int) -> Tensor:
+        """SDS surrogate loss (unweighted; the fit multiplies by ``weight``) for renders ``[B, 3, H, W]`` in [0, 1]
+        of the cameras returned by the last :meth:`sample_cameras` call for the same ``time_idx``."""
+        z, t, eps, g = self._sds_terms(renders, time_idx, step, total)
+        return sds_loss(z, g, self.config.reduction)
+
+    # -- pieces (shared with the refine guidance) -----------------------------------------------
+    def _require_cache(self) -> ReferenceCache:
+        if self.cache is None:
+            raise RuntimeError("call Zero123Guidance.prepare(view_matrix) before sampling cameras or computing the loss")
+        return self.cache
+
+    def condition_tokens(self, time_idx: Tensor) -> Tensor:
+        """``[B, 1, D]`` projected CLIP + camera tokens for the views of the last :meth:`sample_cameras` call."""
+        c = self._require_cache()
+        if self._pending is None or not torch.equal(self._pending[0], time_idx.detach().cpu()):
+            raise ValueError("loss() must follow sample_cameras() with the same time_idx; got "
+                             f"{time_idx.tolist()}, last sampled {None if self._pending is None else self._pending[0].tolist()}")
+        _, d_el, d_az = self._pending
+        B = d_el.shape[0]
+        emb = zero123_camera_embedding(d_el, d_az, torch.zeros(B), torch.full((B,), c.elevation), self.config.variant)
+        comps = self.components
+        idx = time_idx.to(c.clip.device).long()
+        x = torch.cat([c.clip[idx][:, None, :].float(), emb.to(c.clip.device)], dim=-1)
+        return comps.camera_projection(x.to(comps.dtype))
+
+    def encode_renders(self, renders: Tensor) -> Tensor:
+        """Scaled VAE latents ``[B, 4, s/8, s/8]`` of renders ``[B, 3, H, W]`` in [0, 1], differentiable."""
+        comps, s = self.components, self.config.render_size
+        if renders.shape[-2:] != (s, s):
+            renders = F.interpolate(renders, (s, s), mode="bilinear", align_corners=False)
+        x = (renders * 2.0 - 1.0).to(comps.dtype)
+        post = comps.vae.encode(x).latent_dist
+        return post.sample(generator=self._gen) * comps.vae.config.scaling_factor
+
+    def _sds_terms(self, renders: Tensor, time_idx: Tensor, step: int, total: int):
+        c, cfg = self._require_cache(), self.config
+        if renders.ndim != 4 or renders.shape[1] != 3:
+            raise ValueError(f"renders must be [B, 3, H, W] in [0, 1], got {tuple(renders.shape)}")
+        if time_idx.shape != (renders.shape[0],):
+            raise ValueError(f"time_idx must be [B]=[{renders.shape[0]}], got {tuple(time_idx.shape)}")
+        comps = self.components
+        B = renders.shape[0]
+        cond = self.condition_tokens(time_idx)
+        z = self.encode_renders(renders)
+        t = sds_timesteps(step, total, B, cfg.t_min, cfg.t_max, cfg.anneal, self._gen).to(z.device)
+        with torch.no_grad():
+            eps = torch.randn(z.shape, generator=self._gen, device=z.device, dtype=torch.float32)
+            ab = self._alphas.to(z.device)[t].view(-1, 1, 1, 1)
+            z_t = ab.sqrt() * z.detach().float() + (1 - ab).sqrt() * eps
+            ref = c.latents[time_idx.to(c.latents.device).long()]
+            eps_pred = cfg_noise_prediction(comps.unet, z_t, t, cond, ref, cfg.guidance_scale)
+            g = sds_gradient(eps_pred, eps, sds_weight(self._alphas, t.cpu()).to(z.device))
+        if self.keep_debug:
+            if z.requires_grad:
+                z.retain_grad()
+            self.last = dict(latents=z, t=t, eps=eps, z_t=z_t, eps_pred=eps_pred, grad=g, cond=cond.detach(), ref=ref)
+        return z, t, eps, g
+
+    def release(self) -> None:
+        """Drop the model and the caches (frees GPU memory; the next prepare() reloads through the loader)."""
+        if self._loader is not None:
+            self._model = None
+        self.cache, self._pending, self._alphas = None, None, None
+
+
+@torch.no_grad()
+def encode_references(comps: Zero123Components, frames: Tensor, size: int = 256, chunk: int = 8
+                      ) -> tuple[Tensor, Tensor]:
+    """CLIP image embeddings ``[T, D]`` and unscaled VAE latents ``[T, 4, size/8, size/8]`` of frames
+    ``[T, H, W, 3]`` in [0, 1] on white (zero123's ``c_concat`` is the posterior mode without the 0.18215 scale)."""
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"reference frames must be [T, H, W, 3] in [0, 1], got {tuple(frames.shape)}")
+    dev, dt = comps.device, comps.dtype
+    clips, lats = [], []
+    for i in range(0, frames.shape[0], chunk):
+        f = frames[i:i + chunk]
+        px = clip_pixels(comps.image_processor, f).to(dev, dt)
+        clips.append(comps.image_encoder(pixel_values=px).image_embeds.float())
+        x = f.permute(0, 3, 1, 2).float()
+        if x.shape[-2:] != (size, size):
+            x = F.interpolate(x, (size, size), mode="bilinear", align_corners=False)
+        lats.append(comps.vae.encode((x * 2 - 1).to(dev, dt)).latent_dist.mode().float())
+    return torch.cat(clips), torch.cat(lats)

@@ -1,0 +1,192 @@
+"""SyncDreamer-T sampling: K input frames -> K x 16 views (Efficient4D stage 1, §4.1).
+
+Per DDIM step: (1) the spatial volume of every frame from its 16 noisy views, (2) temporal smoothing of the K
+volumes (eq. 10/15), (3) the UNet over all (frame, view) pairs in chunks of ``view_batch``, (4) the DDIM update of
+all latents. The frame is the batch dimension; one initial noise is shared by all frames (as Efficient4D).
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+from ..progress import ProgressCallback, report
+from .model import Condition, SyncDreamer
+from .schedule import ddim_schedule, ddim_step
+from .temporal import parse_kernel, smooth_volumes
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SamplerConfig:
+    """SyncDreamer-T sampling parameters (defaults = Efficient4D ``run.sh``)."""
+
+    steps: int = 50
+    """DDIM steps (timesteps ``range(0, 1000, 1000 // steps) + 1``)."""
+    eta: float = 1.0
+    """DDIM eta (1.0 = the official stochastic sampler)."""
+    guidance: str = "decomposed"
+    """``"decomposed"`` (HarmonyView, Efficient4D), ``"cfg"`` (SyncDreamer) or ``"none"``."""
+    scales: Tuple[float, ...] = (2.0, 1.0)
+    """Guidance scales: (s1, s2) for decomposed, (s,) for cfg (SyncDreamer's default is 2.0)."""
+    elevation: float = 0.0
+    """Elevation of the input view in degrees (Efficient4D uses 0)."""
+    temporal_weights: str = "auto"
+    """Volume-smoothing kernel over frames: ``"auto"`` (eq. 15 by K), ``"none"``, or e.g. ``"1,1,6,1,1"``."""
+    cyclic: bool = False
+    """Wrap the smoothing around (looping videos)."""
+    view_batch: int = 16
+    """(frame, view) pairs per UNet chunk; lower it to save memory (results do not change)."""
+    seed: int = 0
+    """Seed of the CPU generator used for every draw (device-independent results)."""
+    shared_noise: bool = True
+    """Start every frame from the same x_T (Efficient4D); False draws one per frame."""
+    autocast_dtype: Optional[torch.dtype] = None
+    """Run under ``torch.autocast`` with this dtype on CUDA (for fp32 weights); None = the weights' dtype."""
+
+    def check(self) -> None:
+        if self.guidance not in ("decomposed", "cfg", "none"):
+            raise ValueError(f"guidance must be 'decomposed', 'cfg' or 'none', got {self.guidance!r}")
+        need = 2 if self.guidance == "decomposed" else 1
+        if len(self.scales) < need:
+            raise ValueError(f"guidance {self.guidance!r} needs {need} scale(s), got {tuple(self.scales)}")
+        if self.view_batch < 1:
+            raise ValueError(f"view_batch must be >= 1, got {self.view_batch}")
+        if not 0.0 <= self.eta <= 1.0:
+            raise ValueError(f"eta must be in [0, 1], got {self.eta}")
+
+
+@dataclass
+class NoiseOverride:
+    """Replay recorded randomness (parity tests): each field replaces the corresponding draw."""
+
+    posterior: Optional[Tensor] = None
+    """``[K, 4, h, w]`` VAE posterior noise."""
+    x_T: Optional[Tensor] = None
+    """``[K or 1, N, 4, h, w]`` initial latents."""
+    step: Optional[Callable[[int], Tensor]] = None
+    """index -> ``[K, N, 4, h, w]`` noise added after the step with that DDIM index (index > 0)."""
+
+
+def _randn(shape, gen: torch.Generator, like: Tensor) -> Tensor:
+    return torch.randn(shape, generator=gen, dtype=torch.float32).to(like.device)
+
+
+def _autocast(device: torch.device, dtype: Optional[torch.dtype]):
+    if dtype is None or device.type != "cuda":
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=dtype)
+
+
+def predict_all_views(model: SyncDreamer, x: Tensor, t: int, cond: Condition, volumes: Tensor,
+                      t_embed: Tensor, cfg: SamplerConfig) -> Tensor:
+    """Guided eps for every (frame, view): ``x [K, N, 4, h, w]``, ``volumes [K, C, V, V, V]`` -> ``[K, N, 4, h, w]``."""
+    K, N = x.shape[:2]
+    eps = torch.empty_like(x)
+    pairs = torch.arange(K * N, device=x.device)
+    wdt = model.cc_projection.weight.dtype
+    for start in range(0, K * N, cfg.view_batch):
+        idx = pairs[start:start + cfg.view_batch]
+        f, v = idx // N, idx % N
+        M = idx.numel()
+        sub = Condition(cond.clip_embed[f], cond.x_input[f], cond.v_embed[f])
+        ctx, vols = model.target_view_feats(sub, volumes[f], t_embed[f], v[:, None])
+        tt = torch.full((M,), t, device=x.device, dtype=torch.long)
+        e = model.predict_eps(x[f, v].to(wdt), tt, ctx, vols, sub.x_input.to(wdt), cfg.guidance, cfg.scales)
+        eps[f, v] = e.float()
+    return eps
+
+
+@torch.no_grad()
+def sample_latents(model: SyncDreamer, images: Tensor, config: SamplerConfig = SamplerConfig(),
+                   callback: Optional[ProgressCallback] = None,
+                   noise: Optional[NoiseOverride] = None, cond: Optional[Condition] = None) -> Tensor:
+    """Run SyncDreamer-T: ``images [K, 3, S, S]`` in [-1, 1] (frames on white) -> latents ``[K, N, 4, S/8, S/8]``.
+
+    The returned latents are the scaled ones (decode with :meth:`SyncDreamer.decode_latent`). ``callback(step,
+    total, info)`` runs after every DDIM step; raising from it cancels between steps. ``cond`` replaces the
+    conditioning computed from ``images`` (tests).
+    """
+    config.check()
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"images must be [K, 3, H, W] in [-1, 1], got {tuple(images.shape)}")
+    noise = noise or NoiseOverride()
+    dev = model.cc_projection.weight.device
+    wdt = model.cc_projection.weight.dtype
+    K, N = images.shape[0], model.num_views
+    gen = torch.Generator().manual_seed(int(config.seed))
+    images = images.to(dev)
+    h = images.shape[-1] // 8
+    kernel = parse_kernel(config.temporal_weights, K)
+    sched = ddim_schedule(model.alphas_cumprod, config.steps, config.eta)
+    with _autocast(dev, config.autocast_dtype):
+        post = noise.posterior if noise.posterior is not None else _randn((K, 4, h, h), gen, images)
+        elev = torch.full((K,), config.elevation, dtype=torch.float32).deg2rad()
+        if cond is None:
+            cond = model.condition(images.to(wdt), elev, post.to(dev, wdt))
+        if noise.x_T is not None:
+            x = noise.x_T.to(dev, torch.float32).expand(K, N, 4, h, h).clone()
+        else:
+            x = _randn((1 if config.shared_noise else K, N, 4, h, h), gen, images).expand(K, -1, -1, -1, -1).clone()
+        total = len(sched.timesteps)
+        for i in range(total):
+            index = total - 1 - i
+            t = int(sched.timesteps[index])
+            t_embed = model.embed_time(torch.full((K,), t, device=dev, dtype=torch.long))
+            volumes = model.spatial_volume_for(x.to(wdt), t_embed, cond.v_embed)
+            volumes = smooth_volumes(volumes, kernel, config.cyclic)  # SyncDreamer-T (eq. 10 / 15)
+            eps = predict_all_views(model, x, t, cond, volumes, t_embed, config)
+            z = None
+            if index > 0:
+                z = noise.step(index) if noise.step is not None else _randn(x.shape, gen, x)
+                z = z.to(dev, torch.float32)
+            x = ddim_step(x, eps, float(sched.alphas[index]), float(sched.alphas_prev[index]),
+                          float(sched.sigmas[index]), z)
+            report(callback, i + 1, total, timestep=t)
+    return x
+
+
+@torch.no_grad()
+def decode_views(model: SyncDreamer, latents: Tensor, batch: int = 16) -> Tensor:
+    """Latents ``[K, N, 4, h, w]`` -> images ``[K, N, 8h, 8w, 3]`` float32 in [0, 1]."""
+    K, N = latents.shape[:2]
+    flat = latents.reshape(K * N, *latents.shape[2:])
+    out = [model.decode_latent(flat[s:s + batch]).float().clamp(-1, 1) for s in range(0, K * N, max(1, batch))]
+    img = (torch.cat(out) + 1) / 2
+    return img.permute(0, 2, 3, 1).reshape(K, N, img.shape[-2], img.shape[-1], 3)
+
+
+def generate_view_matrix(model: SyncDreamer, frames: Tensor, alpha: Optional[Tensor] = None,
+                         config: SamplerConfig = SamplerConfig(), times: Optional[Sequence[float]] = None,
+                         callback: Optional[ProgressCallback] = None):
+    """K prepared frames -> :class:`~e4d.viewmatrix.ViewMatrix` ``[K, 16, S, S, 3]`` (Efficient4D stage 1).
+
+    Args:
+        frames: ``[K, S, S, 3]`` float in [0, 1], object centred on white (see :mod:`e4d.preprocess`).
+        alpha: optional ``[K, S, S]`` input alpha (stored as ``input_alpha``).
+        config: :class:`SamplerConfig`.
+        times: ``[K]`` normalised times; default ``linspace(0, 1, K)``.
+        callback: progress per DDIM step (cancel by raising).
+    """
+    from ..cameras import input_view, syncdreamer16
+    from ..viewmatrix import ViewMatrix
+
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[1] != frames.shape[2]:
+        raise ValueError(f"frames must be square [K, S, S, 3] in [0, 1] (run 'Prepare object frames' first), "
+                         f"got {tuple(frames.shape)}")
+    K, S = frames.shape[0], frames.shape[1]
+    imgs = frames.permute(0, 3, 1, 2).float() * 2 - 1
+    lat = sample_latents(model, imgs, config, callback)
+    views = decode_views(model, lat, batch=config.view_batch).cpu()
+    tt = torch.linspace(0, 1, K) if times is None else torch.as_tensor(list(times), dtype=torch.float32)
+    if tt.shape != (K,):
+        raise ValueError(f"times must have K={K} entries, got {tuple(tt.shape)}")
+    cams = syncdreamer16(views.shape[-2])
+    return ViewMatrix(images=views, cameras=cams, times=tt, input_images=frames.detach().float().cpu(),
+                      input_alpha=None if alpha is None else alpha.detach().float().cpu(),
+                      input_camera=input_view(config.elevation, size=S))

@@ -1,0 +1,365 @@
+"""Shared adapter helpers of the node pack: progress/cancel, devices, model folders, tensor conversions.
+
+Everything ComfyUI-specific (``comfy.*``, ``folder_paths``) is imported inside the functions, so unit tests can
+monkeypatch those modules and the core stays importable without ComfyUI. Nodes stay thin: convert ComfyUI
+types with :func:`image_in` / :func:`mask_in`, call one core function with :func:`progress_callback`, convert
+back with :func:`image_out` / :func:`mask_out`.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional
+
+import torch
+from torch import Tensor
+
+log = logging.getLogger("efficient4d")
+
+MODEL_EXTENSIONS = frozenset({".ckpt", ".pth", ".pkl", ".safetensors", ".pt"})
+"""File types our loaders accept (safetensors preferred; pickles are read with ``weights_only=True``)."""
+
+MODEL_FOLDERS: dict[str, str] = {
+    "syncdreamer": "SyncDreamer checkpoint syncdreamer-pretrain.ckpt (5.2 GB) from "
+                   "https://huggingface.co/liuyuan-pal/SyncDreamer (also needs ViT-L-14.pt in the same folder)",
+    "rife": "RIFE weights, e.g. rife47.pth / flownet.pkl (~20 MB) from ComfyUI-Frame-Interpolation's ckpts/rife "
+            "or https://github.com/hzwer/Practical-RIFE",
+}
+"""The model folders this pack registers (``models/<name>``) and where their weights come from."""
+
+NO_MODELS = "<no files: see the tooltip>"
+"""Dropdown entry shown when a model folder is empty; picking it fails with a message naming folder and source."""
+
+
+# --------------------------------------------------------------------------------------------------------------
+# progress and cancel
+# --------------------------------------------------------------------------------------------------------------
+def progress_callback(total_hint: Optional[int] = None, node_id: Optional[str] = None,
+                      check_interrupt: bool = True) -> Callable[[int, int, dict], None]:
+    """An :data:`e4d.progress.ProgressCallback` driving ComfyUI's progress bar and honouring its cancel button.
+
+    The returned ``callback(step, total, info)`` first calls
+    ``comfy.model_management.throw_exception_if_processing_interrupted()`` (so an interrupt unwinds the core
+    loop from inside, and nothing half-done is written), then moves a ``comfy.utils.ProgressBar``. The bar is
+    created on the first call with ``total`` (or ``total_hint``); when a node runs several loops in a row, a new
+    ``total`` restarts the bar. Outside ComfyUI (no ``comfy`` importable) it is a silent no-op.
+    """
+    state: dict[str, Any] = {"bar": None, "total": total_hint}
+
+    def callback(step: int, total: int, info: Optional[dict] = None) -> None:
+        if check_interrupt:
+            throw_if_interrupted()
+        try:
+            import comfy.utils
+        except ImportError:
+            return
+        total = int(total or state["total"] or 1)
+        if state["bar"] is None or total != state["total"]:
+            state["bar"] = comfy.utils.ProgressBar(total, node_id=node_id)
+            state["total"] = total
+        state["bar"].update_absolute(min(int(step), total), total)
+
+    return callback
+
+
+def throw_if_interrupted() -> None:
+    """Raise ComfyUI's interrupt exception when the user pressed cancel (no-op outside ComfyUI)."""
+    try:
+        import comfy.model_management as mm
+    except ImportError:
+        return
+    mm.throw_exception_if_processing_interrupted()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# devices and memory
+# --------------------------------------------------------------------------------------------------------------
+def _mm():
+    try:
+        import comfy.model_management as mm
+        return mm
+    except ImportError:
+        return None
+
+
+def get_torch_device() -> torch.device:
+    """The compute device ComfyUI chose (``--cpu``, ``--cuda-device`` ...); CUDA-or-CPU outside ComfyUI."""
+    mm = _mm()
+    if mm is not None:
+        return mm.get_torch_device()
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def intermediate_device() -> torch.device:
+    """Where IMAGE/MASK tensors between nodes live (CPU in stock ComfyUI)."""
+    mm = _mm()
+    return mm.intermediate_device() if mm is not None else torch.device("cpu")
+
+
+def offload_device() -> torch.device:
+    """Where idle models wait between stages (CPU unless ComfyUI runs with --gpu-only / --highvram)."""
+    mm = _mm()
+    return mm.unet_offload_device() if mm is not None else torch.device("cpu")
+
+
+def should_use_fp16(device: Optional[torch.device] = None, model_params: int = 0) -> bool:
+    """ComfyUI's fp16 policy for ``device`` (respects --force-fp32 etc.); False on CPU outside ComfyUI."""
+    mm = _mm()
+    device = get_torch_device() if device is None else device
+    if mm is not None:
+        return bool(mm.should_use_fp16(device, model_params=model_params))
+    return device.type == "cuda"
+
+
+def should_use_bf16(device: Optional[torch.device] = None, model_params: int = 0) -> bool:
+    """ComfyUI's bf16 policy for ``device``."""
+    mm = _mm()
+    device = get_torch_device() if device is None else device
+    if mm is not None:
+        return bool(mm.should_use_bf16(device, model_params=model_params))
+    return device.type == "cuda" and torch.cuda.is_bf16_supported()
+
+
+def free_between_stages(unload_models: bool = True) -> None:
+    """Make room before a heavy stage: unload ComfyUI-managed models (optional) and empty the CUDA cache.
+
+    The stages of the chain (SyncDreamer, RIFE, SVD, the fit) run one after another; freeing here is what lets
+    one 24 GB GPU hold the whole chain.
+    """
+    mm = _mm()
+    if mm is None:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return
+    if unload_models:
+        mm.unload_all_models()
+    mm.soft_empty_cache()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# model folders
+# --------------------------------------------------------------------------------------------------------------
+def register_model_folders() -> None:
+    """Register ``models/syncdreamer`` and ``models/rife`` with ``folder_paths`` (idempotent).
+
+    ``rife`` also lists ComfyUI-Frame-Interpolation's ``ckpts/rife`` and core ComfyUI's ``frame_interpolation``
+    folder (newer ComfyUI) when present, so weights already on disk are found. ComfyUI's own ``diffusers``,
+    ``checkpoints`` and ``clip_vision`` folders exist already and are used as they are.
+    """
+    import folder_paths
+
+    for name in MODEL_FOLDERS:
+        default = os.path.join(folder_paths.models_dir, name)
+        if name in folder_paths.folder_names_and_paths:
+            paths, exts = folder_paths.folder_names_and_paths[name]
+            if default not in paths:
+                paths.append(default)
+            if isinstance(exts, set):
+                exts.update(MODEL_EXTENSIONS)
+        else:
+            folder_paths.folder_names_and_paths[name] = ([default], set(MODEL_EXTENSIONS))
+    extra = []
+    for cn in folder_paths.folder_names_and_paths.get("custom_nodes", ([], None))[0]:
+        extra.append(os.path.join(cn, "ComfyUI-Frame-Interpolation", "ckpts", "rife"))
+    extra += list(folder_paths.folder_names_and_paths.get("frame_interpolation", ([], None))[0])
+    paths = folder_paths.folder_names_and_paths["rife"][0]
+    for p in extra:
+        if os.path.isdir(p) and p not in paths:
+            paths.append(p)
+
+
+def model_folder_paths(folder: str) -> list[str]:
+    """The directories searched for ``folder`` (empty when ComfyUI does not know the folder)."""
+    import folder_paths
+
+    try:
+        return list(folder_paths.get_folder_paths(folder))
+    except KeyError:
+        return []
+
+
+def list_models(folder: str, kind: str = "files", placeholder: bool = True) -> list[str]:
+    """Dropdown options for a model folder: relative file names (``kind="files"``), model directories holding a
+    ``model_index.json`` or ``config.json`` (``kind="dirs"``, diffusers layout), or both.
+
+    Never raises: an unknown or empty folder gives ``[NO_MODELS]`` (or ``[]`` with ``placeholder=False``), so the
+    node still registers; the loader's ``validate_inputs`` then explains where the weights go.
+    """
+    out: list[str] = []
+    try:
+        import folder_paths
+
+        if folder in MODEL_FOLDERS and folder not in folder_paths.folder_names_and_paths:
+            register_model_folders()  # a node module imported before the extension registered them
+        if kind in ("files", "both") and folder in folder_paths.folder_names_and_paths:
+            out += [f for f in folder_paths.get_filename_list(folder)
+                    if os.path.splitext(f)[1].lower() in MODEL_EXTENSIONS]
+        if kind in ("dirs", "both"):
+            for base in model_folder_paths(folder):
+                for root, dirs, files in os.walk(base, followlinks=True):
+                    if "model_index.json" in files or ("config.json" in files and root != base):
+                        out.append(os.path.relpath(root, base))
+                        dirs.clear()
+    except Exception:  # a broken folder must not take the node list down
+        log.warning("Efficient4D: cannot list model folder %r", folder, exc_info=True)
+    out = sorted(set(out))
+    if not out and placeholder:
+        return [NO_MODELS]
+    return out
+
+
+def _missing_model_message(folder: str, name: str, where_to_get: Optional[str]) -> str:
+    paths = model_folder_paths(folder) or [f"models/{folder} (folder not registered)"]
+    src = where_to_get or MODEL_FOLDERS.get(folder, "see docs/comfyui.md")
+    what = "no model selected" if name in ("", None, NO_MODELS) else f"model file {name!r} not found"
+    return (f"Efficient4D: {what} in ComfyUI's '{folder}' folder (searched: {', '.join(paths)}). "
+            f"Put the weights there and refresh the page (press R). Where to get them: {src}")
+
+
+def resolve_model(folder: str, name: str, where_to_get: Optional[str] = None) -> Path:
+    """Full path of model ``name`` (a file, or a diffusers directory) in ComfyUI's model folder ``folder``.
+
+    Raises:
+        FileNotFoundError: naming the file, every searched directory and where to download the weights.
+    """
+    if name and name != NO_MODELS:
+        rel = os.path.relpath(os.path.join("/", name), "/")  # no escaping the folder with ../
+        for base in model_folder_paths(folder):
+            p = os.path.join(base, rel)
+            if os.path.isfile(p) or os.path.isdir(p):
+                return Path(p)
+    raise FileNotFoundError(_missing_model_message(folder, name, where_to_get))
+
+
+def validate_model_choice(folder: str, name: str, where_to_get: Optional[str] = None) -> "bool | str":
+    """For a loader's ``validate_inputs``: True when ``name`` resolves, else the clear missing-file message.
+
+    Declaring the widget in ``validate_inputs`` replaces ComfyUI's generic "Value not in list" error by ours.
+    """
+    try:
+        resolve_model(folder, name, where_to_get)
+        return True
+    except FileNotFoundError as e:
+        return str(e)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# input / output folders
+# --------------------------------------------------------------------------------------------------------------
+def input_files(extensions: Iterable[str], with_dirs: bool = False) -> list[str]:
+    """Files (relative names) in ComfyUI's input folder with one of ``extensions``; optionally sub-folders too."""
+    import folder_paths
+
+    base = folder_paths.get_input_directory()
+    exts = {e.lower() for e in extensions}
+    out: list[str] = []
+    if os.path.isdir(base):
+        for entry in sorted(os.listdir(base)):
+            full = os.path.join(base, entry)
+            if os.path.isfile(full) and os.path.splitext(entry)[1].lower() in exts:
+                out.append(entry)
+            elif with_dirs and os.path.isdir(full) and not entry.startswith("."):
+                out.append(entry + "/")
+    return out
+
+
+def input_path(name: str) -> Path:
+    """Resolve a widget value (``file.mp4``, ``folder/``, ``file.mp4 [output]`` or an absolute path)."""
+    import folder_paths
+
+    if os.path.isabs(name):
+        return Path(name)
+    return Path(folder_paths.get_annotated_filepath(name.rstrip("/")))
+
+
+def output_target(filename_prefix: str, width: int = 0, height: int = 0) -> tuple[Path, str, int, str]:
+    """ComfyUI's save-path helper: ``(folder, base name, counter, subfolder)`` inside the output folder.
+
+    Honours ``%date%``-style prefixes and sub-folders like ``4d/run`` and refuses paths leaving the output folder.
+    """
+    import folder_paths
+
+    out_dir = folder_paths.get_output_directory()
+    folder, base, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, out_dir, width, height)
+    return Path(folder), base, counter, subfolder
+
+
+# --------------------------------------------------------------------------------------------------------------
+# tensor conversions (ComfyUI IMAGE [B, H, W, C] / MASK [B, H, W], float 0..1)
+# --------------------------------------------------------------------------------------------------------------
+def image_in(image: Tensor, name: str = "image") -> tuple[Tensor, Optional[Tensor]]:
+    """ComfyUI IMAGE ``[B, H, W, 3|4]`` → (rgb ``[B, H, W, 3]`` float32, alpha ``[B, H, W]`` or None).
+
+    A single ``[H, W, C]`` image is promoted to a batch of one. Raises TypeError/ValueError naming ``name``.
+    """
+    if not isinstance(image, Tensor):
+        raise TypeError(f"{name} must be a ComfyUI IMAGE tensor [B, H, W, C], got {type(image).__name__}")
+    if image.ndim == 3:
+        image = image[None]
+    if image.ndim != 4 or image.shape[-1] not in (3, 4) or image.shape[0] < 1:
+        raise ValueError(f"{name} must be an IMAGE [B, H, W, 3 or 4], got shape {tuple(image.shape)}")
+    x = image.float()
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name} contains NaN or inf; check the node that produced it")
+    rgb = x[..., :3].clamp(0, 1)
+    alpha = x[..., 3].clamp(0, 1) if x.shape[-1] == 4 else None
+    return rgb, alpha
+
+
+def mask_in(mask: Optional[Tensor], batch: int, height: int, width: int, name: str = "mask") -> Optional[Tensor]:
+    """ComfyUI MASK ``[B, H, W]`` (or ``[H, W]``, ``[B, 1, H, W]``) → ``[batch, H, W]`` float32 in [0, 1].
+
+    A single mask is repeated over the batch; a size mismatch is an error (resize upstream), never silent.
+    """
+    if mask is None:
+        return None
+    if not isinstance(mask, Tensor):
+        raise TypeError(f"{name} must be a ComfyUI MASK tensor [B, H, W], got {type(mask).__name__}")
+    m = mask.float()
+    if m.ndim == 2:
+        m = m[None]
+    if m.ndim == 4 and m.shape[1] == 1:
+        m = m[:, 0]
+    if m.ndim != 3:
+        raise ValueError(f"{name} must be a MASK [B, H, W], got shape {tuple(mask.shape)}")
+    if tuple(m.shape[1:]) != (height, width):
+        raise ValueError(f"{name} is {m.shape[2]}x{m.shape[1]} but the images are {width}x{height}; "
+                         "resize the mask (or the images) so they match")
+    if m.shape[0] == 1 and batch > 1:
+        m = m.expand(batch, height, width)
+    if m.shape[0] != batch:
+        raise ValueError(f"{name} has {m.shape[0]} masks for {batch} images; give one mask or one per image")
+    return m.clamp(0, 1).contiguous()
+
+
+def image_out(rgb: Tensor, alpha: Optional[Tensor] = None) -> Tensor:
+    """``[B, H, W, 3]`` (+ optional alpha ``[B, H, W]`` → RGBA) → ComfyUI IMAGE on the intermediate device."""
+    if rgb.ndim == 3:
+        rgb = rgb[None]
+    if rgb.ndim != 4 or rgb.shape[-1] != 3:
+        raise ValueError(f"image_out expects [B, H, W, 3], got {tuple(rgb.shape)}")
+    x = rgb.detach().float().clamp(0, 1)
+    if alpha is not None:
+        x = torch.cat([x, alpha.detach().float().clamp(0, 1).reshape(*x.shape[:3], 1)], -1)
+    return x.to(intermediate_device()).contiguous()
+
+
+def mask_out(mask: Tensor) -> Tensor:
+    """``[B, H, W]`` (or ``[B, H, W, 1]``) → ComfyUI MASK on the intermediate device."""
+    if mask.ndim == 4 and mask.shape[-1] == 1:
+        mask = mask[..., 0]
+    if mask.ndim == 2:
+        mask = mask[None]
+    if mask.ndim != 3:
+        raise ValueError(f"mask_out expects [B, H, W], got {tuple(mask.shape)}")
+    return mask.detach().float().clamp(0, 1).to(intermediate_device()).contiguous()
+
+
+def parse_floats(text: str, name: str) -> list[float]:
+    """Parse a widget like ``"0, 90, 180"`` into floats, with an error naming the widget."""
+    items = [s for s in str(text).replace(";", ",").replace(" ", ",").split(",") if s.strip()]
+    try:
+        return [float(s) for s in items]
+    except ValueError as e:
+        raise ValueError(f"{name} must be numbers separated by commas, e.g. '0, 90, 180', got {text!r}") from e

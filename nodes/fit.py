@@ -1,0 +1,122 @@
+"""E4D_Fit4DGS: view matrix (+ confidence, + guidance) → native 4D Gaussians (paper §4.2, eq. 11-14)."""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from typing import Any
+
+from comfy_api.latest import io
+
+from . import _common as C
+from .types import E4D_CONFIDENCE, E4D_GAUSSIANS4D, E4D_GUIDANCE, E4D_VIEW_MATRIX
+
+CATEGORY = "Efficient4D/fit"
+PRESETS = ("paper", "official-release")
+BACKENDS = ("auto", "gsplat", "reference")
+
+
+def parse_overrides(text: str) -> dict[str, Any]:
+    """``"lr_xyz = 0.005\\nw_alpha = 1"`` → typed FitConfig field values (errors name the line and the field)."""
+    from e4d.fit import FitConfig
+
+    fields = {f.name: f for f in dataclasses.fields(FitConfig)}
+    hints = typing.get_type_hints(FitConfig)
+    out: dict[str, Any] = {}
+    for n, raw in enumerate(str(text or "").splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        if "=" not in line:
+            raise ValueError(f"overrides line {n}: expected 'field = value', got {raw!r}")
+        key, val = (s.strip() for s in line.split("=", 1))
+        if key not in fields:
+            raise ValueError(f"overrides line {n}: {key!r} is not a FitConfig field; known: {', '.join(sorted(fields))}")
+        hint = hints[key]
+        try:
+            if val.lower() in ("none", "null"):
+                out[key] = None
+            elif hint is bool:
+                if val.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(val)
+                out[key] = val.lower() in ("true", "1", "yes")
+            elif hint is int:
+                out[key] = int(val)
+            elif hint is str:
+                out[key] = val.strip("'\"")
+            else:  # float and Optional[float]
+                out[key] = float(val)
+        except ValueError as e:
+            raise ValueError(f"overrides line {n}: cannot read {val!r} as the {hint} of {key}") from e
+    return out
+
+
+class Fit4DGS(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="E4D_Fit4DGS",
+            display_name="Fit 4D Gaussians (Efficient4D)",
+            category=CATEGORY,
+            description="Fit native 4D Gaussians to a view matrix: random init of 50k Gaussians, Adam, 500 steps, "
+                        "confidence-weighted L1 + SSIM loss (paper) or the released code's MSE (official-release), "
+                        "plus optional SDS guidance. Seconds on a GPU; minutes on CPU (use fewer points/steps).",
+            inputs=[
+                E4D_VIEW_MATRIX.Input("view_matrix", tooltip="T times x V views of the object (SyncDreamer-T, "
+                                                             "interpolated, assembled or loaded)."),
+                io.Combo.Input("preset", options=list(PRESETS), default="paper",
+                               tooltip="paper: L1 (8000) + SSIM (2000) weighted by confidence; official-release: MSE "
+                                       "on colour and alpha as in fudan-zvg/4d-gaussian-splatting."),
+                io.Int.Input("iterations", default=500, min=1, max=100_000,
+                             tooltip="Adam steps (paper: 500)."),
+                io.Int.Input("num_points", default=50_000, min=16, max=2_000_000, step=1000,
+                             tooltip="Gaussians of the random init inside the sphere of radius 0.5 (paper: 50,000)."),
+                io.Int.Input("times_per_batch", default=4, min=1, max=256,
+                             tooltip="Distinct times rendered per step."),
+                io.Int.Input("views_per_batch", default=8, min=1, max=256,
+                             tooltip="Views rendered per sampled time and step."),
+                io.Int.Input("sh_degree", default=0, min=0, max=3,
+                             tooltip="Spherical-harmonics degree of the colour (paper: 0)."),
+                io.Boolean.Input("densify", default=False,
+                                 tooltip="Clone/split/prune Gaussians during the fit (paper: off)."),
+                io.Boolean.Input("use_input_view", default=True,
+                                 tooltip="Also train on the input video frames with their camera when present."),
+                io.Float.Input("lambda_sds", default=1.0, min=0.0, max=100.0, step=0.01,
+                               tooltip="Multiplier of the guidance loss (paper eq. 14); used only with guidance."),
+                io.Int.Input("seed", default=0, min=0, max=2**31 - 1, control_after_generate=True,
+                             tooltip="Seed of the init and of the (time, view) sampling."),
+                io.Combo.Input("backend", options=list(BACKENDS), default="auto",
+                               tooltip="auto: gsplat on CUDA, the pure-torch reference renderer on CPU."),
+                io.String.Input("overrides", default="", multiline=True,
+                                tooltip="Any other FitConfig field, one 'field = value' per line (e.g. "
+                                        "'lr_xyz = 0.005'); see e4d/fit/config.py."),
+                E4D_CONFIDENCE.Input("confidence", optional=True,
+                                     tooltip="Per-pixel confidence maps of the same view matrix (Confidence Maps node)."),
+                E4D_GUIDANCE.Input("guidance", optional=True,
+                                   tooltip="Optional SDS guidance (e.g. the Zero123 guidance loader)."),
+            ],
+            outputs=[E4D_GAUSSIANS4D.Output(display_name="gaussians", tooltip="The fitted 4D Gaussians.")],
+        )
+
+    @classmethod
+    def execute(cls, view_matrix, preset: str = "paper", iterations: int = 500, num_points: int = 50_000,
+                times_per_batch: int = 4, views_per_batch: int = 8, sh_degree: int = 0, densify: bool = False,
+                use_input_view: bool = True, lambda_sds: float = 1.0, seed: int = 0, backend: str = "auto",
+                overrides: str = "", confidence=None, guidance=None) -> io.NodeOutput:
+        from e4d.fit import fit, preset as make_preset
+
+        widgets = dict(iterations=int(iterations), num_points=int(num_points), times_per_batch=int(times_per_batch),
+                       views_per_batch=int(views_per_batch), sh_degree=int(sh_degree), densify=bool(densify),
+                       use_input_view=bool(use_input_view), lambda_sds=float(lambda_sds), seed=int(seed),
+                       backend=backend)
+        config = make_preset(preset, **{**widgets, **parse_overrides(overrides)})
+        C.free_between_stages()  # the generators before us are done: give the fit the whole GPU
+        device = C.get_torch_device()
+        vm = view_matrix.to(device)
+        conf = confidence.to(device) if confidence is not None else None
+        result = fit(vm, conf, config, guidance=guidance, callback=C.progress_callback(config.iterations))
+        g = result.gaussians.to(C.intermediate_device())
+        C.log.info("Efficient4D: fitted %d Gaussians in %.1f s", g.num, result.seconds)
+        return io.NodeOutput(g)
+
+
+NODES = [Fit4DGS]

@@ -1,0 +1,204 @@
+"""RIFE / flow frame interpolation nodes: loader, view-matrix time interpolation, plain IMAGE interpolation,
+confidence maps (paper eq. 13, 16, 17). Thin adapters over e4d.rife, e4d.interpolate and e4d.confidence_maps."""
+from __future__ import annotations
+
+import torch
+from comfy_api.latest import io
+
+from . import _common as C
+from .types import E4D_CONFIDENCE, E4D_INTERPOLATOR, E4D_VIEW_MATRIX
+
+CATEGORY = "Efficient4D/interpolation"
+FLOW_CHOICE = "flow (no weights)"
+"""Always the first loader option: the OpenCV DIS fallback, which needs no download."""
+SCALES = ["1.0", "0.5", "0.25", "2.0", "4.0"]
+WHERE = ("RIFE weights: rife47.pth / rife49.pth (ComfyUI-Frame-Interpolation's ckpts/rife) or an official "
+         "flownet.pkl (Practical-RIFE 4.x, or Efficient4D's RIFE HD v3.6) into ComfyUI/models/rife")
+
+
+def _checkpoints() -> list[str]:
+    return [FLOW_CHOICE] + C.list_models("rife", placeholder=False)
+
+
+def _ready(interp, scale: str, fp16: bool):
+    """A copy of the interpolator on ComfyUI's device with the node's precision and scale."""
+    from e4d.rife.interpolator import configure
+
+    device = C.get_torch_device()
+    dtype = torch.float16 if fp16 and device.type == "cuda" else torch.float32
+    return configure(interp, device=device, dtype=dtype, scale=float(scale))
+
+
+def _common_inputs(default_batch: int) -> list:
+    return [
+        io.Combo.Input("scale", options=SCALES, default="1.0",
+                       tooltip="RIFE flow scale: 0.5 / 0.25 estimate flow on a coarser grid (large images, fast "
+                               "motion), 2 / 4 on a finer one. Ignored by the flow fallback."),
+        io.Boolean.Input("fp16", default=True,
+                         tooltip="Run RIFE in half precision on CUDA (about 2x faster, tiny differences). "
+                                 "Ignored on CPU and by the flow fallback."),
+        io.Int.Input("batch", default=default_batch, min=1, max=1024,
+                     tooltip="Images per interpolator call; lower it if you run out of GPU memory."),
+    ]
+
+
+class RIFELoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="E4D_RIFELoader",
+            display_name="Load Frame Interpolator (RIFE / flow)",
+            category=CATEGORY,
+            description="Load a RIFE frame interpolator (HD v3.6 = Efficient4D's flownet.pkl, or 4.x: rife47.pth, "
+                        "rife49.pth, flownet.pkl of 4.6/4.17/4.22/4.25/4.26). The version is detected from the "
+                        "weights, not the file name. 'flow (no weights)' uses OpenCV DIS optical flow and works "
+                        "without any download.",
+            inputs=[
+                io.Combo.Input("checkpoint", options=_checkpoints(), default=FLOW_CHOICE,
+                               tooltip="File in ComfyUI/models/rife (also lists ComfyUI-Frame-Interpolation's "
+                                       "ckpts/rife). " + WHERE + "."),
+                io.Boolean.Input("ensemble", default=False,
+                                 tooltip="RIFE 4.6/4.7/4.17 official ensemble (also runs the reversed pair; 2x "
+                                         "slower). ComfyUI-Frame-Interpolation never actually enables it. "
+                                         "HD v3.6 always does it; 4.22+ cannot."),
+            ],
+            outputs=[
+                E4D_INTERPOLATOR.Output(display_name="interpolator",
+                                        tooltip="The loaded interpolator (CPU; moved to the GPU when it runs)."),
+                io.String.Output(display_name="name", tooltip="Which interpolator was loaded, e.g. 'rife 4.7 "
+                                                              "(rife47.pth)' or 'flow (no weights, OpenCV DIS ...)'."),
+            ],
+        )
+
+    @classmethod
+    def validate_inputs(cls, checkpoint: str = FLOW_CHOICE, ensemble: bool = False) -> bool | str:
+        if checkpoint == FLOW_CHOICE:
+            return True
+        return C.validate_model_choice("rife", checkpoint, WHERE)
+
+    @classmethod
+    def execute(cls, checkpoint: str, ensemble: bool = False) -> io.NodeOutput:
+        from e4d.rife.interpolator import RifeOptions, load_interpolator
+
+        if checkpoint == FLOW_CHOICE:
+            interp = load_interpolator(None)
+        else:
+            path = C.resolve_model("rife", checkpoint, WHERE)
+            interp = load_interpolator(path, RifeOptions(ensemble=ensemble))
+        C.log.info("Efficient4D: frame interpolator %s", interp.name)
+        return io.NodeOutput(interp, interp.name)
+
+
+class InterpolateViews(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="E4D_InterpolateViews",
+            display_name="Interpolate View Matrix in Time",
+            category=CATEGORY,
+            description="Densify the view matrix in time (paper §4.1: midpoints twice, K frames -> 4K-3). Every "
+                        "view is interpolated on its own images (flow never crosses view borders); alpha and the "
+                        "input video follow the same flow; times are interpolated linearly.",
+            inputs=[
+                E4D_VIEW_MATRIX.Input("view_matrix", tooltip="Generated view matrix (T times x V views)."),
+                E4D_INTERPOLATOR.Input("interpolator", tooltip="From 'Load Frame Interpolator'."),
+                io.Int.Input("multiplier", default=4, min=1, max=16,
+                             tooltip="m: T frames become (T-1)*m+1. Paper: 4 (midpoints applied twice)."),
+                io.Combo.Input("method", options=["auto", "recursive", "direct"], default="auto",
+                               tooltip="recursive: repeated midpoints (paper; m must be 2, 4, 8, 16). direct: one "
+                                       "call per in-between at t=k/m (RIFE 4.x, flow). auto: direct when the model "
+                                       "takes a timestep, recursive for HD v3.6."),
+            ] + _common_inputs(64),
+            outputs=[
+                E4D_VIEW_MATRIX.Output(display_name="view_matrix", tooltip="The view matrix with (T-1)*m+1 times."),
+                io.String.Output(display_name="info", tooltip="Interpolator used and the frame counts."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, view_matrix, interpolator, multiplier: int = 4, method: str = "auto", scale: str = "1.0",
+                fp16: bool = True, batch: int = 64) -> io.NodeOutput:
+        from e4d.interpolate import interpolate_view_matrix
+
+        interp = _ready(interpolator, scale, fp16)
+        vm = view_matrix.to(interp.device) if hasattr(interp, "net") else view_matrix
+        out = interpolate_view_matrix(vm, interp, multiplier=multiplier, method=method, batch=batch,
+                                      callback=C.progress_callback())
+        out = out.to(C.intermediate_device())
+        info = f"{interp.name}: {view_matrix.T} -> {out.T} times x {out.V} views"
+        return io.NodeOutput(out, info)
+
+
+class InterpolateFrames(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="E4D_InterpolateFrames",
+            display_name="Interpolate Frames (RIFE / flow)",
+            category=CATEGORY,
+            description="Frame interpolation of any IMAGE batch (a video): N frames become (N-1)*m+1, ordered "
+                        "frame0, its m-1 in-betweens, ..., last frame (like ComfyUI-Frame-Interpolation). RGBA "
+                        "batches keep their alpha (moved with the same flow).",
+            inputs=[
+                io.Image.Input("images", tooltip="Frames [N, H, W, 3 or 4], N >= 2."),
+                E4D_INTERPOLATOR.Input("interpolator", tooltip="From 'Load Frame Interpolator'."),
+                io.Int.Input("multiplier", default=2, min=1, max=16, tooltip="m: N frames become (N-1)*m+1."),
+                io.Combo.Input("method", options=["auto", "direct", "recursive"], default="auto",
+                               tooltip="direct: t=k/m calls; recursive: repeated midpoints (m power of 2); "
+                                       "auto: direct unless the model only makes midpoints."),
+            ] + _common_inputs(16),
+            outputs=[io.Image.Output(display_name="IMAGE", tooltip="Interpolated frames.")],
+        )
+
+    @classmethod
+    def execute(cls, images, interpolator, multiplier: int = 2, method: str = "auto", scale: str = "1.0",
+                fp16: bool = True, batch: int = 16) -> io.NodeOutput:
+        from e4d.interpolate import interpolate_frames
+
+        rgb, alpha = C.image_in(images, "images")
+        if rgb.shape[0] < 2:
+            raise ValueError(f"images must hold at least 2 frames to interpolate between, got {rgb.shape[0]}")
+        x = rgb if alpha is None else torch.cat((rgb, alpha[..., None]), -1)
+        interp = _ready(interpolator, scale, fp16)
+        out = interpolate_frames(x, interp, multiplier, method, batch, callback=C.progress_callback())
+        return io.NodeOutput(C.image_out(out[..., :3], None if alpha is None else out[..., 3]))
+
+
+class ConfidenceMaps(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="E4D_ConfidenceMaps",
+            display_name="Confidence Maps (interpolation consistency)",
+            category=CATEGORY,
+            description="Per-pixel confidence of every view-matrix image (paper eq. 13, 16, 17): each frame is "
+                        "predicted from its neighbours t±1 and t±2 by the interpolator; where the prediction "
+                        "disagrees, the fit trusts the image less. Frames without neighbours on both sides get 1.",
+            inputs=[
+                E4D_VIEW_MATRIX.Input("view_matrix", tooltip="Usually the time-interpolated view matrix."),
+                E4D_INTERPOLATOR.Input("interpolator", tooltip="From 'Load Frame Interpolator'."),
+                io.Combo.Input("mode", options=["paper", "official"], default="paper",
+                               tooltip="paper: C = 1 - mean error (eq. 17 / 13). official: Efficient4D's released "
+                                       "code (channel-sum error, normalised per image by its maximum)."),
+            ] + _common_inputs(64),
+            outputs=[
+                E4D_CONFIDENCE.Output(display_name="confidence", tooltip="c_rgb and c_ssim maps [T, V, H, W]."),
+                io.Image.Output(display_name="preview",
+                                tooltip="Per time: a row of C_rgb over a row of C_ssim for the views (white = 1)."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, view_matrix, interpolator, mode: str = "paper", scale: str = "1.0", fp16: bool = True,
+                batch: int = 64) -> io.NodeOutput:
+        from e4d.confidence_maps import ConfidenceConfig, compute_confidence, confidence_preview
+
+        interp = _ready(interpolator, scale, fp16)
+        images = view_matrix.images.to(interp.device) if hasattr(interp, "net") else view_matrix.images
+        conf = compute_confidence(images, interp, ConfidenceConfig(mode=mode, batch=batch),
+                                  callback=C.progress_callback())
+        conf = conf.to(C.intermediate_device())
+        return io.NodeOutput(conf, C.image_out(confidence_preview(conf)))
+
+
+NODES = [RIFELoader, InterpolateViews, InterpolateFrames, ConfidenceMaps]

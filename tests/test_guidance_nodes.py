@@ -1,0 +1,48 @@
+"""Zero123 guidance loader node: dropdown, lazy loading, the object it returns follows the fit's protocol."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from comfy_env import comfy, comfy_dirs, require_comfy  # noqa: F401
+
+require_comfy()
+
+from nodes import guidance as N  # noqa: E402
+from tiny_zero123 import write_tiny_zero123, write_tiny_zero123_single_file  # noqa: E402
+from tiny_zero123 import hide_torchvision_stub  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _no_torchvision_stub():
+    hide_torchvision_stub()  # see tests/tiny_zero123.py: ComfyUI's CPU stub confuses transformers
+
+
+def test_schema():
+    s = N.Zero123GuidanceLoader.GET_SCHEMA()
+    assert s.node_id == "E4D_Zero123GuidanceLoader" and s.category.startswith("Efficient4D")
+    assert all(i.tooltip for i in s.inputs) and all(o.tooltip for o in s.outputs)
+
+
+def test_loader_is_lazy_and_follows_protocol(comfy_dirs):
+    import folder_paths
+
+    from e4d.fit.guidance_api import check_guidance
+    from e4d.guidance.refine import RefineGuidance
+    from e4d.guidance.zero123 import Zero123Guidance
+
+    assert N._zero123_choices() == [N.C.NO_MODELS]
+    assert "ashawkey/zero123-xl-diffusers" in N.Zero123GuidanceLoader.validate_inputs("diffusers/none")
+    write_tiny_zero123(comfy_dirs["models"] / "diffusers" / "zero123-xl-tiny")
+    write_tiny_zero123_single_file(comfy_dirs["models"] / "checkpoints" / "stable_zero123.ckpt")
+    folder_paths.filename_list_cache.clear()
+    assert N._zero123_choices() == ["diffusers/zero123-xl-tiny", "checkpoints/stable_zero123.ckpt"]
+    guid, info = N.Zero123GuidanceLoader.execute("checkpoints/stable_zero123.ckpt", weight=0.5).result
+    assert isinstance(guid, Zero123Guidance) and guid._model is None  # nothing loaded yet
+    assert guid.config.variant == "stable-zero123" and "stable-zero123" in info
+    check_guidance(guid)
+    assert guid.weight == 0.5
+    ref, _ = N.Zero123GuidanceLoader.execute("diffusers/zero123-xl-tiny", mode="refine", refine_steps=5).result
+    assert isinstance(ref, RefineGuidance) and ref.config.variant == "zero123-xl" and ref.config.steps == 5
+    with pytest.raises(ValueError, match="t_min"):
+        N.Zero123GuidanceLoader.execute("diffusers/zero123-xl-tiny", t_min=0.9, t_max=0.1)

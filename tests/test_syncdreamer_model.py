@@ -1,0 +1,111 @@
+"""SyncDreamer layout, loader and errors: the real checkpoint layout (keys.tsv), tiny Lightning ckpt round trip."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.tiny_syncdreamer import tiny_state_dict, write_tiny_syncdreamer
+
+
+def _keys_tsv(shared_dir):
+    rows = (shared_dir / "reference" / "syncdreamer" / "keys.tsv").read_text().splitlines()[1:]
+    out = {}
+    for r in rows:
+        k, shape, _ = r.split("\t")
+        out[k] = tuple(int(x) for x in shape.strip("[]").split(",") if x.strip())
+    return out
+
+
+def test_real_checkpoint_layout_is_reproduced(shared_dir):
+    """Sizes inferred from the real shapes rebuild exactly the 1,618 official entries (so strict=True works)."""
+    from e4d.syncdreamer.dims import infer_dims
+    from e4d.syncdreamer.model import SyncDreamer
+
+    shapes = _keys_tsv(shared_dir)
+    assert len(shapes) == 1618
+    sd = {k: torch.empty(s, device="meta") for k, s in shapes.items()}
+    dims = infer_dims(sd)
+    assert dims.unet.model_channels == 320 and dims.unet.channel_mult == (1, 2, 4, 4)
+    assert dims.unet.volume_dims == (64, 128, 256, 512) and dims.volume.frustum_in_dim == 64
+    assert dims.vae.ch == 128 and dims.vae.ch_mult == (1, 2, 4, 4)
+    assert (dims.clip.width, dims.clip.layers, dims.clip.heads, dims.clip.patch) == (1024, 24, 16, 14)
+    with torch.device("meta"):
+        model = SyncDreamer(dims)
+    ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert set(ours) == set(shapes), (sorted(set(ours) - set(shapes))[:5], sorted(set(shapes) - set(ours))[:5])
+    bad = [k for k in shapes if ours[k] != shapes[k]]
+    assert not bad, [(k, ours[k], shapes[k]) for k in bad[:5]]
+    assert sum(torch.Size(s).numel() for s in shapes.values()) == 1_392_370_020
+
+
+def test_tiny_ckpt_loads_through_real_loader(tmp_path):
+    from e4d.syncdreamer.loader import load_syncdreamer
+
+    path = write_tiny_syncdreamer(tmp_path)
+    raw = torch.load(path, map_location="cpu", weights_only=True)
+    assert set(raw) >= {"state_dict"}
+    m = load_syncdreamer(path, dtype=torch.bfloat16)
+    assert m.cc_projection.weight.dtype == torch.bfloat16
+    assert m.alphas_cumprod.dtype == torch.float32 and m.poses.dtype == torch.float32  # buffers stay fp32
+    torch.testing.assert_close(m.poses, raw["state_dict"]["poses"])
+    # a bare state dict and safetensors go through the same path
+    from safetensors.torch import save_file
+
+    save_file(raw["state_dict"], str(tmp_path / "tiny.safetensors"))
+    torch.save(raw["state_dict"], tmp_path / "bare.pt")
+    for p in (tmp_path / "tiny.safetensors", tmp_path / "bare.pt"):
+        m2 = load_syncdreamer(p, dtype=torch.float32)
+        torch.testing.assert_close(m2.cc_projection.weight, raw["state_dict"]["cc_projection.weight"])
+
+
+def test_loader_errors(tmp_path):
+    from e4d.syncdreamer.loader import load_syncdreamer
+
+    with pytest.raises(FileNotFoundError, match="huggingface.co/liuyuan-pal/SyncDreamer"):
+        load_syncdreamer(tmp_path / "nope.ckpt")
+    (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint at all")
+    with pytest.raises(ValueError, match="corrupt"):
+        load_syncdreamer(tmp_path / "junk.ckpt")
+    torch.save({"state_dict": {"encoder.weight": torch.zeros(2)}}, tmp_path / "other.ckpt")
+    with pytest.raises(ValueError, match="not a SyncDreamer checkpoint.*models/syncdreamer"):
+        load_syncdreamer(tmp_path / "other.ckpt")
+    sd = tiny_state_dict()
+    del sd["model.diffusion_model.out.2.weight"]
+    torch.save({"state_dict": sd}, tmp_path / "partial.ckpt")
+    with pytest.raises(ValueError, match="partial.ckpt"):
+        load_syncdreamer(tmp_path / "partial.ckpt")
+
+
+def test_clip_override_hf_and_openai_layouts(tmp_path):
+    """HF CLIPVision (q/k/v split, visual_projection) and OpenAI (visual.*) map onto the same tower."""
+    from e4d.syncdreamer.loader import clip_override_to_syncdreamer, load_syncdreamer
+
+    sd = tiny_state_dict()
+    pre = "clip_image_encoder.model.visual."
+    vis = {k[len(pre):]: v for k, v in sd.items() if k.startswith(pre)}
+    hf = {"vision_model.embeddings.patch_embedding.weight": vis["conv1.weight"] + 1,
+          "vision_model.embeddings.class_embedding": vis["class_embedding"],
+          "vision_model.embeddings.position_embedding.weight": vis["positional_embedding"],
+          "vision_model.pre_layrnorm.weight": vis["ln_pre.weight"], "vision_model.pre_layrnorm.bias": vis["ln_pre.bias"],
+          "vision_model.post_layernorm.weight": vis["ln_post.weight"],
+          "vision_model.post_layernorm.bias": vis["ln_post.bias"], "visual_projection.weight": vis["proj"].t().contiguous()}
+    a = "vision_model.encoder.layers.0."
+    w, b = vis["transformer.resblocks.0.attn.in_proj_weight"], vis["transformer.resblocks.0.attn.in_proj_bias"]
+    for i, n in enumerate("qkv"):
+        hf[a + f"self_attn.{n}_proj.weight"] = w.chunk(3)[i]
+        hf[a + f"self_attn.{n}_proj.bias"] = b.chunk(3)[i]
+    for src, dst in (("self_attn.out_proj", "attn.out_proj"), ("layer_norm1", "ln_1"), ("layer_norm2", "ln_2"),
+                     ("mlp.fc1", "mlp.c_fc"), ("mlp.fc2", "mlp.c_proj")):
+        hf[a + src + ".weight"] = vis[f"transformer.resblocks.0.{dst}.weight"]
+        hf[a + src + ".bias"] = vis[f"transformer.resblocks.0.{dst}.bias"]
+    mapped = clip_override_to_syncdreamer(hf)
+    assert set(mapped) == {pre + k for k in vis}
+    torch.testing.assert_close(mapped[pre + "transformer.resblocks.0.attn.in_proj_weight"], w)
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in hf.items()}, str(tmp_path / "clip_hf.safetensors"))
+    ck = write_tiny_syncdreamer(tmp_path)
+    m = load_syncdreamer(ck, dtype=torch.float32, clip_override=tmp_path / "clip_hf.safetensors")
+    torch.testing.assert_close(m.clip_image_encoder.model.visual.conv1.weight, vis["conv1.weight"] + 1)
+    openai = {"visual." + k: v for k, v in vis.items()}
+    assert set(clip_override_to_syncdreamer(openai)) == {pre + k for k in vis}

@@ -1,0 +1,54 @@
+// ComfyUI frontend extension of the Efficient4D pack: the interactive 4D player inside "Preview 4D" nodes.
+// ComfyUI serves this folder (WEB_DIRECTORY = "./web") at /extensions/<pack>/ and imports every .js file in it;
+// only this file registers anything. The player itself lives in e4d_player.js (no CDN, works offline).
+import { app } from "../../../scripts/app.js";
+import { api } from "../../../scripts/api.js";
+import { E4DPlayer } from "./e4d_player.js";
+
+const NODE_ID = "E4D_Preview4D";
+const UI_KEY = "e4d_preview"; // nodes/preview.py: io.NodeOutput(ui={UI_KEY: [entry]})
+
+function fileUrl(entry) {
+  const q = new URLSearchParams({ filename: entry.filename, type: entry.type || "temp",
+                                  subfolder: entry.subfolder || "" });
+  return api.apiURL(`/view?${q.toString()}`);
+}
+
+app.registerExtension({
+  name: "efficient4d.preview",
+  async beforeRegisterNodeDef(nodeType, nodeData) {
+    if (nodeData?.name !== NODE_ID) return;
+
+    const onNodeCreated = nodeType.prototype.onNodeCreated;
+    nodeType.prototype.onNodeCreated = function () {
+      const r = onNodeCreated?.apply(this, arguments);
+      const holder = document.createElement("div");
+      holder.style.cssText = "width:100%;height:100%;min-height:260px;";
+      // Keep the canvas's pointer/wheel gestures away from the graph canvas (no graph pan while orbiting).
+      for (const ev of ["pointerdown", "wheel", "contextmenu"]) holder.addEventListener(ev, (e) => e.stopPropagation());
+      this.e4dWidget = this.addDOMWidget("e4d_player", "E4D_PLAYER", holder, {
+        serialize: false, hideOnZoom: false, getMinHeight: () => 280,
+      });
+      this.e4dPlayer = new E4DPlayer(holder, { autoplay: true });
+      this.setSize([Math.max(this.size[0], 420), Math.max(this.size[1], 460)]);
+      return r;
+    };
+
+    const onExecuted = nodeType.prototype.onExecuted;
+    nodeType.prototype.onExecuted = function (output) {
+      onExecuted?.apply(this, arguments);
+      const entry = output?.[UI_KEY]?.[0];
+      if (!entry || !this.e4dPlayer) return;
+      this.e4dLoading = this.e4dPlayer.load(fileUrl(entry), {
+        background: entry.background, autoplay: entry.autoplay, duration: entry.duration,
+      }).catch((e) => console.error("[Efficient4D] preview failed:", e));
+    };
+
+    const onRemoved = nodeType.prototype.onRemoved;
+    nodeType.prototype.onRemoved = function () {
+      this.e4dPlayer?.dispose();
+      this.e4dPlayer = null;
+      return onRemoved?.apply(this, arguments);
+    };
+  },
+});
