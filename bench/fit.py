@@ -26,11 +26,11 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, Stopwatch, env_info, peak_vram_gb, pick_device, print_json, reset_peak, sync  # noqa: E402
 
+from e4d.demo import downscale_view_matrix  # noqa: E402
 from e4d.fit import FitConfig, evaluate, fit, preset  # noqa: E402
 from e4d.viewmatrix import ViewMatrix, load_view_matrix  # noqa: E402
 
@@ -52,23 +52,6 @@ VARIANTS: Dict[str, Tuple[str, dict]] = {
     "official-release": ("official-release", {}),
 }
 SWEEP = list(VARIANTS)
-
-
-def downscale(vm: ViewMatrix, size: int) -> ViewMatrix:
-    """The view matrix at ``size`` x ``size`` (area filter; intrinsics scaled) for CPU smoke runs."""
-    if size == vm.W and size == vm.H:
-        return vm
-
-    def img(x: torch.Tensor) -> torch.Tensor:  # [..., H, W, c] -> resized
-        lead = x.shape[:-3]
-        y = x.reshape(-1, *x.shape[-3:]).permute(0, 3, 1, 2)
-        y = F.interpolate(y, size=(size, size), mode="area")
-        return y.permute(0, 2, 3, 1).reshape(*lead, size, size, x.shape[-1])
-
-    a = lambda x: None if x is None else img(x[..., None])[..., 0]  # noqa: E731
-    return ViewMatrix(img(vm.images), vm.cameras.resized(size, size), vm.times, a(vm.alpha),
-                      None if vm.input_images is None else img(vm.input_images), a(vm.input_alpha),
-                      None if vm.input_camera is None else vm.input_camera.resized(size, size))
 
 
 def densify_times(vm: ViewMatrix, n: int) -> ViewMatrix:
@@ -189,7 +172,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     with sw("load"):
         vm = load_view_matrix(args.data, views=TRAIN_VIEWS + TEST_VIEWS)
         if args.size:
-            vm = downscale(vm, args.size)
+            vm = downscale_view_matrix(vm, args.size)
     with sw("upload"):
         vm = vm.to(dev)
         train = vm.select_views(range(16))

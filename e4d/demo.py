@@ -47,20 +47,15 @@ Views 00-15: ring at elevation 30 deg, azimuth 22.5 deg * i. Views 16-19: held o
 log = logging.getLogger(__name__)
 
 
-def build_demo_data(src, dst=DEMO_DATA, size: int = 64, time_stride: int = 2, overwrite: bool = True) -> Path:
-    """Write the bundled demo view matrix from the full CesiumMan folder ``src`` (reproducible, deterministic).
-
-    Images are area-downscaled (RGB on white and alpha separately, which commutes with the compositing), the
-    intrinsics scaled by ``size / 256``, every ``time_stride``-th GT time kept, PNGs saved with ``optimize``.
-    """
+def downscale_view_matrix(vm, size: int):
+    """``vm`` at ``size`` x ``size`` px: area filter on RGB (on white) and alpha separately, which commutes with
+    the compositing; intrinsics scaled with :meth:`Cameras.resized`."""
     import torch.nn.functional as F
-    from PIL import Image
 
-    from .viewmatrix import ViewMatrix, load_view_matrix, save_view_matrix
+    from .viewmatrix import ViewMatrix
 
-    src, dst = Path(src), Path(dst)
-    vm = load_view_matrix(src)
-    vm = vm.select_times(list(range(0, vm.T, time_stride)))
+    if (vm.W, vm.H) == (size, size):
+        return vm
 
     def shrink(x: torch.Tensor) -> torch.Tensor:  # [..., H, W, c]
         lead, c = x.shape[:-3], x.shape[-1]
@@ -68,10 +63,25 @@ def build_demo_data(src, dst=DEMO_DATA, size: int = 64, time_stride: int = 2, ov
         return y.permute(0, 2, 3, 1).reshape(*lead, size, size, c)
 
     a = lambda x: None if x is None else shrink(x[..., None])[..., 0]  # noqa: E731
-    small = ViewMatrix(shrink(vm.images), vm.cameras.resized(size, size), vm.times, a(vm.alpha),
-                       shrink(vm.input_images) if vm.input_images is not None else None, a(vm.input_alpha),
-                       vm.input_camera.resized(size, size) if vm.input_camera is not None else None)
-    save_view_matrix(small, dst, overwrite=overwrite)
+    return ViewMatrix(shrink(vm.images), vm.cameras.resized(size, size), vm.times, a(vm.alpha),
+                      shrink(vm.input_images) if vm.input_images is not None else None, a(vm.input_alpha),
+                      vm.input_camera.resized(size, size) if vm.input_camera is not None else None)
+
+
+def build_demo_data(src, dst=DEMO_DATA, size: int = 64, time_stride: int = 2, overwrite: bool = True) -> Path:
+    """Write the bundled demo view matrix from the full CesiumMan folder ``src`` (reproducible, deterministic).
+
+    Images are area-downscaled (:func:`downscale_view_matrix`), every ``time_stride``-th GT time kept, PNGs saved
+    with ``optimize``.
+    """
+    from PIL import Image
+
+    from .viewmatrix import load_view_matrix, save_view_matrix
+
+    src, dst = Path(src), Path(dst)
+    vm = load_view_matrix(src)
+    vm = vm.select_times(list(range(0, vm.T, time_stride)))
+    save_view_matrix(downscale_view_matrix(vm, size), dst, overwrite=overwrite)
     for png in sorted(dst.rglob("*.png")):  # lossless re-compression keeps the repo small
         with Image.open(png) as im:
             im.load()
@@ -86,15 +96,20 @@ def _split(vm):
     return train, test
 
 
+CPU_FIT_SIZE = 32
+"""On CPU the demo fits (and scores) the bundled 64 px images downscaled to this size: the pure-torch reference
+rasterizer costs O(pixels x Gaussians) per image."""
+
+
 def demo_config(device: torch.device, iterations: Optional[int] = None, points: Optional[int] = None):
-    """The paper config on CUDA; on CPU a reduced one (1,500 Gaussians, 150 steps, 2 times x 3 views)."""
+    """The paper config on CUDA; on CPU a reduced one (1,000 Gaussians, 150 steps, 2 times x 2 views, 32 px)."""
     from .fit import preset, reduced_for_cpu
 
     if device.type == "cuda":
         cfg = preset("paper")
     else:
-        cfg = reduced_for_cpu(preset("paper"), num_points=1500, iterations=iterations or 150, times_per_batch=2,
-                              views_per_batch=3)
+        cfg = reduced_for_cpu(preset("paper"), num_points=1000, iterations=iterations or 150, times_per_batch=2,
+                              views_per_batch=2)
     over = {k: v for k, v in {"iterations": iterations, "num_points": points}.items() if v}
     return cfg.replace(**over) if over else cfg
 
@@ -121,10 +136,13 @@ def run_demo(out_dir="e4d_demo_out", device: str = "auto", data=DEMO_DATA, itera
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cfg = demo_config(dev, iterations, points)
-    mode = "full paper config" if dev.type == "cuda" else "REDUCED CPU config"
+    mode = "full paper config" if dev.type == "cuda" else f"REDUCED CPU config ({CPU_FIT_SIZE} px)"
     print_fn(f"[e4d demo] device {dev}: {mode}: {cfg.num_points} Gaussians, {cfg.iterations} iterations, "
              f"{cfg.times_per_batch} times x {cfg.views_per_batch} views per step")
-    vm = load_view_matrix(data).to(dev)
+    vm = load_view_matrix(data)
+    if dev.type == "cpu":
+        vm = downscale_view_matrix(vm, CPU_FIT_SIZE)
+    vm = vm.to(dev)
     train, test = _split(vm)
     print_fn(f"[e4d demo] data {data.name}: {train.T} times x {train.V} train views (+input view) at "
              f"{train.W}x{train.H}, held-out views {TEST_VIEWS}")
@@ -141,8 +159,8 @@ def run_demo(out_dir="e4d_demo_out", device: str = "auto", data=DEMO_DATA, itera
                          meta={"source": "e4d demo", "times": train.times.tolist(), "fit": cfg.to_dict(),
                                "heldout_psnr": held["psnr"]})
     plys = save_ply_sequence(res.gaussians, train.times, out / "ply", prefix="frame")
-    size = orbit_size or (256 if dev.type == "cuda" else 128)
-    frames = orbit_frames or (96 if dev.type == "cuda" else 32)
+    size = orbit_size or (256 if dev.type == "cuda" else 96)
+    frames = orbit_frames or (96 if dev.type == "cuda" else 24)
     orb = orbit_render(res.gaussians, OrbitConfig(frames=frames, resolution=size, time_start=tr[0], time_end=tr[1]))
     video = out / "orbit.mp4"
     try:

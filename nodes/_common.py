@@ -137,6 +137,63 @@ def free_between_stages(unload_models: bool = True) -> None:
     mm.soft_empty_cache()
 
 
+def normal_tensors(obj: Any) -> Any:
+    """A copy of ``obj`` (tensor, dataclass, list/tuple/dict of them) whose *inference tensors* are cloned into
+    normal ones; other tensors are shared.
+
+    ComfyUI runs every node under ``torch.inference_mode()``; tensors made there cannot take part in autograd
+    ("Inference tensors cannot be saved for backward"). A node that optimises (the 4D fit, SDS guidance) calls
+    this inside ``with torch.inference_mode(False), torch.enable_grad():`` on everything it feeds to autograd.
+    For ``nn.Module`` objects use :func:`normal_module_tensors` (in place).
+    """
+    import dataclasses
+
+    if isinstance(obj, Tensor):
+        return obj.clone() if obj.is_inference() else obj
+    if isinstance(obj, torch.nn.Module):
+        return normal_module_tensors(obj)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        changes = {f.name: normal_tensors(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.init}
+        return dataclasses.replace(obj, **changes)
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(normal_tensors(x) for x in obj)
+    if isinstance(obj, dict):
+        return {k: normal_tensors(v) for k, v in obj.items()}
+    return obj
+
+
+def clear_core_tensor_caches() -> None:
+    """Empty the ``functools`` caches of the ``e4d`` core (rotation tables, SSIM windows, ...).
+
+    Tensors cached while another node ran under ``torch.inference_mode()`` are inference tensors; reusing them in
+    the fit's autograd graph fails. Clearing before a fit (inside ``inference_mode(False)``) rebuilds them as
+    normal tensors, which also work in inference mode afterwards.
+    """
+    import sys
+
+    for name, module in list(sys.modules.items()):
+        if module is None or not (name == "e4d" or name.startswith("e4d.")):
+            continue
+        for obj in list(vars(module).values()):
+            clear = getattr(obj, "cache_clear", None)
+            if callable(clear) and getattr(obj, "__module__", None) == name:
+                clear()
+
+
+def normal_module_tensors(module: torch.nn.Module) -> torch.nn.Module:
+    """Replace, in place, the inference-tensor parameters and buffers of ``module`` by normal clones (see
+    :func:`normal_tensors`); call inside ``torch.inference_mode(False)``. Returns ``module``."""
+    with torch.inference_mode(False):
+        for m in module.modules():
+            for name, p in list(m._parameters.items()):
+                if p is not None and p.is_inference():
+                    m._parameters[name] = torch.nn.Parameter(p.clone(), requires_grad=p.requires_grad)
+            for name, b in list(m._buffers.items()):
+                if b is not None and b.is_inference():
+                    m._buffers[name] = b.clone()
+    return module
+
+
 # --------------------------------------------------------------------------------------------------------------
 # model folders
 # --------------------------------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ import dataclasses
 import typing
 from typing import Any
 
+import torch
 from comfy_api.latest import io
 
 from . import _common as C
@@ -111,9 +112,12 @@ class Fit4DGS(io.ComfyNode):
         config = make_preset(preset, **{**widgets, **parse_overrides(overrides)})
         C.free_between_stages()  # the generators before us are done: give the fit the whole GPU
         device = C.get_torch_device()
-        vm = view_matrix.to(device)
-        conf = confidence.to(device) if confidence is not None else None
-        result = fit(vm, conf, config, guidance=guidance, callback=C.progress_callback(config.iterations))
+        # ComfyUI executes nodes under torch.inference_mode(); the fit needs autograd and normal tensors.
+        with torch.inference_mode(False), torch.enable_grad():
+            C.clear_core_tensor_caches()  # tables cached by earlier nodes in inference mode would break autograd
+            vm = C.normal_tensors(view_matrix.to(device))
+            conf = C.normal_tensors(confidence.to(device)) if confidence is not None else None
+            result = fit(vm, conf, config, guidance=guidance, callback=C.progress_callback(config.iterations))
         g = result.gaussians.to(C.intermediate_device())
         C.log.info("Efficient4D: fitted %d Gaussians in %.1f s", g.num, result.seconds)
         return io.NodeOutput(g)

@@ -25,10 +25,11 @@ def _diffusers_dirs(class_name: str) -> list[str]:
         for base in C.model_folder_paths("diffusers"):
             mi = os.path.join(base, rel, "model_index.json")
             try:
-                if os.path.isfile(mi) and json.load(open(mi)).get("_class_name") == class_name:
-                    out.append("diffusers/" + rel)
-                    break
-            except (OSError, ValueError):
+                with open(mi) as fh:
+                    if json.load(fh).get("_class_name") == class_name:
+                        out.append("diffusers/" + rel)
+                        break
+            except (OSError, ValueError):  # missing or unreadable model_index.json: not this kind of model
                 continue
     return out
 

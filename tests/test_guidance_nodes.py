@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from comfy_env import comfy, comfy_dirs, require_comfy  # noqa: F401
 

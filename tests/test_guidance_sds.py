@@ -9,7 +9,7 @@ import torch
 from e4d.cameras import input_view, syncdreamer16
 from e4d.guidance.camera_embed import orbit_coordinates, zero123_camera_embedding
 from e4d.guidance.loader import load_zero123
-from e4d.guidance.zero123 import SDSConfig, Zero123Guidance, cfg_noise_prediction, sds_loss, sds_timesteps
+from e4d.guidance.zero123 import SDSConfig, Zero123Guidance, sds_loss, sds_timesteps
 from e4d.viewmatrix import ViewMatrix
 
 from tiny_zero123 import write_tiny_zero123
@@ -90,11 +90,18 @@ def test_sds_step_gradient_cache_and_cameras(tiny_z123):
     tidx = torch.tensor([2, 0])
     cams = guid.sample_cameras(tidx, 0, 10, gen)
     assert len(cams) == 2 and (cams.width, cams.height) == (256, 256)
-    az, el, r = orbit_coordinates(cams)
+    _, el, r = orbit_coordinates(cams)
     torch.testing.assert_close(r, torch.full((2,), 1.5))
     d_el = el - 10.0
     assert ((d_el >= -30) & (d_el < 30)).all()
     torch.testing.assert_close(guid._pending[1], d_el, atol=1e-4, rtol=0)
+    # the w2c matrices agree with the embedded deltas (orbit coordinates re-derived from the camera centres)
+    from e4d.cameras import Cameras
+
+    az_c, el_c, _ = orbit_coordinates(Cameras(cams.w2c, cams.K, 256, 256))
+    torch.testing.assert_close(el_c - 10.0, guid._pending[1], atol=1e-3, rtol=0)
+    d_az_c = torch.remainder(az_c - 0.0 - guid._pending[2] + 180.0, 360.0) - 180.0
+    torch.testing.assert_close(d_az_c, torch.zeros(2), atol=1e-3, rtol=0)
     # focal: same field of view as the input camera (280 px at 256)
     torch.testing.assert_close(cams.K[:, 0, 0], torch.full((2,), 280.0))
 

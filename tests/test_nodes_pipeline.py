@@ -12,6 +12,9 @@ from comfy_env import comfy, comfy_dirs, require_comfy  # noqa: F401  (fixtures)
 
 require_comfy()
 
+from e4d.gaussians4d import init_random  # noqa: E402
+from e4d.metrics import ssim  # noqa: E402
+from nodes import _common as C  # noqa: E402
 from nodes.export import Export4D, Load4DGaussians  # noqa: E402
 from nodes.fit import Fit4DGS, parse_overrides  # noqa: E402
 from nodes.prepare import PrepareObjectFrames  # noqa: E402
@@ -99,9 +102,19 @@ def test_fit_render_export_load(comfy_dirs, vm, monkeypatch):
 
     steps = []
     monkeypatch.setattr(comfy.utils, "PROGRESS_BAR_HOOK", lambda v, t, p, node_id=None: steps.append((v, t)))
-    (g,) = Fit4DGS.execute(vm, **TINY_FIT).result
+    C.clear_core_tensor_caches()
+    with torch.inference_mode():  # ComfyUI executes every node in inference mode; the fit must still train
+        # earlier nodes fill the core's tensor caches (SSIM window, rotation tables) with inference tensors
+        ssim(vm.images[0, :2].permute(0, 3, 1, 2), vm.images[0, 2:4].permute(0, 3, 1, 2))
+        OrbitRender.execute(init_random(16), "orbit", 1, 16, backend="reference")
+        vm = C.normal_tensors(vm).to("cpu")
+        vm = vm.select_times([0, 1])  # made under inference mode: inference tensors
+        assert vm.images.is_inference()
+        (g,) = Fit4DGS.execute(vm, **TINY_FIT).result
+        img, mask = OrbitRender.execute(g, "orbit", 3, 16, 30.0, 1.5, 0.0, 1.0, 1, False, 0.0, 1.0,
+                                        "reference").result
     assert g.num == 64 and steps[-1] == (3, 3)
-    img, mask = OrbitRender.execute(g, "orbit", 3, 16, 30.0, 1.5, 0.0, 1.0, 1, False, 0.0, 1.0, "reference").result
+    assert not torch.equal(g.means, Fit4DGS.execute(vm, **{**TINY_FIT, "iterations": 1}).result[0].means)
     assert img.shape == (3, 16, 16, 3) and mask.shape == (3, 16, 16)
     native, ply, splatv, video = Export4D.execute(g, "e4d/obj", True, True, 2, True, True, 8.0, img).result
     assert all(p.startswith(str(comfy_dirs["output"])) for p in (native, ply, splatv, video))

@@ -36,7 +36,7 @@ def test_layout_and_round_trip(tmp_path):
     assert (version, n) == (1, 300) and jlen % 4 == 0
     c = read_compact4d(path)
     offs = {f["name"]: f["offset"] for f in c.header["fields"]}
-    assert offs == {"means": 16 + jlen, "cov": 16 + jlen + 300 * 16, "rgba": 16 + jlen + 300 * 56}
+    assert offs == {"means": 0, "cov": 300 * 16, "rgba": 300 * 56}  # counted from the end of the header
     assert len(raw) == 16 + jlen + 300 * 60
     assert c.header["background"] == "black" and c.header["cov_order"] == list(COV_ORDER)
     np.testing.assert_array_equal(c.means, g.means.numpy())

@@ -79,3 +79,15 @@ def test_web_extension_files():
     assert 'name: "efficient4d.preview"' in js["e4d_preview.js"] and '"E4D_Preview4D"' in js["e4d_preview.js"]
     for name, src in js.items():
         assert not re.search(r"https?://", src.replace("http://127.0.0.1", "")), f"{name} references a remote URL"
+
+
+def test_web_build_check_passes():
+    """web/build.mjs: every .js parses as an ES module, no remote URL, one registering entry (needs node)."""
+    import shutil
+    import subprocess
+
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node not installed (only needed for this syntax check)")
+    r = subprocess.run([node, str(REPO / "web" / "build.mjs")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr

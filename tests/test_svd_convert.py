@@ -69,7 +69,7 @@ def test_real_svd_unet_key_map_on_meta():
 
 def test_round_trip(modules, single):
     back = svd_from_single_file(single, "tiny")
-    for a, b in zip(modules, back):
+    for a, b in zip(modules, back, strict=True):
         sa, sb = a.state_dict(), b.state_dict()
         assert sa.keys() == sb.keys()
         for k in sa:

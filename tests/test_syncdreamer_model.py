@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.tiny_syncdreamer import tiny_state_dict, write_tiny_syncdreamer
+from tiny_syncdreamer import tiny_state_dict, write_tiny_syncdreamer
 
 
 def _keys_tsv(shared_dir):
@@ -29,6 +29,9 @@ def test_real_checkpoint_layout_is_reproduced(shared_dir):
     assert dims.unet.volume_dims == (64, 128, 256, 512) and dims.volume.frustum_in_dim == 64
     assert dims.vae.ch == 128 and dims.vae.ch_mult == (1, 2, 4, 4)
     assert (dims.clip.width, dims.clip.layers, dims.clip.heads, dims.clip.patch) == (1024, 24, 16, 14)
+    from e4d.syncdreamer.dims import SyncDreamerDims
+
+    assert dims == SyncDreamerDims()  # the defaults (used by bench/syncdreamer.py) are the real model
     with torch.device("meta"):
         model = SyncDreamer(dims)
     ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
@@ -109,3 +112,26 @@ def test_clip_override_hf_and_openai_layouts(tmp_path):
     torch.testing.assert_close(m.clip_image_encoder.model.visual.conv1.weight, vis["conv1.weight"] + 1)
     openai = {"visual." + k: v for k, v in vis.items()}
     assert set(clip_override_to_syncdreamer(openai)) == {pre + k for k in vis}
+
+
+class _Evil:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("echo pwned > e4d_pwned.txt",))
+
+
+def test_lightning_metadata_is_skipped_safely(tmp_path, monkeypatch):
+    """Hyper-parameter objects refused by weights_only=True: tensors are still read, no code from the file runs."""
+    import argparse
+
+    from e4d.syncdreamer.loader import load_syncdreamer, read_state_dict
+
+    monkeypatch.chdir(tmp_path)
+    sd = tiny_state_dict()
+    torch.save({"state_dict": sd, "hyper_parameters": argparse.Namespace(lr=1e-4), "callbacks": _Evil()},
+               tmp_path / "lightning.ckpt")
+    out = read_state_dict(tmp_path / "lightning.ckpt")
+    assert set(out) == set(sd) and not (tmp_path / "e4d_pwned.txt").exists()
+    m = load_syncdreamer(tmp_path / "lightning.ckpt", dtype=torch.float32)
+    torch.testing.assert_close(m.cc_projection.bias, sd["cc_projection.bias"])

@@ -8,7 +8,7 @@ from e4d.progress import Cancelled
 from e4d.syncdreamer import sampler as S
 from e4d.syncdreamer.pipeline import select_frames, syncdreamer_t
 from e4d.syncdreamer.sampler import SamplerConfig, sample_latents
-from tests.tiny_syncdreamer import write_tiny_syncdreamer
+from tiny_syncdreamer import write_tiny_syncdreamer
 
 
 @pytest.fixture(scope="module")

@@ -56,6 +56,7 @@ class L:
     inp: Optional[str] = None
 
 
+SD_CKPT = {"checkpoint": "syncdreamer-pretrain.ckpt"}
 WEIGHTS_NOTE = (
     "Weights (put them here, then press R in ComfyUI to refresh the lists):\n"
     "- SyncDreamer: models/syncdreamer/syncdreamer-pretrain.ckpt (5.2 GB) + ViT-L-14.pt (0.9 GB) from "
@@ -74,7 +75,7 @@ def _tail(model_nodes: str, start_col: float) -> tuple[list, list]:
     """The shared back half: interpolate in time → confidence → fit → render/save → export → preview."""
     c = start_col
     nodes = [
-        N("rife", "E4D_RIFELoader", c, 1),
+        N("rife", "E4D_RIFELoader", c, 1, {"checkpoint": "rife47.pth"}),
         N("interp", "E4D_InterpolateViews", c + 1, 0, {"multiplier": 4}),
         N("conf", "E4D_ConfidenceMaps", c + 1, 1),
         N("fit", "E4D_Fit4DGS", c + 2, 0, {"preset": "paper", "iterations": 500, "num_points": 50_000}),
@@ -102,15 +103,16 @@ def descriptions() -> dict[str, dict]:
     out["video_to_4d"] = dict(
         title="Efficient4D: video to 4D",
         nodes=[
-            N("load", "E4D_LoadVideo", 0, 0, {"video": "object_rgba.webm", "stride": 2, "max_frames": 16}),
+            N("load", "E4D_LoadVideo", 0, 0, {"video": "object_rgba.webm", "max_frames": 32}),
             N("prep", "E4D_PrepareObjectFrames", 1, 0),
-            N("sdl", "E4D_SyncDreamerLoader", 1, 1),
-            N("sdt", "E4D_SyncDreamerT", 2, 0),
-            N("guid", "E4D_Zero123GuidanceLoader", 4, 2),
+            N("sdl", "E4D_SyncDreamerLoader", 1, 1, SD_CKPT),
+            N("sdt", "E4D_SyncDreamerT", 2, 0, {"frames": 16, "steps": 50}),
+            N("guid", "E4D_Zero123GuidanceLoader", 4, 2, {"model": "diffusers/zero123-xl-diffusers"}),
             *tail,
         ],
         links=[L("load", "prep", out="IMAGE", inp="images"), L("load", "prep", out="MASK", inp="mask"),
-               L("prep", "sdt", out="IMAGE"), L("sdl", "sdt"), L("guid", "fit"), *tail_links],
+               L("prep", "sdt", out="IMAGE"), L("prep", "sdt", out="MASK", inp="mask"), L("sdl", "sdt"),
+               L("guid", "fit"), *tail_links],
         notes=[Note("n1", 0, 1.2, "Video to 4D (Efficient4D): an RGBA video of one object (webm VP9 with alpha, mov "
                                   "ProRes 4444, or a folder of RGBA PNGs in ComfyUI/input) -> 16 key frames -> "
                                   "SyncDreamer-T (16 views per frame, time-synchronised) -> RIFE x4 in time + "
@@ -127,18 +129,18 @@ def descriptions() -> dict[str, dict]:
         nodes=[
             N("img", "LoadImage", 0, 0, {"image": "object_rgba.png"}),
             N("prep0", "E4D_PrepareObjectFrames", 1, 0, {"invert_mask": True}),
-            N("svdl", "E4D_SVDLoader", 1, 1),
+            N("svdl", "E4D_SVDLoader", 1, 1, {"model": "diffusers/stable-video-diffusion-img2vid-xt"}),
             N("svd", "E4D_SVDImageToVideo", 2, 0),
             N("prep", "E4D_PrepareObjectFrames", 3, 0),
-            N("sdl", "E4D_SyncDreamerLoader", 3, 1),
-            N("sdt", "E4D_SyncDreamerT", 4, 0),
+            N("sdl", "E4D_SyncDreamerLoader", 3, 1, SD_CKPT),
+            N("sdt", "E4D_SyncDreamerT", 4, 0, {"frames": 16, "steps": 50}),
             *tail,
         ],
         links=[L("img", "prep0", out="IMAGE", inp="images"), L("img", "prep0", out="MASK", inp="mask"),
                L("prep0", "svd", out="IMAGE", inp="image"), L("prep0", "svd", out="MASK", inp="mask"),
                L("svdl", "svd"), L("svd", "prep", out="frames", inp="images"),
                L("svd", "prep", out="masks", inp="mask"),
-               L("prep", "sdt", out="IMAGE"), L("sdl", "sdt"), *tail_links],
+               L("prep", "sdt", out="IMAGE"), L("prep", "sdt", out="MASK", inp="mask"), L("sdl", "sdt"), *tail_links],
         notes=[Note("n1", 0, 1.2, "Image to 4D: one RGBA image of an object (Load Image keeps its alpha as an "
                                   "inverted mask, hence invert_mask) -> Stable Video Diffusion makes a short clip on "
                                   "white (and its object masks) -> the video-to-4D chain.", 1.0),
@@ -154,8 +156,8 @@ def descriptions() -> dict[str, dict]:
             N("prep0", "E4D_PrepareObjectFrames", 1, 0, {"invert_mask": True, "box": "frame"}),
             N("prep1", "E4D_PrepareObjectFrames", 1, 1, {"invert_mask": True, "box": "frame"}),
             N("batch", "ImageBatch", 2, 0),
-            N("sdl", "E4D_SyncDreamerLoader", 2, 1),
-            N("sdt", "E4D_SyncDreamerT", 3, 0),
+            N("sdl", "E4D_SyncDreamerLoader", 2, 1, SD_CKPT),
+            N("sdt", "E4D_SyncDreamerT", 3, 0, {"frames": 2, "temporal_weights": "auto", "steps": 50}),
             *tail,
         ],
         links=[L("img0", "prep0", out="IMAGE", inp="images"), L("img0", "prep0", out="MASK", inp="mask"),

@@ -7,7 +7,8 @@ the 4D mean, the full 4D covariance (its upper triangle) and a colour. Layout (a
     offset 4   u32      version (1)
     offset 8   u32      N, number of Gaussians
     offset 12  u32      J, byte length of the JSON header (padded with spaces to a multiple of 4)
-    offset 16  J bytes  JSON header, UTF-8 (see :func:`write_compact4d`; it lists every array with offset)
+    offset 16  J bytes  JSON header, UTF-8; ``fields`` lists every array with its byte offset counted from the end
+                        of the header (16 + J), its dtype and shape
     then       f32 [N, 4]   means (x, y, z, t); world +Z up, t in the clip's time units
                f32 [N, 10]  upper triangle of the 4D covariance Sigma, row-major:
                             xx xy xz xt yy yz yt zz zt tt
@@ -156,28 +157,16 @@ def compact4d_bytes(g: Any, time_range: Sequence[float] = (0.0, 1.0), extras: Op
     rgba = np.concatenate([rgb.numpy(), opacity.numpy()[:, None]], 1)
     rgba8 = np.clip(np.round(rgba * 255.0), 0, 255).astype(np.uint8)
 
-    fields = []
+    fields, off = [], 0
+    for name, arr, dt in (("means", means32, "float32"), ("cov", tri32, "float32"), ("rgba", rgba8, "uint8")):
+        fields.append({"name": name, "dtype": dt, "shape": list(arr.shape), "offset": off})
+        off += arr.nbytes
     header = {"format": "e4d-compact4d", "version": VERSION, "count": n, "time_range": [t0, t1],
               "cull_threshold": DEFAULT_CULL, "center": [float(x) for x in centre], "radius": max(radius, 1e-3),
               "up": [0.0, 0.0, 1.0], "sh_degree": 0, "cov_order": list(COV_ORDER), "fields": fields}
     header.update(extras or {})
-    # Offsets depend on the header length, which depends on the offsets' digits: iterate to a fixed point.
-    js = b""
-    for _ in range(4):
-        base = 16 + len(js)
-        off = base
-        fields.clear()
-        for name, arr, dt in (("means", means32, "float32"), ("cov", tri32, "float32"), ("rgba", rgba8, "uint8")):
-            fields.append({"name": name, "dtype": dt, "shape": list(arr.shape), "offset": off})
-            off += arr.nbytes
-        new = json.dumps(header, separators=(",", ":")).encode("utf-8")
-        new += b" " * (-len(new) % 4)
-        if len(new) == len(js):
-            break
-        js = new
     js = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    js += b" " * (-len(js) % 4)
-    assert 16 + len(js) == fields[0]["offset"], "header length did not settle"
+    js += b" " * (-len(js) % 4)  # keeps the float arrays 4-byte aligned
     return b"".join([MAGIC, struct.pack("<III", VERSION, n, len(js)), js,
                      means32.tobytes(), tri32.tobytes(), rgba8.tobytes()])
 
@@ -201,14 +190,15 @@ def read_compact4d(path_or_bytes: Union[PathLike, bytes]) -> Compact4D:
     if version != VERSION:
         raise ValueError(f"compact 4D version {version} is not supported (this reader knows {VERSION}); re-export")
     header = json.loads(bytes(data[16:16 + jlen]).decode("utf-8"))
-    arrays = {}
+    arrays, base = {}, 16 + jlen
     for f in header["fields"]:
         dt = np.dtype("<f4") if f["dtype"] == "float32" else np.dtype(np.uint8)
         count = int(np.prod(f["shape"]))
-        end = f["offset"] + count * dt.itemsize
+        start = base + f["offset"]
+        end = start + count * dt.itemsize
         if end > len(data):
             raise ValueError(f"compact 4D file is truncated: field {f['name']} ends at {end}, file has {len(data)} bytes")
-        arrays[f["name"]] = np.frombuffer(data, dtype=dt, count=count, offset=f["offset"]).reshape(f["shape"])
+        arrays[f["name"]] = np.frombuffer(data, dtype=dt, count=count, offset=start).reshape(f["shape"])
     if header.get("count") != n:
         raise ValueError(f"compact 4D header count {header.get('count')} != {n} in the binary header")
     return Compact4D(header, arrays["means"], arrays["cov"], arrays["rgba"])

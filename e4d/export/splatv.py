@@ -35,7 +35,7 @@ import math
 import os
 import struct
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Union
 
 import numpy as np
 import torch

@@ -69,5 +69,5 @@ def load_zero123_single_file(path, dtype: torch.dtype = torch.float32, device=No
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"zero123 checkpoint {path} not found; {WHERE_TO_GET}")
-    sd = read_state_dict(path, keep=lambda k: k.startswith(_PREFIXES))
+    sd = read_state_dict(path, keep=lambda k: k.startswith(_PREFIXES), dtype=dtype)
     return zero123_from_ldm_state_dict(sd, str(path), dtype).to(device=device, dtype=dtype)

@@ -121,12 +121,12 @@ def default_image_processor():
     return CLIPImageProcessor(**CLIP_PROCESSOR)
 
 
-def _variant(folder: Path, sub: str) -> Optional[str]:
-    """``"fp16"`` when a component folder holds only ``*.fp16.safetensors`` (diffusers' variant naming)."""
+def _variant(folder: Path, sub: str, dtype: torch.dtype) -> Optional[str]:
+    """``"fp16"`` to read diffusers' ``*.fp16.safetensors`` variant: when it is the only one, or fp16 is wanted."""
     d = folder / sub
-    if any(d.glob("*.fp16.safetensors")) and not any(p for p in d.glob("*.safetensors") if ".fp16." not in p.name):
-        return "fp16"
-    return None
+    has_fp16 = any(d.glob("*.fp16.safetensors"))
+    has_plain = any(p for p in d.glob("*.safetensors") if ".fp16." not in p.name)
+    return "fp16" if has_fp16 and (not has_plain or dtype == torch.float16) else None
 
 
 def _read_tensor_file(path: Path) -> dict[str, Tensor]:
@@ -160,10 +160,12 @@ def load_zero123_folder(folder, dtype: torch.dtype = torch.float32, device=None)
     if missing:
         raise FileNotFoundError(f"{folder} lacks {missing} (each needs config.json + weights); {WHERE_TO_GET}")
     try:
-        unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", variant=_variant(folder, "unet"))
-        vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", variant=_variant(folder, "vae"))
-        enc = CLIPVisionModelWithProjection.from_pretrained(folder, subfolder="image_encoder")
-    except (OSError, EnvironmentError) as e:
+        unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", variant=_variant(folder, "unet", dtype),
+                                                    torch_dtype=dtype)
+        vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", variant=_variant(folder, "vae", dtype),
+                                            torch_dtype=dtype)
+        enc = CLIPVisionModelWithProjection.from_pretrained(folder, subfolder="image_encoder", dtype=dtype)
+    except OSError as e:
         raise FileNotFoundError(f"cannot load zero123 weights from {folder}: {e}; {WHERE_TO_GET}") from e
     proj = load_camera_projection(folder)
     sched_file = folder / "scheduler" / "scheduler_config.json"

@@ -11,6 +11,7 @@ and pull the render towards that image with an MSE whose target is detached. Dre
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -41,8 +42,8 @@ def refine_timesteps(scheduler, steps: int, strength: float) -> Tensor:
 class RefineGuidance(Zero123Guidance):
     """Guidance protocol object whose loss is ``MSE(render, sg(zero123_refine(render)))`` (mean over pixels)."""
 
-    def __init__(self, model, config: RefineConfig = RefineConfig(), device=None, dtype=None) -> None:
-        super().__init__(model, config, device, dtype)
+    def __init__(self, model, config: Optional[RefineConfig] = None, device=None, dtype=None) -> None:
+        super().__init__(model, RefineConfig() if config is None else config, device, dtype)
 
     @torch.no_grad()
     def refine(self, renders: Tensor, time_idx: Tensor) -> Tensor:

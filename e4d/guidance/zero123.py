@@ -12,7 +12,7 @@ unconditional branch zeroes both; classifier-free guidance 5; ``w(t) = 1 - ᾱ_t
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Optional, Union
 
 import torch
@@ -84,9 +84,13 @@ def sds_weight(alphas_cumprod: Tensor, t: Tensor) -> Tensor:
 
 
 def sds_gradient(eps_pred: Tensor, eps: Tensor, w: Tensor) -> Tensor:
-    """SDS gradient on the latent, paper eq. 8: ``g = w(t) (ε̂ - ε)``, ``[B, 4, h, w]`` (NaNs zeroed)."""
+    """SDS gradient on the latent, paper eq. 8: ``g = w(t) (ε̂ - ε)``, ``[B, 4, h, w]``.
+
+    Non-finite entries (an fp16 UNet overflow) are zeroed rather than clipped to the float max, which would turn
+    the surrogate loss into inf and stop the fit.
+    """
     g = w.float().view(-1, 1, 1, 1) * (eps_pred.float() - eps.float())
-    return torch.nan_to_num(g)
+    return torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0)
 
 
 def sds_loss(latents: Tensor, grad: Tensor, reduction: str = "mean") -> Tensor:
@@ -153,8 +157,9 @@ class Zero123Guidance:
         dtype: model dtype (default fp16 on CUDA, fp32 elsewhere).
     """
 
-    def __init__(self, model: Union[Zero123Components, Loader], config: SDSConfig = SDSConfig(),
+    def __init__(self, model: Union[Zero123Components, Loader], config: Optional[SDSConfig] = None,
                  device: Optional[Union[str, torch.device]] = None, dtype: Optional[torch.dtype] = None) -> None:
+        config = SDSConfig() if config is None else config
         if config.variant not in VARIANTS:
             raise ValueError(f"SDSConfig.variant must be one of {VARIANTS}, got {config.variant!r}")
         self.config = config
@@ -225,7 +230,7 @@ class Zero123Guidance:
     def loss(self, renders: Tensor, time_idx: Tensor, step: int, total: int) -> Tensor:
         """SDS surrogate loss (unweighted; the fit multiplies by ``weight``) for renders ``[B, 3, H, W]`` in [0, 1]
         of the cameras returned by the last :meth:`sample_cameras` call for the same ``time_idx``."""
-        z, t, eps, g = self._sds_terms(renders, time_idx, step, total)
+        z, _, _, g = self._sds_terms(renders, time_idx, step, total)
         return sds_loss(z, g, self.config.reduction)
 
     # -- pieces (shared with the refine guidance) -----------------------------------------------

@@ -72,6 +72,16 @@ def _is_svd_folder(folder: Path) -> bool:
         return False
 
 
+def weights_variant(component_dir: Path, dtype: torch.dtype) -> Optional[str]:
+    """``"fp16"`` to read diffusers' ``*.fp16.safetensors`` files: when they are the only weights, or when both
+    exist and fp16 is wanted (half the download read, no fp32 copy in RAM); else None (the plain files)."""
+    has_fp16 = any(component_dir.glob("*.fp16.safetensors"))
+    has_plain = any(f for f in component_dir.glob("*.safetensors") if ".fp16." not in f.name)
+    if has_fp16 and (not has_plain or dtype == torch.float16):
+        return "fp16"
+    return None
+
+
 def load_svd(path, dtype: torch.dtype = torch.float32, device=None):
     """A ``StableVideoDiffusionPipeline`` from a diffusers folder or an SGM single file (``svd_xt.safetensors``).
 
@@ -84,17 +94,15 @@ def load_svd(path, dtype: torch.dtype = torch.float32, device=None):
         if not _is_svd_folder(p):
             raise FileNotFoundError(f"{p} is not a Stable Video Diffusion diffusers folder (model_index.json with "
                                     f"_class_name StableVideoDiffusionPipeline is missing); {SVD_WHERE}")
-        unet_dir = p / "unet"
-        variant = ("fp16" if any(unet_dir.glob("*.fp16.safetensors"))
-                   and not any(f for f in unet_dir.glob("*.safetensors") if ".fp16." not in f.name) else None)
+        variant = weights_variant(p / "unet", dtype)
         try:
             pipe = StableVideoDiffusionPipeline.from_pretrained(p, torch_dtype=dtype, variant=variant)
-        except (OSError, EnvironmentError) as e:
+        except OSError as e:
             raise FileNotFoundError(f"cannot load SVD from {p}: {e}; {SVD_WHERE}") from e
     elif p.is_file():
         from ..guidance.loader import default_image_processor
 
-        sd = read_state_dict(p, keep=lambda k: k.startswith((UNET_PREFIX, VAE_PREFIX, SVD_CLIP_PREFIX)))
+        sd = read_state_dict(p, keep=lambda k: k.startswith((UNET_PREFIX, VAE_PREFIX, SVD_CLIP_PREFIX)), dtype=dtype)
         frames = 25 if "xt" in p.name.lower() else 14
         unet, vae, enc = svd_from_single_file(sd, str(p), dtype, num_frames=frames)
         del sd
@@ -121,7 +129,7 @@ def check_config(cfg: SVDConfig) -> None:
         raise ValueError(f"min_guidance_scale {cfg.min_guidance_scale} > max_guidance_scale {cfg.max_guidance_scale}")
 
 
-def image_to_video(pipe, image: Tensor, mask: Optional[Tensor] = None, config: SVDConfig = SVDConfig(),
+def image_to_video(pipe, image: Tensor, mask: Optional[Tensor] = None, config: Optional[SVDConfig] = None,
                    callback: Optional[ProgressCallback] = None, segmentation: Optional[Tensor] = None) -> SVDResult:
     """Animate one image with SVD and return clean frames + masks.
 
@@ -137,6 +145,7 @@ def image_to_video(pipe, image: Tensor, mask: Optional[Tensor] = None, config: S
     """
     from PIL import Image
 
+    config = SVDConfig() if config is None else config
     check_config(config)
     rgb = pad_to_aspect(composite_on_white(image, mask), config.width, config.height)
     pil = Image.fromarray((rgb.cpu().numpy() * 255).round().astype("uint8"))

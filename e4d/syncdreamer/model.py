@@ -101,10 +101,17 @@ class SyncDreamer(nn.Module):
         return vae.decode((z / SCALE_FACTOR).to(vae.post_quant_conv.weight.dtype))
 
     def condition(self, image: Tensor, elevation_rad: Tensor, noise: Optional[Tensor] = None,
-                  generator: Optional[torch.Generator] = None) -> Condition:
-        """Everything computed once per input frame. ``image [B, 3, 256, 256]`` in [-1, 1]."""
-        return Condition(self.encode_clip(image), self.encode_latent(image, noise, generator),
-                         self.viewpoint_embedding(elevation_rad))
+                  generator: Optional[torch.Generator] = None, batch: int = 0) -> Condition:
+        """Everything computed once per input frame. ``image [B, 3, 256, 256]`` in [-1, 1]; ``batch`` > 0 encodes
+        that many frames at a time (the VAE encoder at 256 px is the memory peak of a small ``view_batch``)."""
+        B = image.shape[0]
+        step = batch if batch > 0 else B
+        clips, lats = [], []
+        for s in range(0, B, step):
+            clips.append(self.encode_clip(image[s:s + step]))
+            lats.append(self.encode_latent(image[s:s + step], None if noise is None else noise[s:s + step],
+                                           generator))
+        return Condition(torch.cat(clips), torch.cat(lats), self.viewpoint_embedding(elevation_rad))
 
     # ---- one denoising step ------------------------------------------------------------------------------
     def spatial_volume_for(self, x_t: Tensor, t_embed: Tensor, v_embed: Tensor) -> Tensor:

@@ -128,7 +128,7 @@ def sample_latents(model: SyncDreamer, images: Tensor, config: SamplerConfig = S
         post = noise.posterior if noise.posterior is not None else _randn((K, 4, h, h), gen, images)
         elev = torch.full((K,), config.elevation, dtype=torch.float32).deg2rad()
         if cond is None:
-            cond = model.condition(images.to(wdt), elev, post.to(dev, wdt))
+            cond = model.condition(images.float(), elev, post.to(dev, torch.float32), batch=config.view_batch)
         if noise.x_T is not None:
             x = noise.x_T.to(dev, torch.float32).expand(K, N, 4, h, h).clone()
         else:

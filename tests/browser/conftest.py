@@ -1,12 +1,10 @@
 """Browser-test fixtures: Chromium (skipped only outside CI when missing), a static server, artifacts folder."""
 from __future__ import annotations
 
-import io
 import os
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 HERE = Path(__file__).resolve().parent
@@ -56,14 +54,3 @@ def site(tmp_path_factory):
 def browser(chromium_path):
     with Chromium(chromium_path, width=512, height=512) as b:
         yield b
-
-
-def png_to_array(png: bytes) -> np.ndarray:
-    from PIL import Image
-
-    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(np.int16)
-
-
-def foreground(img: np.ndarray, bg=(255, 255, 255), tol: int = 40) -> np.ndarray:
-    """Bool mask of pixels that differ from the background colour by more than ``tol`` in some channel."""
-    return (np.abs(img - np.asarray(bg, dtype=np.int16)) > tol).any(-1)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import foreground, png_to_array
+from e4d_images import foreground, png_to_array
 
 pytestmark = [pytest.mark.browser, pytest.mark.comfy]
 
@@ -110,7 +110,7 @@ def test_preview_node_plays_inside_comfyui(comfy_frontend, chromium_path, artifa
         assert "efficient4d.preview" in exts, f"extension not registered; extensions: {exts}; console: {b.console[-15:]}"
         b.evaluate(f"window.app.loadGraphData({json.dumps(_workflow())})")
         b.wait_for("window.app.graph.getNodeById(2)?.e4dPlayer !== undefined", timeout=30)
-        b.evaluate("(() => { const c = window.app.canvas; c.ds.scale = 1; c.ds.offset = [0, 0];"
+        b.evaluate("(() => { const c = window.app.canvas; c.ds.scale = 1; c.ds.offset = [40, 110];"
                    " c.setDirty(true, true); })()")
         b.evaluate("window.app.queuePrompt(0, 1)")
         try:

@@ -21,11 +21,12 @@ export function parseCompact4D(buffer) {
   const version = dv.getUint32(4, true), count = dv.getUint32(8, true), jlen = dv.getUint32(12, true);
   if (version !== 1) throw new Error(`compact 4D version ${version} is not supported by this player (knows 1)`);
   const header = JSON.parse(new TextDecoder().decode(u8.subarray(16, 16 + jlen)));
-  const out = { header, count };
+  const out = { header, count }, base = 16 + jlen; // field offsets count from the end of the header
   for (const f of header.fields) {
-    const n = f.shape.reduce((a, b) => a * b, 1);
-    if (f.dtype === "float32") out[f.name] = new Float32Array(buffer.slice(f.offset, f.offset + 4 * n));
-    else out[f.name] = new Uint8Array(buffer.slice(f.offset, f.offset + n));
+    const n = f.shape.reduce((a, b) => a * b, 1), o = base + f.offset;
+    const bytes = f.dtype === "float32" ? 4 * n : n;
+    if (o + bytes > buffer.byteLength) throw new Error(`compact 4D file is truncated (field ${f.name})`);
+    out[f.name] = f.dtype === "float32" ? new Float32Array(buffer.slice(o, o + bytes)) : new Uint8Array(buffer.slice(o, o + bytes));
   }
   if (!out.means || !out.cov || !out.rgba) throw new Error("compact 4D file lacks means/cov/rgba arrays");
   return out;
@@ -252,7 +253,7 @@ export class E4DPlayer {
     gl.bindVertexArray(this.vao);
     const quad = gl.createBuffer();
     gl.bindBuffer(gl.ARRAY_BUFFER, quad);
-    gl.bufferData(gl.ARRAY_BUFFER, new Float32Array([-3, -3, 3, -3, 3, 3, -3, 3]), gl.STATIC_DRAW);
+    gl.bufferData(gl.ARRAY_BUFFER, new Float32Array([-3, -3, 3, -3, -3, 3, 3, 3]), gl.STATIC_DRAW); // strip
     const aCorner = gl.getAttribLocation(prog, "a_corner");
     gl.enableVertexAttribArray(aCorner);
     gl.vertexAttribPointer(aCorner, 2, gl.FLOAT, false, 0, 0);
@@ -452,6 +453,11 @@ export class E4DPlayer {
   _frame(ts) {
     this._raf = 0;
     if (this._disposed) return;
+    if (!this.canvas.isConnected) { // e.g. another workflow tab is shown: idle, look again later
+      this._lastTs = 0;
+      setTimeout(() => this._markDirty(), 500);
+      return;
+    }
     if (this.playing && this.count) {
       if (this._lastTs) {
         const span = this.t1 - this.t0;
@@ -495,7 +501,7 @@ export class E4DPlayer {
       gl.uniform1f(this.u.u_time, this.time);
       gl.uniform1f(this.u.u_cull, this.cull);
       gl.uniform1i(this.u.u_static, this.isStatic ? 1 : 0);
-      gl.drawArraysInstanced(gl.TRIANGLE_FAN, 0, 4, this.visible);
+      gl.drawArraysInstanced(gl.TRIANGLE_STRIP, 0, 4, this.visible);
     }
     if (finish) { const px = new Uint8Array(4); gl.readPixels(0, 0, 1, 1, gl.RGBA, gl.UNSIGNED_BYTE, px); }
     const ms = performance.now() - t0;

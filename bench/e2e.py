@@ -1,0 +1,448 @@
+"""End-to-end benchmark of the whole Efficient4D chain through the Python API (no ComfyUI), stage by stage.
+
+video-to-4D: 32 RGBA input frames -> preprocess (alpha box, 256² on white) -> K = 16 key frames -> SyncDreamer-T
+(16 views, 50 DDIM steps, decomposed guidance) -> RIFE 4.7 x4 in time (61 frames) -> confidence maps -> 500-step
+4DGS fit with Zero123 SDS -> orbit render (60 frames, 512²) -> export (native + PLY sequence + mp4).
+``--image`` = image-to-4D: one input frame -> SVD-XT image-to-video (256², 25 frames, 16 kept) -> the same chain.
+
+All models are FULL-SIZE with RANDOM weights (real shapes and FLOPs; no real weights can be downloaded here), fp16 on
+CUDA. Each stage prints one JSON line (wall time, CUDA-synchronized; peak ``max_memory_allocated`` /
+``max_memory_reserved`` since the stage began, resident weights included); the last line is the summary. Model
+creation (random init, standing in for loading a checkpoint) is timed apart as ``load_s``.
+
+    python bench/e2e.py                      # video-to-4D, all models resident on the GPU (offloading off)
+    python bench/e2e.py --offload            # each stage's models live on the GPU only during that stage
+    python bench/e2e.py --image --offload    # image-to-4D (adds SVD)
+    python bench/e2e.py --quick              # few steps / iterations: smoke run of the whole chain on a GPU
+    python bench/e2e.py --tiny               # tiny random models on the CPU (CI smoke, tests/test_e2e_smoke.py)
+
+Targets (issue 8, one H100, video-to-4D): <= 60 s and <= 20 GB peak; the chain must fit 24 GB with offloading.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+import torch
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+if str(REPO) not in sys.path:  # run as `python bench/e2e.py` from the repo root
+    sys.path.insert(0, str(REPO))
+
+DATA_CANDIDATES = (REPO.parent / "shared" / "data" / "cesium_man_walk",  # beside the checkout (CPU machines)
+                   REPO / ".devcomfy" / "data" / "cesium_man_walk")     # carried copy (GPU machine, see tools/)
+
+
+class StageUnavailable(RuntimeError):
+    """A stage's API is missing or broken: the message names the stage and what failed."""
+
+
+def need(stage: str, what: str, fn: Callable[[], Any]) -> Any:
+    """Run an import/builder of ``stage``; turn ImportError/AttributeError into a message naming the stage."""
+    try:
+        return fn()
+    except (ImportError, AttributeError) as e:
+        raise StageUnavailable(f"stage '{stage}': {what} is not available ({type(e).__name__}: {e}); the module "
+                               f"that provides it is missing or changed its API") from e
+
+
+@dataclass
+class Settings:
+    """Sizes of one run (full, --quick or --tiny)."""
+
+    keyframes: int = 16
+    size: int = 256
+    crop: int = 200
+    steps: int = 50
+    view_batch: int = 16
+    multiplier: int = 4
+    rife_batch: int = 256
+    iterations: int = 500
+    points: int = 50_000
+    sds: bool = True
+    sds_size: int = 256
+    orbit_frames: int = 60
+    orbit_res: int = 512
+    ply_frames: int = 16
+    svd_size: int = 256
+    svd_frames: int = 25
+    svd_steps: int = 25
+
+
+def settings(args: argparse.Namespace) -> Settings:
+    if args.tiny:
+        s = Settings(keyframes=3, size=64, crop=50, steps=2, view_batch=16, multiplier=2, rife_batch=16, iterations=3,
+                     points=300, sds_size=64, orbit_frames=2, orbit_res=32, ply_frames=2, svd_size=64, svd_frames=4,
+                     svd_steps=2)
+    elif args.quick:
+        s = Settings(steps=5, iterations=50, orbit_frames=12, orbit_res=256, ply_frames=4, svd_steps=3)
+    else:
+        s = Settings()
+    for k in ("keyframes", "steps", "view_batch", "iterations", "points", "orbit_frames", "orbit_res"):
+        v = getattr(args, k, None)
+        if v is not None:
+            setattr(s, k, v)
+    if args.no_sds:
+        s.sds = False
+    return s
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# models (random weights, real shapes)
+# ------------------------------------------------------------------------------------------------------------------
+def bench_module(name: str):
+    """Another bench script as a module (their random full-size model builders are reused, not copied)."""
+    import importlib
+
+    if str(BENCH) not in sys.path:  # the bench scripts import their siblings (``common``) by plain name
+        sys.path.insert(0, str(BENCH))
+    return importlib.import_module(name)
+
+
+def build_syncdreamer(dev: torch.device, dtype: torch.dtype, tiny: bool):
+    bsd = need("syncdreamer", "bench/syncdreamer.py build_model", lambda: bench_module("syncdreamer").build_model)
+    return bsd(dev, dtype, tiny)
+
+
+def build_rife(dev: torch.device, dtype: torch.dtype):
+    def make():
+        from e4d.rife.interpolator import RifeInterpolator
+        from e4d.rife.loader import random_model
+
+        return RifeInterpolator(random_model("4.7", seed=0), "random 4.7").to(dev, dtype)
+    return need("interpolate", "e4d.rife random 4.7 model", make)
+
+
+def build_zero123(dev: torch.device, dtype: torch.dtype, tiny: bool):
+    rz = need("fit", "bench/sds.py random_zero123 (zero123-xl shapes)", lambda: bench_module("sds").random_zero123)
+    return rz(dev, dtype, tiny)
+
+
+def build_svd(dev: torch.device, dtype: torch.dtype, tiny: bool):
+    """SVD-XT (UNet 1.5 B, temporal VAE, OpenCLIP ViT-H) with random weights, as a diffusers pipeline."""
+    def make():
+        from diffusers import (AutoencoderKLTemporalDecoder, EulerDiscreteScheduler, StableVideoDiffusionPipeline,
+                               UNetSpatioTemporalConditionModel)
+        from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+        from e4d.guidance.loader import default_image_processor
+        from e4d.svd.convert import SVD_SCHEDULER
+
+        torch.manual_seed(0)
+        if tiny:
+            sys.path.insert(0, str(REPO / "tests"))
+            from tiny_svd import tiny_svd_modules
+
+            unet, vae, enc = tiny_svd_modules(0)
+        else:
+            with torch.device(dev):  # init directly on the GPU: a 2.3 B-parameter CPU init takes minutes
+                unet = UNetSpatioTemporalConditionModel()  # class defaults = SVD-XT (REAL_CONFIGS.md §1)
+                vae = AutoencoderKLTemporalDecoder(block_out_channels=(128, 256, 512, 512),
+                                                   down_block_types=("DownEncoderBlock2D",) * 4, layers_per_block=2,
+                                                   latent_channels=4, sample_size=768, scaling_factor=0.18215,
+                                                   force_upcast=True)
+                enc = CLIPVisionModelWithProjection(CLIPVisionConfig(
+                    hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=16,
+                    image_size=224, patch_size=14, projection_dim=1024, hidden_act="gelu", layer_norm_eps=1e-5))
+        pipe = StableVideoDiffusionPipeline(vae=vae, image_encoder=enc, unet=unet,
+                                            scheduler=EulerDiscreteScheduler.from_config(SVD_SCHEDULER),
+                                            feature_extractor=default_image_processor())
+        pipe.set_progress_bar_config(disable=True)
+        return pipe.to(dev, dtype)
+    return need("svd", "diffusers StableVideoDiffusionPipeline / e4d.svd", make)
+
+
+def to_device(obj: Any, dev: torch.device) -> None:
+    """Move a model holder (nn.Module, diffusers pipeline, Zero123Components, RifeInterpolator) to ``dev``."""
+    if obj is None:
+        return
+    if hasattr(obj, "unet") and hasattr(obj, "camera_projection"):  # Zero123Components.to is a no-op when equal
+        obj.to(device=dev)
+    else:
+        obj.to(dev)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# stage bookkeeping
+# ------------------------------------------------------------------------------------------------------------------
+def sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def gb(x: float) -> float:
+    return round(x / 2 ** 30, 3)
+
+
+@dataclass
+class Run:
+    dev: torch.device
+    offload: bool
+    records: List[Dict[str, Any]] = field(default_factory=list)
+    models: Dict[str, Any] = field(default_factory=dict)
+    json_out: Optional[Path] = None
+
+    def emit(self, rec: Dict[str, Any]) -> None:
+        line = json.dumps(rec, default=str)
+        print(line, flush=True)
+        if self.json_out is not None:
+            with open(self.json_out, "a") as f:
+                f.write(line + "\n")
+
+    def model(self, name: str, builder: Callable[[], Any]) -> tuple[Any, float]:
+        """The named model on the device (built on first use); returns (model, seconds spent building/moving)."""
+        sync(self.dev)
+        t0 = time.perf_counter()
+        m = self.models.get(name)
+        if m is None:
+            m = self.models[name] = builder()
+        elif self.offload:
+            to_device(m, self.dev)
+        sync(self.dev)
+        return m, time.perf_counter() - t0
+
+    def release(self, *names: str) -> float:
+        """With --offload: move the named models to the CPU and return the CUDA cache; returns seconds spent."""
+        if not self.offload or not names:
+            return 0.0
+        t0 = time.perf_counter()
+        for n in names:
+            to_device(self.models.get(n), torch.device("cpu"))
+        gc.collect()
+        if self.dev.type == "cuda":
+            torch.cuda.empty_cache()
+        return time.perf_counter() - t0
+
+    def stage(self, name: str, fn: Callable[[], Any], load_s: float = 0.0, release: tuple = (), **extra) -> Any:
+        dev = self.dev
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(dev)
+            at_start = torch.cuda.memory_allocated(dev)
+        sync(dev)
+        t0 = time.perf_counter()
+        out = fn()
+        sync(dev)
+        rec: Dict[str, Any] = {"bench": "e2e", "stage": name, "s": round(time.perf_counter() - t0, 3),
+                               "load_s": round(load_s, 3)}
+        if dev.type == "cuda":
+            rec.update(peak_alloc_gb=gb(torch.cuda.max_memory_allocated(dev)),
+                       peak_reserved_gb=gb(torch.cuda.max_memory_reserved(dev)), alloc_start_gb=gb(at_start))
+        rec["offload_s"] = round(self.release(*release), 3)
+        if dev.type == "cuda":
+            free, total = torch.cuda.mem_get_info(dev)
+            rec.update(alloc_end_gb=gb(torch.cuda.memory_allocated(dev)), device_used_end_gb=gb(total - free))
+        rec.update(extra)
+        self.records.append(rec)
+        self.emit(rec)
+        return out
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# the chain
+# ------------------------------------------------------------------------------------------------------------------
+def load_frames(data: Path):
+    """``[N, H, W, 4]`` uint8 RGBA frames of ``data/input/*.png`` (sorted)."""
+    import numpy as np
+    from PIL import Image
+
+    files = sorted((data / "input").glob("*.png"))
+    if not files:
+        raise FileNotFoundError(f"no input frames in {data / 'input'}; pass --data DIR with DIR/input/*.png (RGBA), "
+                                f"or run tools/device_comfy_prepare.sh, which copies them into .devcomfy/data")
+    return np.stack([np.asarray(Image.open(f).convert("RGBA")) for f in files])
+
+
+def run_chain(args: argparse.Namespace, s: Settings, run: Run, out_dir: Path) -> Dict[str, Any]:
+    dev = run.dev
+    dtype = torch.float16 if dev.type == "cuda" else torch.float32
+    prep_mod = need("preprocess", "e4d.preprocess", lambda: __import__("e4d.preprocess", fromlist=["x"]))
+    pipe_mod = need("syncdreamer", "e4d.syncdreamer.pipeline", lambda: __import__("e4d.syncdreamer.pipeline",
+                                                                                    fromlist=["x"]))
+    samp_mod = need("syncdreamer", "e4d.syncdreamer.sampler", lambda: __import__("e4d.syncdreamer.sampler",
+                                                                                   fromlist=["x"]))
+    builders = {"syncdreamer": lambda: build_syncdreamer(dev, dtype, args.tiny),
+                "rife": lambda: build_rife(dev, dtype),
+                "zero123": lambda: build_zero123(dev, dtype, args.tiny),
+                "svd": lambda: build_svd(dev, dtype, args.tiny)}
+    wanted = (["svd"] if args.image else []) + ["syncdreamer", "rife"] + (["zero123"] if s.sds else [])
+    load = {n: 0.0 for n in wanted}
+    if not run.offload:  # everything resident from the start: the no-offload peak holds all weights at once
+        for n in wanted:
+            load[n] = run.model(n, builders[n])[1]
+    notes: List[str] = []
+    rgba = load_frames(args.data)
+
+    pcfg = prep_mod.PrepareConfig(size=s.size, crop_size=s.crop, box="clip")
+    if args.image:
+        first = run.stage("preprocess", lambda: prep_mod.prepare_object_frames(rgba[:1], config=pcfg), frames=1)
+        svd, t = run.model("svd", builders["svd"])
+        svd_mod = need("svd", "e4d.svd.pipeline", lambda: __import__("e4d.svd.pipeline", fromlist=["x"]))
+        scfg = svd_mod.SVDConfig(num_frames=s.svd_frames, width=s.svd_size, height=s.svd_size, steps=s.svd_steps,
+                                 keep_frames=s.keyframes, decode_chunk_size=8)
+        res = run.stage("svd", lambda: svd_mod.image_to_video(svd, first.images[0].to(dev), first.alpha[0].to(dev),
+                                                              scfg), load_s=load["svd"] + t, release=("svd",),
+                        frames=s.svd_frames, size=s.svd_size, steps=s.svd_steps, kept=s.keyframes)
+        try:  # the workflow re-prepares SVD's frames with its masks; random weights may give unusable masks
+            prep = prep_mod.prepare_object_frames(res.frames, res.masks, pcfg)
+            frames, alpha = prep.images, prep.alpha
+        except ValueError as e:
+            notes.append(f"SVD masks unusable with random weights ({str(e)[:80]}...): its frames go to SyncDreamer "
+                         "as they are (256² on white)")
+            frames = torch.nn.functional.interpolate(res.frames.permute(0, 3, 1, 2), size=(s.size, s.size),
+                                                     mode="area").permute(0, 2, 3, 1)
+            alpha = None
+        n_in = frames.shape[0]
+    else:
+        prep = run.stage("preprocess", lambda: prep_mod.prepare_object_frames(rgba, config=pcfg), frames=len(rgba))
+        frames, alpha = prep.images, prep.alpha
+        n_in = frames.shape[0]
+
+    sd, t = run.model("syncdreamer", builders["syncdreamer"])
+    scfg = samp_mod.SamplerConfig(steps=s.steps, view_batch=s.view_batch, guidance="decomposed", scales=(2.0, 1.0))
+    vm = run.stage("syncdreamer", lambda: pipe_mod.syncdreamer_t(sd, frames.to(dev), None if alpha is None
+                                                                 else alpha.to(dev), num_frames=s.keyframes,
+                                                                 prepare="none", config=scfg),
+                   load_s=load["syncdreamer"] + t, release=("syncdreamer",), frames_in=n_in, keyframes=s.keyframes,
+                   views=16, steps=s.steps, view_batch=s.view_batch, guidance="decomposed")
+    if not bool(torch.isfinite(vm.images).all()):
+        notes.append("SyncDreamer-T output had non-finite values (random weights); replaced by white")
+        vm.images = torch.nan_to_num(vm.images, nan=1.0, posinf=1.0, neginf=0.0).clamp(0, 1)
+
+    interp_mod = need("interpolate", "e4d.interpolate", lambda: __import__("e4d.interpolate", fromlist=["x"]))
+    rife, t = run.model("rife", builders["rife"])
+    vm_dev = vm.to(dev)
+    vm61 = run.stage("interpolate", lambda: interp_mod.interpolate_view_matrix(vm_dev, rife, multiplier=s.multiplier,
+                                                                               batch=s.rife_batch),
+                     load_s=load["rife"] + t, model="rife 4.7 (random)", multiplier=s.multiplier)
+    conf_mod = need("confidence", "e4d.confidence_maps", lambda: __import__("e4d.confidence_maps", fromlist=["x"]))
+    conf = run.stage("confidence", lambda: conf_mod.compute_confidence(vm61.images, rife,
+                                                                      conf_mod.ConfidenceConfig(batch=s.rife_batch)),
+                     release=("rife",), frames=vm61.T, views=vm61.V)
+    del vm_dev
+
+    fit_mod = need("fit", "e4d.fit", lambda: __import__("e4d.fit", fromlist=["x"]))
+    guidance, t = None, 0.0
+    if s.sds:
+        comps, t = run.model("zero123", builders["zero123"])
+        z_mod = need("fit", "e4d.guidance.zero123", lambda: __import__("e4d.guidance.zero123", fromlist=["x"]))
+        guidance = z_mod.Zero123Guidance(comps, z_mod.SDSConfig(render_size=s.sds_size), device=dev)
+    if args.tiny:
+        fcfg = fit_mod.reduced_for_cpu(iterations=s.iterations, num_points=s.points)
+    else:
+        fcfg = fit_mod.preset("paper", iterations=s.iterations, num_points=s.points)
+    fres = run.stage("fit", lambda: fit_mod.fit(vm61, conf, config=fcfg, guidance=guidance),
+                     load_s=(load["zero123"] if s.sds else 0.0) + t, release=("zero123",) if s.sds else (),
+                     iterations=s.iterations, points=s.points, sds=s.sds, T=vm61.T, V=vm61.V)
+    if guidance is not None:
+        guidance.cache = None  # per-frame CLIP/VAE references of the SDS (small) go with the fit
+    del vm61, conf
+    g = fres.gaussians
+
+    orbit_mod = need("orbit", "e4d.orbit", lambda: __import__("e4d.orbit", fromlist=["x"]))
+    orbit = run.stage("orbit", lambda: orbit_mod.orbit_render(g, orbit_mod.OrbitConfig(
+        frames=s.orbit_frames, resolution=s.orbit_res)), frames=s.orbit_frames, resolution=s.orbit_res)
+
+    exp_mod = need("export", "e4d.export", lambda: __import__("e4d.export", fromlist=["x"]))
+
+    def export() -> Dict[str, Any]:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        files = {"native": str(exp_mod.save_native(g, out_dir / "object.e4d.safetensors"))}
+        seq = exp_mod.save_ply_sequence(g, torch.linspace(0, 1, s.ply_frames), out_dir / "ply")
+        files["ply"] = len(seq) if isinstance(seq, (list, tuple)) else str(seq)
+        try:  # a video writer missing on the machine must not fail the benchmark
+            from e4d.video_io import write_video
+
+            files["video"] = str(write_video(orbit.frames, out_dir / "orbit.mp4", fps=24.0))
+        except Exception as e:  # noqa: BLE001
+            notes.append(f"orbit video not written: {type(e).__name__}: {str(e)[:120]}")
+        return files
+    files = run.stage("export", export, ply_frames=s.ply_frames)
+    return {"files": files, "notes": notes, "gaussians": int(g.means.shape[0]), "vm_T": vm.T}
+
+
+def summary(run: Run, args: argparse.Namespace, s: Settings, extra: Dict[str, Any]) -> Dict[str, Any]:
+    recs = run.records
+    total = round(sum(r["s"] for r in recs), 3)
+    loads = round(sum(r["load_s"] + r.get("offload_s", 0.0) for r in recs), 3)
+    out: Dict[str, Any] = {"bench": "e2e", "summary": True, "mode": "image" if args.image else "video",
+                           "offload": run.offload, "quick": args.quick, "tiny": args.tiny, "total_s": total,
+                           "load_and_offload_s": loads, "total_with_loads_s": round(total + loads, 3),
+                           "stages_s": {r["stage"]: r["s"] for r in recs}, "settings": s.__dict__}
+    if run.dev.type == "cuda":
+        out["peak_alloc_gb"] = max(r["peak_alloc_gb"] for r in recs)
+        out["peak_reserved_gb"] = max(r["peak_reserved_gb"] for r in recs)
+        out["stages_peak_alloc_gb"] = {r["stage"]: r["peak_alloc_gb"] for r in recs}
+        out["gpu"] = torch.cuda.get_device_name(run.dev)
+        if not args.image and not args.quick:
+            out["target_60s_met"] = total <= 60.0
+            out["target_20gb_met"] = out["peak_alloc_gb"] <= 20.0
+        out["fits_24gb"] = out["peak_reserved_gb"] <= 22.0  # leave ~2 GB for the CUDA context and other processes
+    out.update(torch=torch.__version__, device=str(run.dev), **extra)
+    return out
+
+
+def parse(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", type=Path, default=None, help="folder with input/*.png (default: cesium_man_walk)")
+    ap.add_argument("--image", action="store_true", help="image-to-4D: SVD on the first input frame first")
+    ap.add_argument("--offload", action="store_true", help="models on the GPU only during their stage")
+    ap.add_argument("--quick", action="store_true", help="few steps/iterations (GPU smoke run)")
+    ap.add_argument("--tiny", action="store_true", help="tiny random models on the CPU (CI smoke)")
+    ap.add_argument("--no-sds", action="store_true", help="fit without the Zero123 SDS guidance")
+    ap.add_argument("--warmup", action="store_true", help="run the chain once with --quick-like sizes first")
+    for k in ("keyframes", "steps", "view_batch", "iterations", "points", "orbit_frames", "orbit_res"):
+        ap.add_argument("--" + k.replace("_", "-"), dest=k, type=int, default=None)
+    ap.add_argument("--device", default=None, help="default: cuda when available (cpu with --tiny)")
+    ap.add_argument("--out", type=Path, default=None, help="export folder (default: a temporary folder)")
+    ap.add_argument("--json-out", type=Path, default=None, help="also append every JSON line to this file")
+    args = ap.parse_args(argv)
+    if args.data is None:
+        args.data = next((d for d in DATA_CANDIDATES if (d / "input").is_dir()), DATA_CANDIDATES[0])
+    return args
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse(argv)
+    name = args.device or ("cpu" if args.tiny or not torch.cuda.is_available() else "cuda")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device; run on the GPU machine or use --tiny (CPU)")
+    if dev.type == "cpu" and not args.tiny:
+        raise SystemExit("full-size models need a GPU; use --tiny on a CPU machine")
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    s = settings(args)
+    run = Run(dev, args.offload, json_out=args.json_out)
+    t0 = time.perf_counter()
+    try:
+        with tempfile.TemporaryDirectory(prefix="e4d_e2e_") as tmp:
+            if args.warmup:  # kernels, cuDNN autotune, allocator: on the same (already built) models
+                ws = Settings(**{**s.__dict__, "steps": 2, "iterations": 5, "orbit_frames": 4, "svd_steps": 1})
+                warm = Run(dev, args.offload, models=run.models)
+                warm.emit = lambda rec: None  # type: ignore[method-assign]
+                run_chain(args, ws, warm, Path(tmp) / "warmup")
+                run.models = warm.models
+            out_dir = args.out or Path(tmp) / "export"
+            out_dir.mkdir(parents=True, exist_ok=True)
+            extra = run_chain(args, s, run, out_dir)
+    except StageUnavailable as e:
+        run.emit({"bench": "e2e", "error": str(e)})
+        print(f"e2e: {e}", file=sys.stderr)
+        return 2
+    extra["wall_s"] = round(time.perf_counter() - t0, 2)
+    run.emit(summary(run, args, s, extra))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,157 @@
+"""Benchmark of the Zero123 SDS guidance with full-size random weights (zero123-xl architecture), fp16 on CUDA.
+
+Random weights give the real cost but no real guidance: they cannot show SDS's quality gain (with them the SDS
+term only adds noise, so held-out PSNR with SDS is expected to be *lower*). Quality needs the real zero123-xl.
+
+Usage (repo root)::
+
+    python bench/sds.py                    # ms per SDS step (render-sized leaf -> VAE encoder -> UNet CFG -> backward), B = 1..4
+    python bench/sds.py --fit              # + 500-iteration CesiumMan fit without / with SDS (time, held-out PSNR)
+    python bench/sds.py --device cpu --tiny --steps 2 --batches 1     # CPU smoke run of this script
+
+Each measurement prints one JSON line. Issue 6 target: a 500-iteration fit with SDS <= 30 s on an H100.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import REPO, env_info, peak_vram_gb, pick_device, print_json, reset_peak, sync  # noqa: E402
+
+# zero123-xl architecture (shared/reference/guidance/REAL_CONFIGS.md §2)
+UNET = dict(sample_size=32, in_channels=8, out_channels=4, block_out_channels=[320, 640, 1280, 1280],
+            down_block_types=["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
+            up_block_types=["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3, layers_per_block=2, cross_attention_dim=768,
+            attention_head_dim=8, use_linear_projection=False)
+VAE = dict(in_channels=3, out_channels=3, block_out_channels=[128, 256, 512, 512], down_block_types=["DownEncoderBlock2D"] * 4,
+           up_block_types=["UpDecoderBlock2D"] * 4, layers_per_block=2, latent_channels=4, sample_size=256,
+           scaling_factor=0.18215)
+CLIP = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16, image_size=224,
+            patch_size=14, projection_dim=768, hidden_act="quick_gelu", layer_norm_eps=1e-5)
+
+
+def random_zero123(device: torch.device, dtype: torch.dtype, tiny: bool = False):
+    """Zero123 components with random weights, built directly on ``device``."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    from e4d.guidance.loader import SD_SCHEDULER, CameraProjection, Zero123Components, default_image_processor
+
+    if tiny:
+        sys.path.insert(0, str(REPO / "tests"))
+        import tiny_zero123 as tz
+
+        unet_cfg, vae_cfg, clip_cfg, d = tz.UNET, tz.VAE, tz.CLIP, 32
+    else:
+        unet_cfg, vae_cfg, clip_cfg, d = UNET, VAE, CLIP, 768
+    torch.manual_seed(0)
+    with torch.device(device):
+        unet = UNet2DConditionModel(**unet_cfg)
+        vae = AutoencoderKL(**vae_cfg)
+        enc = CLIPVisionModelWithProjection(CLIPVisionConfig(**clip_cfg))
+        proj = CameraProjection(d, 4)
+    for m in (unet, vae, enc, proj):
+        m.to(dtype=dtype).eval().requires_grad_(False)
+    return Zero123Components(unet, vae, enc, proj, dict(SD_SCHEDULER), default_image_processor(), "random weights")
+
+
+def synthetic_vm(T: int, size: int = 256):
+    from e4d.cameras import input_view, syncdreamer16
+    from e4d.viewmatrix import ViewMatrix
+
+    g = torch.Generator().manual_seed(0)
+    return ViewMatrix(torch.rand(T, 1, size, size, 3, generator=g), syncdreamer16(size)[[0]], torch.linspace(0, 1, T),
+                      input_images=torch.rand(T, size, size, 3, generator=g), input_camera=input_view(0.0, size))
+
+
+def bench_steps(comps, dev: torch.device, batches: List[int], steps: int, warmup: int) -> None:
+    from e4d.guidance.zero123 import SDSConfig, Zero123Guidance
+
+    guid = Zero123Guidance(comps, SDSConfig(), device=dev)
+    vm = synthetic_vm(16).to(dev)
+    t0 = time.perf_counter()
+    guid.prepare(vm)
+    sync(dev)
+    prep = time.perf_counter() - t0
+    gen = torch.Generator().manual_seed(0)
+    for B in batches:
+        tidx = torch.arange(B) % vm.T
+        reset_peak(dev)
+        finite: List[bool] = []
+
+        def one(step: int, B: int = B, tidx: torch.Tensor = tidx, finite: List[bool] = finite) -> None:
+            guid.sample_cameras(tidx, step, 500, gen)
+            rgb = torch.rand(B, 3, 256, 256, device=dev, requires_grad=True)
+            loss = guid.loss(rgb, tidx, step, 500)
+            loss.backward()
+            finite.append(bool(torch.isfinite(rgb.grad).all()))
+
+        for s in range(warmup):
+            one(s)
+        sync(dev)
+        t0 = time.perf_counter()
+        for s in range(steps):
+            one(s)
+        sync(dev)
+        ms = (time.perf_counter() - t0) / steps * 1000
+        print_json({"bench": "sds_step", "B": B, "size": 256, "ms_per_step": round(ms, 2),
+                    "sds_s_per_500_steps": round(ms * 0.5, 2), "peak_vram_gb": peak_vram_gb(dev),
+                    "prepare_s_16_frames": round(prep, 3), "grad_finite": all(finite), "dtype": str(comps.dtype), "env": env_info(dev),
+                    "note": "random weights: cost only, no quality gain can be shown"})
+
+
+def bench_fit(comps, dev: torch.device, data: Path, iterations: int, points: Optional[int] = None) -> None:
+    from e4d.fit import evaluate, fit, preset
+    from e4d.guidance.zero123 import SDSConfig, Zero123Guidance
+    from e4d.viewmatrix import load_view_matrix
+
+    vm = load_view_matrix(data, views=list(range(20))).to(dev)
+    train = vm.select_views(range(16))
+    test = dataclasses.replace(vm.select_views(range(16, 20)), input_images=None, input_alpha=None, input_camera=None)
+    cfg = preset("paper", iterations=iterations, **({"num_points": points} if points else {}))
+    fit(train, config=cfg.replace(iterations=min(20, iterations)))  # warm-up (kernels)
+    for name, guid in (("no_sds", None), ("sds", Zero123Guidance(comps, SDSConfig(), device=dev))):
+        reset_peak(dev)
+        try:  # fit.seconds is the loop only; guidance.prepare (16 frames encoded once) runs before it
+            res = fit(train, config=cfg, guidance=guid)
+        except ValueError as e:  # random fp16 weights can overflow; report instead of losing the other record
+            print_json({"bench": "fit_sds", "variant": name, "error": str(e)})
+            continue
+        held = evaluate(res.gaussians, test, backend=cfg.backend)
+        print_json({"bench": "fit_sds", "variant": name, "fit_s": round(res.seconds, 3), "iterations": iterations,
+                    "sds_views_per_step": cfg.times_per_batch if guid else 0, "psnr_heldout": round(held["psnr"], 3),
+                    "peak_vram_gb": peak_vram_gb(dev), "target_30s_met": bool(res.seconds <= 30.0),
+                    "note": "random zero123 weights: SDS adds noise here, PSNR with SDS is expected to drop"})
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--batches", default="1,2,3,4", help="SDS views per step to time")
+    ap.add_argument("--steps", type=int, default=20, help="timed steps per batch size")
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--tiny", action="store_true", help="tiny models (CPU smoke run of the script)")
+    ap.add_argument("--fp32", action="store_true", help="fp32 weights (default fp16 on CUDA)")
+    ap.add_argument("--fit", action="store_true", help="also time the 500-iteration CesiumMan fit with/without SDS")
+    ap.add_argument("--iterations", type=int, default=500)
+    ap.add_argument("--points", type=int, default=None, help="Gaussians of the --fit runs (default: the preset's)")
+    ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "cesium_man_walk")
+    args = ap.parse_args(argv)
+    dev = pick_device(args.device)
+    dtype = torch.float16 if dev.type == "cuda" and not args.fp32 else torch.float32
+    comps = random_zero123(dev, dtype, args.tiny)
+    bench_steps(comps, dev, [int(b) for b in args.batches.split(",")], args.steps, args.warmup)
+    if args.fit:
+        bench_fit(comps, dev, args.data, args.iterations, args.points)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,164 @@
+"""Benchmark SyncDreamer-T at full size with random weights (same FLOPs as the real model).
+
+One JSON line per configuration: wall time of the sampling loop (and of the whole frames -> view matrix call),
+peak allocated / reserved GPU memory. Targets (issue 4, one H100): K=16 x 16 views, 50 steps, decomposed
+guidance <= 30 s and <= 16 GB; a view_batch that fits a 12 GB card.
+
+    python bench/syncdreamer.py                       # K=16 vb=16/32/4, K=4 vb=16; 50 steps, fp16
+    python bench/syncdreamer.py --steps 5             # quick smoke check
+    python bench/syncdreamer.py --configs 16:8 --dtype bf16
+    python bench/syncdreamer.py --tiny --device cpu --steps 1 --configs 2:8   # script check without a GPU
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+
+def build_model(device: torch.device, dtype: torch.dtype, tiny: bool):
+    """Random-weight model with the real shapes (or the CI tiny ones), initialised directly on ``device``."""
+    import math
+
+    from e4d.cameras import syncdreamer16
+    from e4d.syncdreamer.dims import SyncDreamerDims
+    from e4d.syncdreamer.model import SyncDreamer
+
+    if tiny:
+        sys.path.insert(0, str(REPO / "tests"))
+        from tiny_syncdreamer import tiny_dims
+
+        dims = tiny_dims()
+    else:
+        dims = SyncDreamerDims()  # defaults = the real checkpoint (checked against keys.tsv in the tests)
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = SyncDreamer(dims)
+    buffers = {n for n, _ in model.named_buffers()}
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n not in buffers:  # VAE kept in fp32 under fp16, as load_syncdreamer does
+                vae32 = dtype == torch.float16 and n.startswith("first_stage_model.")
+                p.data = p.data.to(torch.float32 if vae32 else dtype)
+        cams = syncdreamer16(256)
+        model.poses.copy_(cams.w2c[:, :3, :4])
+        model.Ks.copy_(cams.K)
+        az = torch.arange(16, dtype=torch.float64) * (2 * math.pi / 16)
+        model.azimuth.copy_(((az + math.pi) % (2 * math.pi) - math.pi).float())
+    return model.eval().requires_grad_(False)
+
+
+def frames(k: int, size: int = 256) -> torch.Tensor:
+    """K synthetic object frames on white ``[K, S, S, 3]`` (a moving coloured square)."""
+    x = torch.ones(k, size, size, 3)
+    for i in range(k):
+        o = size // 4 + (i * size // (4 * max(k, 1)))
+        x[i, size // 4:3 * size // 4, o:o + size // 3] = torch.tensor([0.8, 0.3, 0.2])
+    return x
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_config(model, device, k: int, view_batch: int, steps: int, guidance: str, size: int) -> dict:
+    from e4d.syncdreamer.sampler import SamplerConfig, decode_views, sample_latents
+
+    cfg = SamplerConfig(steps=steps, view_batch=view_batch, guidance=guidance,
+                        scales=(2.0, 1.0) if guidance == "decomposed" else (2.0,))
+    imgs = frames(k, size).permute(0, 3, 1, 2).to(device) * 2 - 1
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    step_times = []
+    last = [time.perf_counter()]
+
+    def cb(step, total, info):
+        sync(device)
+        now = time.perf_counter()
+        step_times.append(now - last[0])
+        last[0] = now
+
+    sync(device)
+    t0 = time.perf_counter()
+    last[0] = t0
+    lat = sample_latents(model, imgs, cfg, callback=cb)
+    sync(device)
+    t1 = time.perf_counter()
+    views = decode_views(model, lat, batch=view_batch)
+    sync(device)
+    t2 = time.perf_counter()
+    out = {"bench": "syncdreamer", "frames": k, "views": model.num_views, "steps": steps, "guidance": guidance,
+           "view_batch": view_batch, "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+           "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+           "sample_s": round(t1 - t0, 3), "decode_s": round(t2 - t1, 3), "total_s": round(t2 - t0, 3),
+           "first_step_s": round(step_times[0], 3) if step_times else None,
+           "median_step_s": round(sorted(step_times)[len(step_times) // 2], 4) if step_times else None,
+           "finite": bool(torch.isfinite(views).all())}
+    if device.type == "cuda":
+        out["peak_alloc_gb"] = round(torch.cuda.max_memory_allocated(device) / 2 ** 30, 2)
+        out["peak_reserved_gb"] = round(torch.cuda.max_memory_reserved(device) / 2 ** 30, 2)
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--configs", default="16:16,16:32,16:4,4:16", help="comma list of FRAMES:VIEW_BATCH")
+    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--guidance", default="decomposed", choices=["decomposed", "cfg", "none"])
+    ap.add_argument("--dtype", default="fp16", choices=["fp16", "bf16", "fp32"])
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--tiny", action="store_true", help="tiny CI model (script check on CPU)")
+    ap.add_argument("--no-warmup", action="store_true", help="skip the 1-step warm-up run")
+    a = ap.parse_args(argv)
+    device = torch.device(a.device)
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[a.dtype]
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    size = 64 if a.tiny else 256
+    t0 = time.perf_counter()
+    model = build_model(device, dtype, a.tiny)
+    sync(device)
+    params = sum(p.numel() for p in model.parameters())
+    weights_gb = (torch.cuda.memory_allocated(device) / 2 ** 30) if device.type == "cuda" else None
+    print(json.dumps({"bench": "syncdreamer", "event": "model", "params": params, "build_s":
+                      round(time.perf_counter() - t0, 2), "weights_gb": weights_gb and round(weights_gb, 2)}),
+          flush=True)
+    configs = [tuple(int(v) for v in c.split(":")) for c in a.configs.split(",") if c.strip()]
+    rc = 0
+    if not a.no_warmup:
+        try:
+            run_config(model, device, configs[0][0], configs[0][1], 1, a.guidance, size)
+        except Exception as e:  # noqa: BLE001 -- report and continue with the measured runs
+            print(json.dumps({"bench": "syncdreamer", "event": "warmup_failed", "error": repr(e)[:300]}), flush=True)
+    for k, vb in configs:
+        try:
+            print(json.dumps(run_config(model, device, k, vb, a.steps, a.guidance, size)), flush=True)
+        except torch.cuda.OutOfMemoryError as e:
+            print(json.dumps({"bench": "syncdreamer", "frames": k, "view_batch": vb, "error": "OOM",
+                              "detail": str(e)[:300]}), flush=True)
+            rc = 1
+        except Exception as e:  # noqa: BLE001
+            traceback.print_exc()
+            print(json.dumps({"bench": "syncdreamer", "frames": k, "view_batch": vb, "error": repr(e)[:300]}),
+                  flush=True)
+            rc = 1
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return rc
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

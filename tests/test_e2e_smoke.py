@@ -1,0 +1,92 @@
+"""CPU smoke test of ``bench/e2e.py --tiny``: the whole video-to-4D chain (preprocess -> SyncDreamer-T -> RIFE ->
+confidence -> fit with SDS -> orbit -> export) on tiny random models, through the public Python API.
+
+The benchmark runs as a subprocess: it puts ``bench/`` on ``sys.path`` (to reuse the random full-size model builders
+of ``bench/syncdreamer.py`` and ``bench/sds.py``), which must not leak into the test session. The input is the
+bundled 64 px demo clip (8 RGBA frames), so the test does not depend on ``../shared``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = REPO / "e4d" / "data" / "cesium_man_demo"
+STAGES = ["preprocess", "syncdreamer", "interpolate", "confidence", "fit", "orbit", "export"]
+
+
+def _run(*args: str, timeout: float = 120.0) -> tuple[int, list[dict], str]:
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    r = subprocess.run([sys.executable, str(REPO / "bench" / "e2e.py"), *args], cwd=str(REPO), env=env,
+                       capture_output=True, text=True, timeout=timeout)
+    recs = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+    return r.returncode, recs, r.stderr
+
+
+def test_tiny_chain_runs_every_stage_and_exports(tmp_path):
+    out = tmp_path / "export"
+    log = tmp_path / "e2e.jsonl"
+    rc, recs, err = _run("--tiny", "--data", str(DEMO), "--out", str(out), "--json-out", str(log))
+    assert rc == 0, err[-3000:]
+    stages = [r["stage"] for r in recs if "stage" in r]
+    assert stages == STAGES
+    summ = recs[-1]
+    assert summ["summary"] is True and summ["mode"] == "video" and summ["offload"] is False
+    assert set(summ["stages_s"]) == set(STAGES)
+    assert summ["total_s"] == pytest.approx(sum(summ["stages_s"].values()), abs=0.01)
+    assert all(r["s"] >= 0 for r in recs if "stage" in r)
+    sd = next(r for r in recs if r.get("stage") == "syncdreamer")
+    assert sd["keyframes"] == 3 and sd["frames_in"] == 8 and sd["guidance"] == "decomposed"
+    fit = next(r for r in recs if r.get("stage") == "fit")
+    assert fit["sds"] is True and fit["T"] == 5  # 3 key frames x2 in time -> 5 frames, fitted with SDS
+    # exports exist and load back
+    from e4d.export import load_native, read_ply
+
+    g = load_native(out / "object.e4d.safetensors")
+    assert g.means.shape == (summ["gaussians"], 4) and torch.isfinite(g.means).all()
+    plys = sorted((out / "ply").glob("*.ply"))
+    assert len(plys) == 2 and len(read_ply(plys[0])["x"]) > 0
+    # --json-out mirrors stdout
+    assert [json.loads(x) for x in log.read_text().splitlines()] == recs
+
+
+@pytest.fixture(scope="module")
+def e2e():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("e4d_bench_e2e", REPO / "bench" / "e2e.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses resolve their module through sys.modules
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_missing_input_names_the_fix(e2e, tmp_path):
+    with pytest.raises(FileNotFoundError, match="no input frames.*--data"):
+        e2e.load_frames(tmp_path)
+
+
+def test_missing_stage_api_names_the_stage(e2e):
+    with pytest.raises(e2e.StageUnavailable, match="stage 'orbit'.*e4d.orbit"):
+        e2e.need("orbit", "e4d.orbit", lambda: __import__("e4d.no_such_module_orbit"))
+    with pytest.raises(e2e.StageUnavailable, match="stage 'fit'"):
+        e2e.need("fit", "bench/sds.py random_zero123", lambda: getattr(object(), "random_zero123"))
+
+
+def test_full_size_needs_a_gpu(e2e):
+    with pytest.raises(SystemExit, match="need a GPU"):
+        e2e.main(["--quick", "--device", "cpu"])
+
+
+@pytest.mark.gpu
+def test_quick_chain_on_gpu_with_offload(tmp_path):
+    rc, recs, err = _run("--quick", "--offload", "--out", str(tmp_path), timeout=600)
+    assert rc == 0, err[-3000:]
+    summ = recs[-1]
+    assert summ["summary"] and summ["peak_alloc_gb"] > 0 and summ["offload"] is True
