@@ -128,36 +128,8 @@ def build_zero123(dev: torch.device, dtype: torch.dtype, tiny: bool):
 
 def build_svd(dev: torch.device, dtype: torch.dtype, tiny: bool):
     """SVD-XT (UNet 1.5 B, temporal VAE, OpenCLIP ViT-H) with random weights, as a diffusers pipeline."""
-    def make():
-        from diffusers import (AutoencoderKLTemporalDecoder, EulerDiscreteScheduler, StableVideoDiffusionPipeline,
-                               UNetSpatioTemporalConditionModel)
-        from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
-
-        from e4d.guidance.loader import default_image_processor
-        from e4d.svd.convert import SVD_SCHEDULER
-
-        torch.manual_seed(0)
-        if tiny:
-            sys.path.insert(0, str(REPO / "tests"))
-            from tiny_svd import tiny_svd_modules
-
-            unet, vae, enc = tiny_svd_modules(0)
-        else:
-            with torch.device(dev):  # init directly on the GPU: a 2.3 B-parameter CPU init takes minutes
-                unet = UNetSpatioTemporalConditionModel()  # class defaults = SVD-XT (REAL_CONFIGS.md §1)
-                vae = AutoencoderKLTemporalDecoder(block_out_channels=(128, 256, 512, 512),
-                                                   down_block_types=("DownEncoderBlock2D",) * 4, layers_per_block=2,
-                                                   latent_channels=4, sample_size=768, scaling_factor=0.18215,
-                                                   force_upcast=True)
-                enc = CLIPVisionModelWithProjection(CLIPVisionConfig(
-                    hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=16,
-                    image_size=224, patch_size=14, projection_dim=1024, hidden_act="gelu", layer_norm_eps=1e-5))
-        pipe = StableVideoDiffusionPipeline(vae=vae, image_encoder=enc, unet=unet,
-                                            scheduler=EulerDiscreteScheduler.from_config(SVD_SCHEDULER),
-                                            feature_extractor=default_image_processor())
-        pipe.set_progress_bar_config(disable=True)
-        return pipe.to(dev, dtype)
-    return need("svd", "diffusers StableVideoDiffusionPipeline / e4d.svd", make)
+    rs = need("svd", "bench/svd.py random_svd (SVD-XT shapes)", lambda: bench_module("svd").random_svd)
+    return rs(dev, dtype, tiny)
 
 
 def to_device(obj: Any, dev: torch.device) -> None:

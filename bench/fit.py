@@ -58,7 +58,7 @@ def densify_times(vm: ViewMatrix, n: int) -> ViewMatrix:
     """``n`` times spanning the same interval, frames linearly interpolated (for n = 61 and 16 GT times, every
     4th frame is an exact GT frame). Good for timing; the held-out test stays on the real GT times."""
     T = vm.T
-    pos = torch.linspace(0, T - 1, n)
+    pos = torch.linspace(0, T - 1, n, device=vm.times.device)
     lo = pos.floor().long().clamp(max=T - 1)
     hi = (lo + 1).clamp(max=T - 1)
     w = (pos - lo.float())
@@ -103,6 +103,50 @@ def parse_sets(items: List[str], cfg: FitConfig) -> dict:
         else:
             out[key] = text
     return out
+
+
+def step_breakdown(train: ViewMatrix, cfg: FitConfig, dev: torch.device, steps: int = 50) -> dict:
+    """Mean milliseconds per stage of a training step (slice+render forward, loss, backward, Adam), measured with
+    a device sync after each stage over ``steps`` steps of the trainer's own pieces (syncs make it slower than
+    the real loop; the shares are what matter)."""
+    import time as _t
+
+    from e4d.fit.trainer import (_gather, _image_loss, _optimizer, _Params, _prepare_data, frame_spacing,
+                                 initial_gaussians, xyz_learning_rate)
+    from e4d.fit.sampler import plan_batches
+    from e4d.render import render
+
+    gen = torch.Generator().manual_seed(0)
+    params = _Params(initial_gaussians(train, cfg, gen))
+    data = _prepare_data(train, None, cfg)
+    opt = _optimizer(params, cfg, frame_spacing(train.times), dev)
+    plan = plan_batches(train.T, data.targets.shape[1], steps, cfg.times_per_batch, cfg.views_per_batch, gen).to(dev)
+    acc = {"render_fwd": 0.0, "loss_fwd": 0.0, "backward": 0.0, "adam": 0.0}
+    for i in range(steps):
+        t0 = _t.perf_counter()
+        ti, vi = plan.time_idx[i], plan.view_idx[i]
+        g = params.gaussians()
+        out = render(g, data.times[ti], data.w2c[vi], data.K[vi], data.width, data.height, background=1.0,
+                     backend=cfg.backend, packed=cfg.packed)
+        sync(dev)
+        t1 = _t.perf_counter()
+        pred = out.rgb.flatten(0, 1).permute(0, 3, 1, 2)
+        loss = _image_loss(cfg, pred, _gather(data.targets, ti, vi), None, None)["loss"]
+        sync(dev)
+        t2 = _t.perf_counter()
+        loss.backward()
+        sync(dev)
+        t3 = _t.perf_counter()
+        opt.param_groups[0]["lr"] = xyz_learning_rate(i, cfg)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        sync(dev)
+        t4 = _t.perf_counter()
+        if i >= 5:  # skip the first steps (allocator warm-up)
+            for k, dt in zip(acc, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+                acc[k] += dt
+    n = max(steps - 5, 1)
+    return {k: round(1000 * v / n, 3) for k, v in acc.items()}
 
 
 def run_variant(name: str, cfg: FitConfig, train: ViewMatrix, test: ViewMatrix, dev: torch.device,
@@ -157,6 +201,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--fast-eval", action="store_true", help="held-out evaluation only (skip ring/input)")
     ap.add_argument("--trace", action="store_true", help="record the loss every 100 steps")
     ap.add_argument("--profile", action="store_true", help="print a torch.profiler table of 30 steps to stderr")
+    ap.add_argument("--breakdown", action="store_true", help="add per-stage ms of a training step to each record")
     args = ap.parse_args(argv)
 
     dev = pick_device(args.device)
@@ -201,6 +246,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         rec = run_variant(n, configs[n], train, test, dev, args,
                           dict(extra, load_s=round(sw.times["load"], 3), upload_s=round(sw.times["upload"], 3),
                                warmup_s=round(sw.times.get("warmup", 0.0), 3)))
+        if args.breakdown:
+            rec["step_breakdown_ms"] = step_breakdown(train, configs[n], dev)
         rec["wall_s"] = round(time.perf_counter() - t0, 3)
         print_json(rec)
         sync(dev)

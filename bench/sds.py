@@ -25,16 +25,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, env_info, peak_vram_gb, pick_device, print_json, reset_peak, sync  # noqa: E402
 
-# zero123-xl architecture (shared/reference/guidance/REAL_CONFIGS.md §2)
-UNET = dict(sample_size=32, in_channels=8, out_channels=4, block_out_channels=[320, 640, 1280, 1280],
-            down_block_types=["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
-            up_block_types=["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3, layers_per_block=2, cross_attention_dim=768,
-            attention_head_dim=8, use_linear_projection=False)
-VAE = dict(in_channels=3, out_channels=3, block_out_channels=[128, 256, 512, 512], down_block_types=["DownEncoderBlock2D"] * 4,
-           up_block_types=["UpDecoderBlock2D"] * 4, layers_per_block=2, latent_channels=4, sample_size=256,
-           scaling_factor=0.18215)
-CLIP = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16, image_size=224,
-            patch_size=14, projection_dim=768, hidden_act="quick_gelu", layer_norm_eps=1e-5)
+from e4d.guidance.loader import REAL_CLIP_VIT_L as CLIP  # noqa: E402  (zero123-xl architecture)
+from e4d.guidance.loader import REAL_SD_VAE as VAE  # noqa: E402
+from e4d.guidance.loader import REAL_ZERO123_UNET as UNET  # noqa: E402
 
 
 def random_zero123(device: torch.device, dtype: torch.dtype, tiny: bool = False):

@@ -159,7 +159,7 @@ def run_demo(out_dir="e4d_demo_out", device: str = "auto", data=DEMO_DATA, itera
                          meta={"source": "e4d demo", "times": train.times.tolist(), "fit": cfg.to_dict(),
                                "heldout_psnr": held["psnr"]})
     plys = save_ply_sequence(res.gaussians, train.times, out / "ply", prefix="frame")
-    size = orbit_size or (256 if dev.type == "cuda" else 96)
+    size = orbit_size or (256 if dev.type == "cuda" else 64)
     frames = orbit_frames or (96 if dev.type == "cuda" else 24)
     orb = orbit_render(res.gaussians, OrbitConfig(frames=frames, resolution=size, time_start=tr[0], time_end=tr[1]))
     video = out / "orbit.mp4"

@@ -21,8 +21,8 @@ MODEL_EXTENSIONS = frozenset({".ckpt", ".pth", ".pkl", ".safetensors", ".pt"})
 """File types our loaders accept (safetensors preferred; pickles are read with ``weights_only=True``)."""
 
 MODEL_FOLDERS: dict[str, str] = {
-    "syncdreamer": "SyncDreamer checkpoint syncdreamer-pretrain.ckpt (5.2 GB) from "
-                   "https://huggingface.co/liuyuan-pal/SyncDreamer (also needs ViT-L-14.pt in the same folder)",
+    "syncdreamer": "SyncDreamer checkpoint syncdreamer-pretrain.ckpt (about 5 GB) from "
+                   "https://huggingface.co/liuyuan-pal/SyncDreamer",
     "rife": "RIFE weights, e.g. rife47.pth / flownet.pkl (~20 MB) from ComfyUI-Frame-Interpolation's ckpts/rife "
             "or https://github.com/hzwer/Practical-RIFE",
 }

@@ -57,6 +57,8 @@ class Zero123GuidanceLoader(io.ComfyNode):
                 io.Float.Input("elevation_range", default=30.0, min=0.0, max=80.0, step=1.0,
                                tooltip="Novel views within +- this elevation of the input camera (degrees)."),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF, tooltip="Seed of the SDS noise."),
+                io.Int.Input("every", default=1, min=1, max=100,
+                             tooltip="Apply the guidance on every k-th fit step only (faster, weaker prior)."),
                 io.Int.Input("refine_steps", default=50, min=1, max=1000, tooltip="refine mode: DDIM schedule length."),
                 io.Float.Input("refine_strength", default=0.2, min=0.01, max=1.0, step=0.01,
                                tooltip="refine mode: fraction of the schedule re-run (0.2 of 50 = 10 UNet steps)."),
@@ -78,7 +80,7 @@ class Zero123GuidanceLoader(io.ComfyNode):
     @classmethod
     def execute(cls, model: str, variant: str = "auto", mode: str = "sds", dtype: str = "auto", weight: float = 1.0,
                 cfg: float = 5.0, t_min: float = 0.02, t_max: float = 0.98, anneal: bool = True,
-                elevation_range: float = 30.0, seed: int = 0, refine_steps: int = 50,
+                elevation_range: float = 30.0, seed: int = 0, every: int = 1, refine_steps: int = 50,
                 refine_strength: float = 0.2) -> io.NodeOutput:
         from e4d.guidance.loader import guess_variant, load_zero123
         from e4d.guidance.refine import RefineConfig, RefineGuidance
@@ -91,7 +93,7 @@ class Zero123GuidanceLoader(io.ComfyNode):
         device = C.get_torch_device()
         dt = torch_dtype(dtype, device)
         common = dict(variant=var, weight=weight, guidance_scale=cfg, t_min=t_min, t_max=t_max, anneal=anneal,
-                      elevation_range=(-elevation_range, elevation_range), seed=seed)
+                      elevation_range=(-elevation_range, elevation_range), seed=seed, every=every)
 
         def loader():  # runs in the fit's prepare(): nothing is held until then
             return load_zero123(path, dtype=dt)

@@ -13,7 +13,7 @@ import os
 import runpy
 import sys
 
-NEED_TORCHVISION = ("comfy.sd", "comfy.ldm.ace.vae.music_dcae_pipeline", "comfy.ldm.cascade.stage_c_coder", "comfy.ldm.cascade.controlnet", "comfy.ldm.cosmos.model",
+NEED_TORCHVISION = ("comfy.ldm.ace.vae.music_dcae_pipeline", "comfy.ldm.cascade.stage_c_coder", "comfy.ldm.cascade.controlnet", "comfy.ldm.cosmos.model",
                     "comfy.ldm.cosmos.predict2")
 
 

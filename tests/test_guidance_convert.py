@@ -64,3 +64,29 @@ def test_single_file_errors(tmp_path):
     torch.save({"state_dict": sd}, tmp_path / "trunc.ckpt")
     with pytest.raises(ValueError, match="missing keys"):
         load_zero123(tmp_path / "trunc.ckpt")
+
+
+def test_real_size_zero123_shapes_infer_the_real_configs():
+    """stable_zero123.ckpt shapes (meta tensors, zero123-xl architecture): inferred configs equal the HF ones."""
+    from accelerate import init_empty_weights
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    from e4d.guidance.convert import zero123_from_ldm_state_dict
+    from e4d.guidance.loader import REAL_CLIP_VIT_L, REAL_SD_VAE, REAL_ZERO123_UNET, CameraProjection
+
+    with init_empty_weights():
+        mods = (UNet2DConditionModel(**REAL_ZERO123_UNET), AutoencoderKL(**REAL_SD_VAE),
+                CLIPVisionModelWithProjection(CLIPVisionConfig(**REAL_CLIP_VIT_L)), CameraProjection(768, 4))
+    sd = zero123_to_ldm_state_dict(*mods)
+    assert sd["cc_projection.weight"].shape == (768, 772)
+    assert sd["cond_stage_model.model.visual.transformer.resblocks.23.attn.in_proj_weight"].shape == (3072, 1024)
+    comps = zero123_from_ldm_state_dict(sd, "stable_zero123.ckpt")
+    u = comps.unet.config
+    assert list(u.block_out_channels) == [320, 640, 1280, 1280] and u.attention_head_dim == 8
+    assert u.cross_attention_dim == 768 and not u.use_linear_projection and u.sample_size == 32
+    assert list(u.down_block_types) == REAL_ZERO123_UNET["down_block_types"]
+    assert comps.vae.config.norm_num_groups == 32 and list(comps.vae.config.block_out_channels) == [128, 256, 512, 512]
+    e = comps.image_encoder.config
+    assert (e.hidden_size, e.num_hidden_layers, e.num_attention_heads, e.patch_size, e.image_size, e.projection_dim,
+            e.hidden_act) == (1024, 24, 16, 14, 224, 768, "quick_gelu")

@@ -172,10 +172,16 @@ def test_lazy_loader_holds_nothing_until_prepare(tiny_z123):
         loaded.append(1)
         return load_zero123(tiny_z123)
 
-    guid = Zero123Guidance(loader, SDSConfig(weight=0.5))
+    guid = Zero123Guidance(loader, SDSConfig(weight=0.5, every=2))
     assert guid.weight == 0.5 and not loaded
     guid.prepare(_vm(T=1))
     assert loaded == [1]
+    tidx = torch.tensor([0])
+    guid.sample_cameras(tidx, 1, 4, torch.Generator().manual_seed(0))
+    rgb = torch.rand(1, 3, 32, 32, requires_grad=True)
+    skipped = guid.loss(rgb, tidx, 1, 4)  # every=2: step 1 is skipped
+    skipped.backward()
+    assert skipped.item() == 0.0 and rgb.grad.abs().sum() == 0
     guid.release()
     assert guid.cache is None and guid._model is None
 

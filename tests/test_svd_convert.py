@@ -102,3 +102,40 @@ def test_errors(single):
         q[1].quant_conv.bias.fill_(1.0)
     with pytest.raises(ValueError, match="quant_conv"):
         svd_to_single_file(*q)
+
+
+def _meta_single_file(unet, vae, enc):
+    """An SGM-layout dict of meta tensors for full-size models (no memory): names and shapes only."""
+    from e4d.svd.keymap import SVD_CLIP_PREFIX, clip_vision_to_openclip, vae_key_map
+
+    usd, vsd = unet.state_dict(), {k: v for k, v in vae.state_dict().items() if not k.startswith("quant_conv")}
+    out = {"model.diffusion_model." + v: usd[k] for k, v in unet_key_map(usd, unet.config.layers_per_block).items()}
+    out.update({"first_stage_model." + v: (vsd[k][:, :, None, None] if vsd[k].ndim == 2 and ".attentions." in k else vsd[k])
+                for k, v in vae_key_map(vsd).items()})
+    out.update({SVD_CLIP_PREFIX + k: v for k, v in clip_vision_to_openclip(enc.state_dict()).items()})
+    return out
+
+
+def test_real_size_svd_file_is_recognised_and_converted_on_meta():
+    """Full SVD-XT shapes (meta tensors): the real configs are picked and every tensor finds its place."""
+    from accelerate import init_empty_weights
+    from diffusers import AutoencoderKLTemporalDecoder, UNetSpatioTemporalConditionModel
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    from e4d.svd.convert import REAL_SVD_CLIP, REAL_SVD_UNET, REAL_SVD_VAE, infer_clip_config
+
+    with init_empty_weights():
+        mods = (UNetSpatioTemporalConditionModel(**REAL_SVD_UNET), AutoencoderKLTemporalDecoder(**REAL_SVD_VAE),
+                CLIPVisionModelWithProjection(CLIPVisionConfig(**REAL_SVD_CLIP)))
+    sd = _meta_single_file(*mods)
+    assert sd["model.diffusion_model.input_blocks.4.1.time_stack.0.attn2.to_k.weight"].shape == (640, 1024)
+    assert sd["conditioner.embedders.0.open_clip.model.visual.proj"].shape == (1280, 1024)
+    unet, vae, enc = svd_from_single_file(sd, "svd.safetensors", num_frames=14)
+    assert unet.config.num_frames == 14 and list(unet.config.num_attention_heads) == [5, 10, 20, 20]
+    assert vae.quant_conv.weight.shape == (8, 8, 1, 1) and enc.config.num_attention_heads == 16
+    c = infer_clip_config(strip(sd, "conditioner.embedders.0.open_clip.model.visual."), "gelu")
+    assert {k: c[k] for k in REAL_SVD_CLIP} == REAL_SVD_CLIP
+    u = infer_unet_config(strip(sd, "model.diffusion_model."), video=True)
+    for k in ("block_out_channels", "layers_per_block", "down_block_types", "up_block_types", "cross_attention_dim",
+              "addition_time_embed_dim", "projection_class_embeddings_input_dim", "num_attention_heads", "sample_size"):
+        assert list(u[k]) == list(REAL_SVD_UNET[k]) if isinstance(u[k], list) else u[k] == REAL_SVD_UNET[k], k

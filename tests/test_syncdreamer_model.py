@@ -135,3 +135,41 @@ def test_lightning_metadata_is_skipped_safely(tmp_path, monkeypatch):
     assert set(out) == set(sd) and not (tmp_path / "e4d_pwned.txt").exists()
     m = load_syncdreamer(tmp_path / "lightning.ckpt", dtype=torch.float32)
     torch.testing.assert_close(m.cc_projection.bias, sd["cc_projection.bias"])
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::torch.jit.TracerWarning")
+def test_openai_torchscript_clip_override(tmp_path):
+    """OpenAI's ViT-L-14.pt is a TorchScript archive: read with torch.jit.load, mapped from visual.*."""
+    from e4d.syncdreamer.clip import VisionTransformer
+    from e4d.syncdreamer.loader import load_syncdreamer, read_clip_override
+    from tiny_syncdreamer import tiny_dims
+
+    class OpenAIClip(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.visual = VisionTransformer(tiny_dims().clip)
+
+        def forward(self, x):
+            return self.visual(x)
+
+    torch.manual_seed(1)
+    net = OpenAIClip().eval()
+    torch.jit.save(torch.jit.trace(net, torch.zeros(1, 3, 224, 224)), tmp_path / "ViT-tiny.pt")
+    assert set(read_clip_override(tmp_path / "ViT-tiny.pt")) == {"visual." + k for k in net.visual.state_dict()}
+    m = load_syncdreamer(write_tiny_syncdreamer(tmp_path), dtype=torch.float32, clip_override=tmp_path / "ViT-tiny.pt")
+    torch.testing.assert_close(m.clip_image_encoder.model.visual.proj, net.visual.proj.detach())
+
+
+def test_output_cameras_are_the_checkpoint_cameras(shared_dir):
+    """The view matrix labels views with e4d.cameras.syncdreamer16(): the same rig as the checkpoint's buffers."""
+    from safetensors.torch import load_file
+
+    from e4d.cameras import syncdreamer16
+
+    sd = load_file(str(shared_dir / "reference" / "syncdreamer" / "weights.safetensors"))
+    cams = syncdreamer16(256)
+    torch.testing.assert_close(cams.w2c[:, :3, :4], sd["poses"], rtol=0, atol=1e-6)
+    torch.testing.assert_close(cams.K, sd["Ks"])
+    tiny = tiny_state_dict()
+    torch.testing.assert_close(tiny["azimuth"], sd["azimuth"], rtol=0, atol=1e-6)
+    torch.testing.assert_close(tiny["poses"], sd["poses"], rtol=0, atol=1e-6)

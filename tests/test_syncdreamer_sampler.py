@@ -27,7 +27,8 @@ def test_view_matrix_shapes_cameras_progress(tiny):
     steps = []
     frames = torch.rand(5, 64, 64, 3)
     vm = syncdreamer_t(tiny, frames, num_frames=3, prepare="none",
-                       config=SamplerConfig(steps=2, view_batch=12), callback=lambda s, t, i: steps.append((s, t)))
+                       config=SamplerConfig(steps=2, view_batch=12, guidance="cfg", scales=(2.0,)),
+                       callback=lambda s, t, i: steps.append((s, t)))
     assert vm.images.shape == (3, 16, 64, 64, 3) and vm.V == 16
     assert 0 <= vm.images.min() and vm.images.max() <= 1
     assert vm.times.tolist() == [0.0, 0.5, 1.0] and vm.input_images.shape == (3, 64, 64, 3)
@@ -45,7 +46,7 @@ def test_volumes_are_smoothed_before_the_unet(tiny, monkeypatch):
         return real(vol, kernel, cyclic)
 
     monkeypatch.setattr(S, "smooth_volumes", spy)
-    sample_latents(tiny, _frames(3), SamplerConfig(steps=2, temporal_weights="auto", cyclic=True))
+    sample_latents(tiny, _frames(3), SamplerConfig(steps=2, temporal_weights="auto", cyclic=True, guidance="none"))
     assert len(seen) == 2 and seen[0][0][0] == 3 and seen[0][1] == [1.5, 7.0, 1.5] and seen[0][2] is True
 
 
@@ -88,3 +89,23 @@ def test_bad_inputs(tiny):
     with pytest.raises(ValueError, match="square"):
         syncdreamer_t(tiny, torch.rand(2, 64, 48, 3), prepare="none")
     assert select_frames(10, 4).tolist() == [0, 3, 6, 9] and select_frames(3, 0).tolist() == [0, 1, 2]
+
+
+def test_pipeline_prepares_raw_frames(tiny, monkeypatch):
+    """Raw frames + mask are cropped to the model size (one clip box); 256² frames pass through in 'auto'."""
+    import e4d.syncdreamer.pipeline as P
+
+    seen = {}
+    monkeypatch.setattr(P, "generate_view_matrix",
+                        lambda model, fr, al, cfg, times, callback: seen.update(fr=fr, al=al, times=times))
+    raw = torch.rand(4, 90, 120, 3)
+    mask = torch.zeros(4, 90, 120)
+    mask[:, 20:60, 30:70] = 1
+    syncdreamer_t(tiny, raw, mask, num_frames=2)
+    assert seen["fr"].shape == (2, 256, 256, 3) and seen["al"].shape == (2, 256, 256)
+    assert seen["times"] == [0.0, 1.0] and seen["fr"][:, 0, 0].eq(1).all()  # white canvas corner
+    with pytest.raises(ValueError, match="background-removal"):
+        syncdreamer_t(tiny, raw, None, num_frames=2)
+    ready = torch.rand(3, 256, 256, 3)
+    syncdreamer_t(tiny, ready, None, num_frames=0)
+    assert seen["fr"] is not None and torch.equal(seen["fr"], ready) and seen["times"] == [0.0, 0.5, 1.0]

@@ -59,14 +59,15 @@ class L:
 SD_CKPT = {"checkpoint": "syncdreamer-pretrain.ckpt"}
 WEIGHTS_NOTE = (
     "Weights (put them here, then press R in ComfyUI to refresh the lists):\n"
-    "- SyncDreamer: models/syncdreamer/syncdreamer-pretrain.ckpt (5.2 GB) + ViT-L-14.pt (0.9 GB) from "
+    "- SyncDreamer: models/syncdreamer/syncdreamer-pretrain.ckpt (about 5 GB, CLIP included) from "
     "huggingface.co/liuyuan-pal/SyncDreamer\n"
     "- RIFE: models/rife/rife47.pth (21 MB, as in ComfyUI-Frame-Interpolation) or flownet.pkl (Practical-RIFE 4.x / "
     "RIFE HD v3.6); without weights the loader's 'flow (no weights)' fallback still runs\n"
-    "- Zero123 guidance (optional SDS): models/diffusers/zero123-xl-diffusers/ (diffusers folder, 3.5 GB, "
-    "huggingface.co/ashawkey/zero123-xl-diffusers) or a single-file stable_zero123.ckpt in models/checkpoints\n"
-    "- SVD (image to 4D only): models/diffusers/stable-video-diffusion-img2vid-xt/ (diffusers folder, 9.6 GB fp16 "
-    "variant, huggingface.co/stabilityai/stable-video-diffusion-img2vid-xt) or svd_xt.safetensors in "
+    "- Zero123 guidance (optional SDS): models/diffusers/zero123-xl-diffusers/ (diffusers folder of "
+    "huggingface.co/ashawkey/zero123-xl-diffusers, a few GB) or stable_zero123.ckpt (stabilityai/stable-zero123) in "
+    "models/checkpoints\n"
+    "- SVD (image to 4D only): models/diffusers/stable-video-diffusion-img2vid-xt/ (diffusers folder of "
+    "huggingface.co/stabilityai/stable-video-diffusion-img2vid-xt) or svd_xt.safetensors (about 10 GB) in "
     "models/checkpoints\n"
     "See docs/comfyui.md for details.")
 

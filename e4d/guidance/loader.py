@@ -36,6 +36,16 @@ CLIP_PROCESSOR = {"crop_size": {"height": 224, "width": 224}, "size": {"shortest
                   "image_mean": [0.48145466, 0.4578275, 0.40821073],
                   "image_std": [0.26862954, 0.26130258, 0.27577711]}
 """The CLIPImageProcessor config shipped with every zero123 / SVD diffusers repo (OpenAI CLIP statistics)."""
+# zero123-xl / stable-zero123 architecture (shared/reference/guidance/REAL_CONFIGS.md §2; HF ashawkey/*-diffusers)
+REAL_ZERO123_UNET = dict(sample_size=32, in_channels=8, out_channels=4, block_out_channels=[320, 640, 1280, 1280],
+                         down_block_types=["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
+                         up_block_types=["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3, layers_per_block=2,
+                         cross_attention_dim=768, attention_head_dim=8, use_linear_projection=False)
+REAL_SD_VAE = dict(in_channels=3, out_channels=3, block_out_channels=[128, 256, 512, 512],
+                   down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
+                   layers_per_block=2, latent_channels=4, sample_size=256, scaling_factor=0.18215)
+REAL_CLIP_VIT_L = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+                       image_size=224, patch_size=14, projection_dim=768, hidden_act="quick_gelu", layer_norm_eps=1e-5)
 
 
 class CameraProjection(nn.Module):
@@ -63,8 +73,8 @@ def camera_projection_from_state_dict(sd: dict[str, Tensor], source: str) -> Cam
     if in_dim != out_dim + 4:
         raise ValueError(f"{source}: camera projection must be Linear(D+4 -> D), got weight {tuple(w.shape)}")
     m = CameraProjection(out_dim, 4)
-    m.proj.weight.data.copy_(w.float())
-    m.proj.bias.data.copy_(b.float() if b is not None else torch.zeros(out_dim))
+    bias = b if b is not None else torch.zeros(out_dim, dtype=w.dtype, device=w.device)
+    m.load_state_dict({"proj.weight": w.float(), "proj.bias": bias.float()}, assign=True)
     return m
 
 

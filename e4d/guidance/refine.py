@@ -71,6 +71,8 @@ class RefineGuidance(Zero123Guidance):
             raise ValueError(f"renders must be [B, 3, H, W] in [0, 1], got {tuple(renders.shape)}")
         if time_idx.shape != (renders.shape[0],):
             raise ValueError(f"time_idx must be [B]=[{renders.shape[0]}], got {tuple(time_idx.shape)}")
+        if self.skips(step):
+            return renders.sum() * 0.0
         target = self.refine(renders.detach(), time_idx)
         s = self.config.render_size
         x = renders if renders.shape[-2:] == (s, s) else F.interpolate(renders, (s, s), mode="bilinear", align_corners=False)

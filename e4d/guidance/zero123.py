@@ -54,6 +54,9 @@ class SDSConfig:
     """``mean``: loss averaged over the B views (dL/dz = g / B, as DreamGaussian4D); ``sum``: dL/dz = g."""
     seed: int = 0
     """Seed of the SDS noise and VAE posterior samples (the views come from the fit's generator)."""
+    every: int = 1
+    """Apply the guidance on every k-th fit step only (other steps return a zero loss); > 1 trades prior
+    strength for speed when the fit's time budget is tight."""
 
 
 def sds_timesteps(step: int, total: int, batch: int, t_min: float, t_max: float, anneal: bool,
@@ -230,10 +233,18 @@ class Zero123Guidance:
     def loss(self, renders: Tensor, time_idx: Tensor, step: int, total: int) -> Tensor:
         """SDS surrogate loss (unweighted; the fit multiplies by ``weight``) for renders ``[B, 3, H, W]`` in [0, 1]
         of the cameras returned by the last :meth:`sample_cameras` call for the same ``time_idx``."""
+        if self.skips(step):
+            return renders.sum() * 0.0  # keeps the graph, contributes nothing
         z, _, _, g = self._sds_terms(renders, time_idx, step, total)
         return sds_loss(z, g, self.config.reduction)
 
     # -- pieces (shared with the refine guidance) -----------------------------------------------
+    def skips(self, step: int) -> bool:
+        """True on the fit steps :attr:`SDSConfig.every` leaves out."""
+        if self.config.every < 1:
+            raise ValueError(f"SDSConfig.every must be >= 1, got {self.config.every}")
+        return step % self.config.every != 0
+
     def _require_cache(self) -> ReferenceCache:
         if self.cache is None:
             raise RuntimeError("call Zero123Guidance.prepare(view_matrix) before sampling cameras or computing the loss")
@@ -272,14 +283,15 @@ class Zero123Guidance:
         B = renders.shape[0]
         cond = self.condition_tokens(time_idx)
         z = self.encode_renders(renders)
-        t = sds_timesteps(step, total, B, cfg.t_min, cfg.t_max, cfg.anneal, self._gen).to(z.device)
+        t_cpu = sds_timesteps(step, total, B, cfg.t_min, cfg.t_max, cfg.anneal, self._gen)
+        t = t_cpu.to(z.device, non_blocking=True)
         with torch.no_grad():
             eps = torch.randn(z.shape, generator=self._gen, device=z.device, dtype=torch.float32)
-            ab = self._alphas.to(z.device)[t].view(-1, 1, 1, 1)
+            ab = self._alphas[t_cpu].view(-1, 1, 1, 1).to(z.device, non_blocking=True)
             z_t = ab.sqrt() * z.detach().float() + (1 - ab).sqrt() * eps
             ref = c.latents[time_idx.to(c.latents.device).long()]
             eps_pred = cfg_noise_prediction(comps.unet, z_t, t, cond, ref, cfg.guidance_scale)
-            g = sds_gradient(eps_pred, eps, sds_weight(self._alphas, t.cpu()).to(z.device))
+            g = sds_gradient(eps_pred, eps, sds_weight(self._alphas, t_cpu).to(z.device, non_blocking=True))
         if self.keep_debug:
             if z.requires_grad:
                 z.retain_grad()

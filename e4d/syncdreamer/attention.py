@@ -87,6 +87,15 @@ class SpatialTransformer(nn.Module):
         return x + self.proj_out(t)
 
 
+def pointwise_conv3d(conv: nn.Conv3d, x: Tensor) -> Tensor:
+    """A 1x1x1 Conv3d as one batched matmul ``[O, C] @ [B, C, DHW]`` (CPU has no fast 3-D conv path)."""
+    b, c = x.shape[:2]
+    y = torch.matmul(conv.weight.reshape(conv.out_channels, c), x.reshape(b, c, -1))
+    if conv.bias is not None:
+        y = y + conv.bias[:, None]
+    return y.reshape(b, conv.out_channels, *x.shape[2:])
+
+
 def depth_attention(q: Tensor, k: Tensor, v: Tensor, heads: int) -> Tensor:
     """Per pixel and head, softmax over the D depth samples: ``q [B,C,H,W], k/v [B,C,D,H,W] -> [B,C,H,W]``.
 
@@ -114,7 +123,8 @@ class DepthAttention(nn.Module):
         self.to_out = nn.Conv2d(inner, query_dim, 1, bias=False)
 
     def forward(self, x: Tensor, context: Tensor) -> Tensor:  # x [B, C, H, W], context [B, Cc, D, H, W]
-        return self.to_out(depth_attention(self.to_q(x), self.to_k(context), self.to_v(context), self.heads))
+        k, v = pointwise_conv3d(self.to_k, context), pointwise_conv3d(self.to_v, context)
+        return self.to_out(depth_attention(self.to_q(x), k, v, self.heads))
 
 
 class DepthTransformer(nn.Module):
@@ -132,5 +142,6 @@ class DepthTransformer(nn.Module):
                                       nn.GroupNorm(8, inner), nn.ReLU(), nn.Conv2d(inner, dim, 3, 1, 1, bias=False))
 
     def forward(self, x: Tensor, context: Tensor) -> Tensor:
-        h = self.depth_attn(self.proj_in(x), self.proj_context(context))
+        conv, norm, act = self.proj_context
+        h = self.depth_attn(self.proj_in(x), act(norm(pointwise_conv3d(conv, context))))
         return x + self.proj_out(h)

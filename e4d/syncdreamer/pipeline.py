@@ -34,7 +34,8 @@ def syncdreamer_t(model: SyncDreamer, frames: Tensor, alpha: Optional[Tensor] = 
         num_frames: K, frames kept (evenly subsampled; 0 = all). Times of the result are the kept frames'
             normalised positions in the input video.
         prepare: ``"clip"`` / ``"frame"``: crop box of :mod:`e4d.preprocess`; ``"none"``: frames are already
-            prepared; ``"auto"``: ``"none"`` for 256² frames without alpha, else ``"clip"``.
+            prepared; ``"auto"``: ``"none"`` for frames already at the model size (256², e.g. from 'Prepare
+            Object Frames'), else ``"clip"``.
         crop_size: longest object side after preparation (official 200).
         config: sampling parameters.
     """
@@ -50,7 +51,7 @@ def syncdreamer_t(model: SyncDreamer, frames: Tensor, alpha: Optional[Tensor] = 
     times = (idx.float() / max(n - 1, 1)).tolist()
     mode = prepare
     if mode == "auto":
-        mode = "none" if (alpha is None and h == w == size) else "clip"
+        mode = "none" if h == w == size else "clip"
     if mode == "none":
         if h != w:
             raise ValueError(f"prepare='none' needs square frames centred on white ({size}x{size}), got {w}x{h}; "

@@ -32,25 +32,29 @@ def _start_with_frontend(base: Path, timeout: float = 240.0):
     root = comfy_root()
     for sub in ("custom_nodes", "models", "input", "output", "temp", "user/default"):
         (base / sub).mkdir(parents=True, exist_ok=True)
-    (base / "custom_nodes" / PACK_NAME).symlink_to(REPO, target_is_directory=True)
+    link = base / "custom_nodes" / PACK_NAME
+    link.symlink_to(REPO, target_is_directory=True)
     # A returning user: no first-run template browser over the canvas.
     (base / "user" / "default" / "comfy.settings.json").write_text(json.dumps(
         {"Comfy.TutorialCompleted": True, "Comfy.Workflow.ShowMissingModelsWarning": False,
          "Comfy.Workflow.ShowMissingNodesWarning": False}))
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-    spec = importlib.util.find_spec("torchvision")  # require_comfy() may already have put the stub on sys.path
-    if spec is None or str(stubs_dir()) in str(spec.origin):
-        env["PYTHONPATH"] = os.pathsep.join([str(stubs_dir()), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     port = free_port()
     log_path = base / "server.log"
+    # The harness's launcher: a torchvision stub that only ComfyUI's own start-up sees (tests/comfy_launch.py).
+    launcher = REPO / "tests" / "comfy_launch.py"
     with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, str(root / "main.py"), "--cpu", "--listen", "127.0.0.1", "--port",
-                                 str(port), "--disable-auto-launch", "--disable-api-nodes", "--base-directory",
-                                 str(base)], cwd=str(root), env=env, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([sys.executable, str(launcher), str(root), str(stubs_dir()), "--cpu", "--listen",
+                                 "127.0.0.1", "--port", str(port), "--disable-auto-launch", "--disable-api-nodes",
+                                 "--base-directory", str(base)], cwd=str(root), env=env, stdout=log,
+                                stderr=subprocess.STDOUT)
     server = ComfyServer(base, port, proc, log_path)
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
         server.check_alive()
+        if f"Cannot import {link}" in server.log_text():
+            server.stop()
+            raise RuntimeError(f"ComfyUI could not import the pack; log:\n{server.log_tail(60)}")
         try:
             if server.request("/system_stats", timeout=2.0)[0] == 200:
                 return server
@@ -130,6 +134,16 @@ def test_preview_node_plays_inside_comfyui(comfy_frontend, chromium_path, artifa
         img = png_to_array(b.screenshot(artifacts_dir / "comfyui_player.png", clip=rect))
         fg = foreground(img)
         assert 0.005 < fg.mean() < 0.6, f"player canvas in the node: {fg.mean():.3%} drawn (object missing?)"
+        # Orbiting inside the node turns the player's camera and leaves the graph canvas where it was.
+        before = b.evaluate("[window.app.graph.getNodeById(2).e4dPlayer._cam.az, ...window.app.canvas.ds.offset]")
+        cx, cy = rect["x"] + rect["width"] / 2, rect["y"] + rect["height"] / 2
+        b.drag(cx, cy, cx + 120, cy)
+        after = b.evaluate("[window.app.graph.getNodeById(2).e4dPlayer._cam.az, ...window.app.canvas.ds.offset]")
+        assert abs(after[0] - before[0]) > 20, f"drag in the node did not orbit: {before} -> {after}"
+        assert after[1:] == before[1:], f"the drag also panned the graph: {before[1:]} -> {after[1:]}"
+        b.evaluate("(async () => { const p = window.app.graph.getNodeById(2).e4dPlayer;"
+                   " await p.whenSorted(); p.renderNow({finish: true}); })()")
+        b.screenshot(artifacts_dir / "comfyui_player_orbited.png", clip=rect)
         # the file came through ComfyUI's /view from its temp folder
         files = list((server.base / "temp" / "efficient4d").glob("e4d_preview_*.e4dc"))
         assert len(files) == 1

@@ -333,7 +333,7 @@ export class E4DPlayer {
     this.worker.postMessage({ init: true, n, mean: mean.slice(), vel, vt });
     // Frame the object: orbit its centre at a radius that fits its bounding sphere in the field of view.
     const c = data.header.center || [0, 0, 0], rad = data.header.radius || 0.5;
-    const r = Math.max(rad / Math.sin(0.5 * this.opts.fov * DEG) * 1.1, 0.1);
+    const r = Math.max(rad / Math.sin(0.5 * this.opts.fov * DEG) * 1.25, 0.1);
     this._home = { az: this.opts.azimuth ?? 0, el: this.opts.elevation ?? 15, r, target: c.slice() };
     this.resetView();
     this.msg.textContent = "";

