@@ -430,7 +430,11 @@ def run_workflow(server, name: str, prompt: dict, gpu: GpuSampler, timeout: floa
     t0 = time.perf_counter()
     base_gb = gpu.peak(t0 - 1.0, t0)
     pid = server.queue(prompt, client_id=client)
-    entry = server.wait(pid, timeout)
+    try:
+        entry = server.wait(pid, timeout)
+    except TimeoutError:  # report how far it got, then stop the run so the next workflow starts clean
+        server.interrupt()
+        entry = {"status": {"status_str": f"timeout after {timeout:.0f} s"}}
     t1 = time.perf_counter()
     time.sleep(0.3)
     ws.done.set()

@@ -57,11 +57,11 @@ class Zero123GuidanceLoader(io.ComfyNode):
                 io.Float.Input("elevation_range", default=30.0, min=0.0, max=80.0, step=1.0,
                                tooltip="Novel views within +- this elevation of the input camera (degrees)."),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF, tooltip="Seed of the SDS noise."),
-                io.Int.Input("every", default=1, min=1, max=100,
-                             tooltip="Apply the guidance on every k-th fit step only (faster, weaker prior)."),
                 io.Int.Input("refine_steps", default=50, min=1, max=1000, tooltip="refine mode: DDIM schedule length."),
                 io.Float.Input("refine_strength", default=0.2, min=0.01, max=1.0, step=0.01,
                                tooltip="refine mode: fraction of the schedule re-run (0.2 of 50 = 10 UNet steps)."),
+                io.Int.Input("every", default=1, min=1, max=100,
+                             tooltip="Apply the guidance on every k-th fit step only (faster, weaker prior)."),
             ],
             outputs=[
                 E4D_GUIDANCE.Output(display_name="guidance", tooltip="Connect to the 4DGS fit node's guidance input."),
@@ -80,8 +80,8 @@ class Zero123GuidanceLoader(io.ComfyNode):
     @classmethod
     def execute(cls, model: str, variant: str = "auto", mode: str = "sds", dtype: str = "auto", weight: float = 1.0,
                 cfg: float = 5.0, t_min: float = 0.02, t_max: float = 0.98, anneal: bool = True,
-                elevation_range: float = 30.0, seed: int = 0, every: int = 1, refine_steps: int = 50,
-                refine_strength: float = 0.2) -> io.NodeOutput:
+                elevation_range: float = 30.0, seed: int = 0, refine_steps: int = 50,
+                refine_strength: float = 0.2, every: int = 1) -> io.NodeOutput:
         from e4d.guidance.loader import guess_variant, load_zero123
         from e4d.guidance.refine import RefineConfig, RefineGuidance
         from e4d.guidance.zero123 import SDSConfig, Zero123Guidance

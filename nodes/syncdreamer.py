@@ -122,9 +122,10 @@ class SyncDreamerT(io.ComfyNode):
                              tooltip="(frame, view) pairs per UNet call. Lower = less memory, same result "
                                      "(about 16: <= 16 GB, 4: fits 12 GB)."),
                 io.Combo.Input("prepare", options=["auto", "clip", "frame", "none"], default="auto",
-                               tooltip="Object cropping: auto = 256x256 frames are used as they are (already "
-                                       "prepared), other sizes are cropped with one box for the clip (needs a mask or "
-                                       "RGBA); clip / frame: crop box per clip / per frame; none: use as they are."),
+                               tooltip="Object cropping: auto = square frames at 256x256, or square frames "
+                                       "without mask/alpha, are used as they are (already prepared); anything else is "
+                                       "cropped with one box for the clip (needs a mask or RGBA); clip / frame: crop "
+                                       "box per clip / per frame; none: use the frames as they are."),
                 io.Boolean.Input("invert_mask", default=False,
                                  tooltip="Use 1 - mask (core Load Image's mask is 1 on transparent pixels)."),
             ],

@@ -84,6 +84,8 @@ def test_bad_inputs(tiny):
         sample_latents(tiny, _frames(1), SamplerConfig(guidance="both"))
     with pytest.raises(ValueError, match="needs 2 scale"):
         sample_latents(tiny, _frames(1), SamplerConfig(scales=(2.0,)))
+    with pytest.raises(ValueError, match="multiple of 64"):
+        sample_latents(tiny, torch.zeros(1, 3, 48, 48))
     with pytest.raises(ValueError, match=r"\[K, 3, H, W\]"):
         sample_latents(tiny, torch.zeros(1, 64, 64, 3))
     with pytest.raises(ValueError, match="square"):

@@ -78,4 +78,4 @@ class RefineGuidance(Zero123Guidance):
         x = renders if renders.shape[-2:] == (s, s) else F.interpolate(renders, (s, s), mode="bilinear", align_corners=False)
         if self.keep_debug:
             self.last = dict(target=target)
-        return F.mse_loss(x.float(), target)
+        return F.mse_loss(x.float(), target.to(x.device))

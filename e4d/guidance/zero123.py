@@ -236,7 +236,7 @@ class Zero123Guidance:
         if self.skips(step):
             return renders.sum() * 0.0  # keeps the graph, contributes nothing
         z, _, _, g = self._sds_terms(renders, time_idx, step, total)
-        return sds_loss(z, g, self.config.reduction)
+        return sds_loss(z, g, self.config.reduction).to(renders.device)
 
     # -- pieces (shared with the refine guidance) -----------------------------------------------
     def skips(self, step: int) -> bool:
@@ -269,7 +269,7 @@ class Zero123Guidance:
         comps, s = self.components, self.config.render_size
         if renders.shape[-2:] != (s, s):
             renders = F.interpolate(renders, (s, s), mode="bilinear", align_corners=False)
-        x = (renders * 2.0 - 1.0).to(comps.dtype)
+        x = (renders * 2.0 - 1.0).to(comps.device, comps.dtype)  # autograd carries the gradient back across devices
         post = comps.vae.encode(x).latent_dist
         return post.sample(generator=self._gen) * comps.vae.config.scaling_factor
 

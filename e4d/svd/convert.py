@@ -166,9 +166,16 @@ def infer_clip_config(sd: Mapping[str, Tensor], hidden_act: str) -> dict:
 
 # -- building modules ------------------------------------------------------------------------------------
 def build_empty(factory: Callable[[], torch.nn.Module]) -> torch.nn.Module:
-    """Instantiate without allocating parameters (the weights come from the file)."""
-    from accelerate import init_empty_weights
+    """Instantiate without allocating parameters (the weights come from the file).
 
+    Uses accelerate's ``init_empty_weights`` (parameters on the meta device, buffers real) when accelerate is
+    installed; otherwise builds normally on the CPU (slower and a transient extra copy, same result).
+    """
+    try:
+        from accelerate import init_empty_weights
+    except ImportError:
+        log.info("accelerate not installed: building the model with random weights before loading the file")
+        return factory()
     with init_empty_weights():
         return factory()
 

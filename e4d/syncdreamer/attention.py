@@ -96,20 +96,25 @@ def pointwise_conv3d(conv: nn.Conv3d, x: Tensor) -> Tensor:
     return y.reshape(b, conv.out_channels, *x.shape[2:])
 
 
-def depth_attention(q: Tensor, k: Tensor, v: Tensor, heads: int) -> Tensor:
+def depth_attention(q: Tensor, k: Tensor, v: Tensor, heads: int, chunk: int = 16) -> Tensor:
     """Per pixel and head, softmax over the D depth samples: ``q [B,C,H,W], k/v [B,C,D,H,W] -> [B,C,H,W]``.
 
-    The probabilities are [B, heads, D, H, W] (D <= 48): as small as one channel group of k, so a plain
-    einsum is used instead of a fused kernel (which would need k/v transposed to [B*H*W, heads, D, hd]).
+    Logits, softmax and the weighted sum run in float32 (the official code gets the same from autocast, whose
+    ``sum``/``softmax`` are float32 ops); half inputs are upcast ``chunk`` items at a time to bound the memory.
+    The probabilities are only [B, heads, D, H, W] (D <= 48), so no fused kernel is needed.
     """
     b, c, d, h, w = k.shape
     hd = c // heads
-    q = q.reshape(b, heads, hd, h, w)
-    k = k.reshape(b, heads, hd, d, h, w)
-    v = v.reshape(b, heads, hd, d, h, w)
-    sim = torch.einsum("bnchw,bncdhw->bndhw", q, k) * hd ** -0.5
-    attn = sim.softmax(dim=2)
-    return torch.einsum("bndhw,bncdhw->bnchw", attn, v).reshape(b, c, h, w)
+    out = []
+    for s in range(0, b, chunk):
+        qs = q[s:s + chunk].float().reshape(-1, heads, hd, h, w)
+        ks = k[s:s + chunk].float().reshape(-1, heads, hd, d, h, w)
+        sim = torch.einsum("bnchw,bncdhw->bndhw", qs, ks) * hd ** -0.5
+        del ks
+        attn = sim.softmax(dim=2)
+        vs = v[s:s + chunk].float().reshape(-1, heads, hd, d, h, w)
+        out.append(torch.einsum("bndhw,bncdhw->bnchw", attn, vs).reshape(-1, c, h, w).to(q.dtype))
+    return torch.cat(out) if len(out) > 1 else out[0]
 
 
 class DepthAttention(nn.Module):

@@ -34,8 +34,9 @@ def syncdreamer_t(model: SyncDreamer, frames: Tensor, alpha: Optional[Tensor] = 
         num_frames: K, frames kept (evenly subsampled; 0 = all). Times of the result are the kept frames'
             normalised positions in the input video.
         prepare: ``"clip"`` / ``"frame"``: crop box of :mod:`e4d.preprocess`; ``"none"``: frames are already
-            prepared; ``"auto"``: ``"none"`` for frames already at the model size (256², e.g. from 'Prepare
-            Object Frames'), else ``"clip"``.
+            prepared; ``"auto"``: ``"none"`` for square frames at the model size (256², e.g. from 'Prepare
+            Object Frames') or square frames without alpha (any multiple of 64, e.g. small test runs), else
+            ``"clip"``.
         crop_size: longest object side after preparation (official 200).
         config: sampling parameters.
     """
@@ -51,7 +52,7 @@ def syncdreamer_t(model: SyncDreamer, frames: Tensor, alpha: Optional[Tensor] = 
     times = (idx.float() / max(n - 1, 1)).tolist()
     mode = prepare
     if mode == "auto":
-        mode = "none" if h == w == size else "clip"
+        mode = "none" if h == w and (h == size or alpha is None) else "clip"
     if mode == "none":
         if h != w:
             raise ValueError(f"prepare='none' needs square frames centred on white ({size}x{size}), got {w}x{h}; "

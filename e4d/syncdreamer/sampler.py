@@ -115,6 +115,9 @@ def sample_latents(model: SyncDreamer, images: Tensor, config: SamplerConfig = S
     config.check()
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"images must be [K, 3, H, W] in [-1, 1], got {tuple(images.shape)}")
+    if images.shape[-1] != images.shape[-2] or images.shape[-1] % 64:
+        raise ValueError(f"SyncDreamer needs square frames whose side is a multiple of 64 (256 for the real model), "
+                         f"got {images.shape[-1]}x{images.shape[-2]}; use 'Prepare Object Frames' (size 256)")
     noise = noise or NoiseOverride()
     dev = model.cc_projection.weight.device
     wdt = model.cc_projection.weight.dtype

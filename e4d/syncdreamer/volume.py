@@ -178,13 +178,13 @@ class SpatialVolumeNet(nn.Module):
         V = self.d.spatial_size
         P = projection_matrices(Ks, poses, w / self.d.input_image_size)
         pts = voxel_grid(V, self.d.spatial_length, x.device).reshape(-1, 3)
-        grid = project_to_grid(pts, P, w).to(x.dtype)  # [N, V^3, 2]
+        grid = project_to_grid(pts, P, w)  # [N, V^3, 2] float32: fp16 coordinates would shift samples
         feats = self.target_encoder(x.reshape(B * N, *x.shape[2:]), t_embed.repeat_interleave(N, 0),
                                     v_embed.reshape(B * N, -1).to(x.dtype))  # [B*N, C, h, w]
         C = feats.shape[1]
         g = grid.reshape(1, N, V, V * V, 2).expand(B, -1, -1, -1, -1).reshape(B * N, V, V * V, 2)
-        vol = F.grid_sample(feats, g, mode="bilinear", padding_mode="zeros", align_corners=True)
-        return vol.reshape(B, N * C, V, V, V)
+        vol = F.grid_sample(feats.float(), g, mode="bilinear", padding_mode="zeros", align_corners=True)
+        return vol.reshape(B, N * C, V, V, V).to(x.dtype)
 
     def construct_spatial_volume(self, x: Tensor, t_embed: Tensor, v_embed: Tensor, poses: Tensor, Ks: Tensor) -> Tensor:
         """``x [B, N, 4, h, w]``, ``t_embed [B, Dt]``, ``v_embed [B, N, Dv]`` -> spatial volume ``[B, C, V, V, V]``."""
@@ -204,6 +204,7 @@ class SpatialVolumeNet(nn.Module):
         P = projection_matrices(Ks[idx], poses[idx], size / d.input_image_size)
         xyz = frustum_points(P, size, d.frustum_depth, d.camera_distance, d.frustum_length) / d.spatial_length  # [B*TN, D, H, W, 3]
         vol = volume.repeat_interleave(TN, 0)
-        feats = F.grid_sample(vol, xyz.to(vol.dtype), mode="bilinear", padding_mode="zeros", align_corners=True)
+        feats = F.grid_sample(vol.float(), xyz, mode="bilinear", padding_mode="zeros",
+                              align_corners=True).to(vol.dtype)  # sampled in float32, like autocast does
         v = v_embed[torch.arange(B, device=target.device)[:, None], target].reshape(B * TN, -1)
         return self.frustum_volume_feats(feats, t_embed.repeat_interleave(TN, 0).to(vol.dtype), v.to(vol.dtype))
