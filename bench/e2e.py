@@ -45,6 +45,10 @@ class StageUnavailable(RuntimeError):
     """A stage's API is missing or broken: the message names the stage and what failed."""
 
 
+class StageFailed(RuntimeError):
+    """A stage raised while running (OOM, a diverging fit, ...): the records so far are still reported."""
+
+
 def need(stage: str, what: str, fn: Callable[[], Any]) -> Any:
     """Run an import/builder of ``stage``; turn ImportError/AttributeError into a message naming the stage."""
     try:
@@ -200,8 +204,18 @@ class Run:
             at_start = torch.cuda.memory_allocated(dev)
         sync(dev)
         t0 = time.perf_counter()
-        out = fn()
-        sync(dev)
+        try:
+            out = fn()
+            sync(dev)
+        except StageUnavailable:
+            raise
+        except Exception as e:  # noqa: BLE001 -- report which stage failed, with its peak so far, then stop
+            rec = {"bench": "e2e", "stage": name, "error": f"{type(e).__name__}: {str(e)[:500]}",
+                   "s": round(time.perf_counter() - t0, 3)}
+            if dev.type == "cuda":
+                rec["peak_alloc_gb"] = gb(torch.cuda.max_memory_allocated(dev))
+            self.emit(rec)
+            raise StageFailed(f"stage '{name}' failed: {type(e).__name__}: {e}") from e
         rec: Dict[str, Any] = {"bench": "e2e", "stage": name, "s": round(time.perf_counter() - t0, 3),
                                "load_s": round(load_s, 3)}
         if dev.type == "cuda":
@@ -298,7 +312,7 @@ def run_chain(args: argparse.Namespace, s: Settings, run: Run, out_dir: Path) ->
     conf = run.stage("confidence", lambda: conf_mod.compute_confidence(vm61.images, rife,
                                                                       conf_mod.ConfidenceConfig(batch=s.rife_batch)),
                      release=("rife",), frames=vm61.T, views=vm61.V)
-    del vm_dev
+    vm_dev = None  # noqa: F841 -- frees the 16-frame copy (the lambdas above already ran)
 
     fit_mod = need("fit", "e4d.fit", lambda: __import__("e4d.fit", fromlist=["x"]))
     guidance, t = None, 0.0
@@ -315,7 +329,7 @@ def run_chain(args: argparse.Namespace, s: Settings, run: Run, out_dir: Path) ->
                      iterations=s.iterations, points=s.points, sds=s.sds, T=vm61.T, V=vm61.V)
     if guidance is not None:
         guidance.cache = None  # per-frame CLIP/VAE references of the SDS (small) go with the fit
-    del vm61, conf
+    vm61 = conf = None  # noqa: F841 -- the 61-frame matrix and its confidence are not needed past the fit
     g = fres.gaussians
 
     orbit_mod = need("orbit", "e4d.orbit", lambda: __import__("e4d.orbit", fromlist=["x"]))
@@ -407,8 +421,12 @@ def main(argv: Optional[List[str]] = None) -> int:
             out_dir = args.out or Path(tmp) / "export"
             out_dir.mkdir(parents=True, exist_ok=True)
             extra = run_chain(args, s, run, out_dir)
-    except StageUnavailable as e:
-        run.emit({"bench": "e2e", "error": str(e)})
+    except (StageUnavailable, StageFailed) as e:
+        import traceback
+
+        traceback.print_exc()
+        run.emit({"bench": "e2e", "summary": True, "error": str(e)[:1000], "stages_s": {r["stage"]: r["s"]
+                                                                                      for r in run.records}})
         print(f"e2e: {e}", file=sys.stderr)
         return 2
     extra["wall_s"] = round(time.perf_counter() - t0, 2)

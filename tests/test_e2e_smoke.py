@@ -76,7 +76,7 @@ def test_missing_stage_api_names_the_stage(e2e):
     with pytest.raises(e2e.StageUnavailable, match="stage 'orbit'.*e4d.orbit"):
         e2e.need("orbit", "e4d.orbit", lambda: __import__("e4d.no_such_module_orbit"))
     with pytest.raises(e2e.StageUnavailable, match="stage 'fit'"):
-        e2e.need("fit", "bench/sds.py random_zero123", lambda: getattr(object(), "random_zero123"))
+        e2e.need("fit", "bench/sds.py random_zero123", lambda: object().random_zero123)
 
 
 def test_full_size_needs_a_gpu(e2e):
@@ -90,3 +90,26 @@ def test_quick_chain_on_gpu_with_offload(tmp_path):
     assert rc == 0, err[-3000:]
     summ = recs[-1]
     assert summ["summary"] and summ["peak_alloc_gb"] > 0 and summ["offload"] is True
+
+
+def test_comfy_prompt_surgery_drops_av_nodes_and_their_consumers():
+    """bench/e2e_comfy.py removes CreateVideo/SaveVideo (no PyAV on the GPU image) and everything fed by them."""
+    import importlib.util
+
+    sys.path.insert(0, str(REPO / "bench"))  # e2e_comfy imports its sibling e2e_comfy_setup
+    try:
+        spec = importlib.util.spec_from_file_location("e4d_bench_e2e_comfy", REPO / "bench" / "e2e_comfy.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+    prompt = {"1": {"class_type": "E4D_OrbitRender", "inputs": {"frames": 12}},
+              "2": {"class_type": "CreateVideo", "inputs": {"images": ["1", 0], "fps": 24.0}},
+              "3": {"class_type": "SaveVideo", "inputs": {"video": ["2", 0]}},
+              "4": {"class_type": "E4D_Export4D", "inputs": {"frames": ["1", 0]}}}
+    assert mod.drop_nodes(prompt, mod.AV_NODES) == ["2", "3"]
+    assert sorted(prompt) == ["1", "4"]
+    mod.set_inputs(prompt, "E4D_OrbitRender", frames=4)
+    assert prompt["1"]["inputs"]["frames"] == 4
+    with pytest.raises(ValueError, match="no E4D_Fit4DGS node"):
+        mod.set_inputs(prompt, "E4D_Fit4DGS", iterations=3)

@@ -173,3 +173,19 @@ def test_output_cameras_are_the_checkpoint_cameras(shared_dir):
     tiny = tiny_state_dict()
     torch.testing.assert_close(tiny["azimuth"], sd["azimuth"], rtol=0, atol=1e-6)
     torch.testing.assert_close(tiny["poses"], sd["poses"], rtol=0, atol=1e-6)
+
+
+def test_depth_attention_matches_literal_formula():
+    """Chunked float32 depth attention == the literal per-pixel softmax over depth (DepthAttention of the paper)."""
+    from e4d.syncdreamer.attention import depth_attention
+
+    torch.manual_seed(0)
+    b, heads, hd, d, h, w = 5, 4, 3, 6, 4, 2
+    q = torch.randn(b, heads * hd, h, w)
+    k, v = torch.randn(b, heads * hd, d, h, w), torch.randn(b, heads * hd, d, h, w)
+    qh, kh, vh = q.reshape(b, heads, hd, h, w), k.reshape(b, heads, hd, d, h, w), v.reshape(b, heads, hd, d, h, w)
+    attn = (torch.sum(qh.unsqueeze(3) * kh, 2) * hd ** -0.5).softmax(dim=2)
+    ref = torch.sum(vh * attn.unsqueeze(2), 3).reshape(b, heads * hd, h, w)
+    torch.testing.assert_close(depth_attention(q, k, v, heads, chunk=2), ref)
+    half = depth_attention(q.half(), k.half(), v.half(), heads, chunk=3)
+    assert half.dtype == torch.float16 and (half.float() - ref).abs().max() < 1e-2

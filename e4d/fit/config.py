@@ -105,8 +105,9 @@ class FitConfig:
     backend: str = "auto"
     """Renderer backend: ``"auto"`` (gsplat on CUDA, the pure-torch reference on CPU), ``"gsplat"``, ``"reference"``."""
     packed: bool = False
-    """gsplat's packed (sparse) intermediate layout; unpacked needs fewer host syncs per call and is cheap in
-    memory at 50k Gaussians x ~32 images (ignored by the reference renderer)."""
+    """gsplat's packed (sparse) intermediate layout; unpacked is cheap in memory at 50k Gaussians x ~32 images.
+    The renderer honours packed only for one time per call (gsplat 1.5.3 packed + a batch of times renders
+    wrong images), so with ``times_per_batch > 1`` this has no effect; the reference renderer ignores it."""
     log_every: int = 50
     """Record the loss in ``history`` every this many steps (each record costs one host-device sync)."""
 

@@ -135,6 +135,10 @@ class DepthAttention(nn.Module):
 class DepthTransformer(nn.Module):
     """Reads one frustum-volume level into the UNet feature map (4 heads, d_head = ctx/2, residual)."""
 
+    chunk: int = 16
+    """Items whose context/keys/values are materialised at once (GroupNorm is per item, so chunking is exact);
+    bounds the memory of the 48-deep 32x32 level independently of the UNet batch."""
+
     def __init__(self, dim: int, context_dim: int, heads: int = 4):
         super().__init__()
         dh = context_dim // 2
@@ -148,5 +152,13 @@ class DepthTransformer(nn.Module):
 
     def forward(self, x: Tensor, context: Tensor) -> Tensor:
         conv, norm, act = self.proj_context
-        h = self.depth_attn(self.proj_in(x), act(norm(pointwise_conv3d(conv, context))))
+        att = self.depth_attn
+        q = att.to_q(self.proj_in(x))
+        outs = []
+        for s in range(0, x.shape[0], self.chunk):
+            ctx = act(norm(pointwise_conv3d(conv, context[s:s + self.chunk])))
+            k, v = pointwise_conv3d(att.to_k, ctx), pointwise_conv3d(att.to_v, ctx)
+            del ctx
+            outs.append(depth_attention(q[s:s + self.chunk], k, v, att.heads, chunk=self.chunk))
+        h = att.to_out(torch.cat(outs) if len(outs) > 1 else outs[0])
         return x + self.proj_out(h)
