@@ -347,8 +347,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         emit({"bench": "e2e_comfy", "event": "server", "start_s": round(up_s, 2), "cpu": cpu, "av_stub": av is not None,
               "e4d_nodes": sorted(k for k in info if k.startswith("E4D_")), "missing": missing}, args.json_out)
         for name in flows:
-            prompt, notes = make_prompt(name, info, args, av is not None)
-            rec = run_workflow(server, name, prompt, gpu, args.timeout)
+            try:
+                prompt, notes = make_prompt(name, info, args, av is not None)
+                rec = run_workflow(server, name, prompt, gpu, args.timeout)
+            except Exception as e:  # noqa: BLE001 -- a rejected prompt must not hide the other workflow's figures
+                rec, notes = {"bench": "e2e_comfy", "workflow": name, "status": "error",
+                              "error": f"{type(e).__name__}: {str(e)[:3000]}", "log_tail": server.log_tail(40)}, []
             rec["notes"] = notes
             rec["quick"], rec["tiny"] = args.quick, args.tiny
             emit(rec, args.json_out)

@@ -46,7 +46,9 @@ def random_svd(device: torch.device, dtype: torch.dtype, tiny: bool = False):
         vae = AutoencoderKLTemporalDecoder(**v)
         enc = CLIPVisionModelWithProjection(CLIPVisionConfig(**c))
     for m in (unet, vae, enc):
-        m.to(dtype=dtype).eval().requires_grad_(False)
+        # .to(device) too: diffusers' AlphaBlender builds its buffer with the legacy torch.Tensor([...]) constructor,
+        # which ignores the torch.device context and would stay on the CPU.
+        m.to(device=device, dtype=dtype).eval().requires_grad_(False)
     pipe = StableVideoDiffusionPipeline(vae=vae, image_encoder=enc, unet=unet,
                                         scheduler=EulerDiscreteScheduler.from_config(SVD_SCHEDULER),
                                         feature_extractor=default_image_processor())

@@ -116,6 +116,31 @@ def run_config(model, device, k: int, view_batch: int, steps: int, guidance: str
     return out
 
 
+def profile_config(model, device, k: int, view_batch: int, guidance: str, size: int, steps: int = 2) -> None:
+    """Print where the GPU time of ``steps`` DDIM steps goes (after a 1-step warm-up with the same shapes)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    run_config(model, device, k, view_batch, 1, guidance, size)
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        res = run_config(model, device, k, view_batch, steps, guidance, size)
+    print(json.dumps({"bench": "syncdreamer", "event": "profile", **res}), flush=True)
+    avg = prof.key_averages()
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    ranges = [e for e in avg if e.key.startswith("sd/")]
+    kernels = [e for e in avg if not e.key.startswith("sd/")]
+    print(f"== top-25 ops/kernels by {key} ({steps} steps, K={k}, view_batch={view_batch}) ==")
+    try:
+        print(avg.table(sort_by=key, row_limit=25, max_name_column_width=70))
+    except Exception:  # noqa: BLE001  (renamed sort keys across torch versions)
+        print(avg.table(sort_by=key.replace("cuda", "device"), row_limit=25, max_name_column_width=70))
+    print("== stages (record_function ranges) ==")
+    for e in sorted(ranges, key=lambda e: e.key):
+        dev_us = getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0)
+        print(f"{e.key:28s} calls={e.count:6d} cpu_ms={e.cpu_time_total / 1e3:10.1f} gpu_ms={dev_us / 1e3:10.1f}")
+    del kernels
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--configs", default="16:16,16:32,16:4,4:16", help="comma list of FRAMES:VIEW_BATCH")
@@ -127,6 +152,9 @@ def main(argv=None) -> int:
     ap.add_argument("--no-warmup", action="store_true", help="skip the 1-step warm-up run")
     ap.add_argument("--channels-last", action="store_true", help="experiment: UNet weights in channels_last")
     ap.add_argument("--compile", action="store_true", help="experiment: torch.compile the UNet (slow warm-up)")
+    ap.add_argument("--profile", action="store_true",
+                    help="instead of timing: torch.profiler over 2 steps of each config; prints the top-25 CUDA "
+                         "kernels by total time and the per-stage ranges (volume / frustum / unet / ddim)")
     a = ap.parse_args(argv)
     device = torch.device(a.device)
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[a.dtype]
@@ -152,6 +180,9 @@ def main(argv=None) -> int:
     configs = [tuple(int(v) for v in c.split(":")) for c in a.configs.split(",") if c.strip()]
     rc = 0
     for k, vb in configs:
+        if a.profile:
+            profile_config(model, device, k, vb, a.guidance, size)
+            continue
         try:
             if not a.no_warmup:  # 1 step with the same shapes: cudnn autotuning is not timed
                 run_config(model, device, k, vb, 1, a.guidance, size)

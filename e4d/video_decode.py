@@ -270,12 +270,10 @@ def iter_frames(source: Source, selection: FrameSelection = FrameSelection(),
         yield from _iter_folder_single(path, selection)
         return
     try:
-        import av  # noqa: F401
+        import av
     except ImportError:
         yield from _iter_opencv(path, selection, info)
         return
-    import av
-
     started = False
     try:
         for item in _iter_pyav(str(path), selection, info):

@@ -29,7 +29,7 @@ def node_seconds(raw_profile: Path, rate: int) -> dict[str, float]:
     c: collections.Counter = collections.Counter()
     for line in raw_profile.read_text().splitlines():
         stack, _, n = line.rpartition(" ")
-        node = next((f.split(" (")[0] for f in stack.split(";") if ".execute (" in f), "other")
+        node = next((f.split(" (")[0] for f in stack.split(";") if ".execute (" in f and "nodes/" in f), "other")
         c[node] += int(n)
     return {k: round(v / rate, 2) for k, v in c.most_common()}
 

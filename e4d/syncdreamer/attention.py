@@ -151,6 +151,10 @@ class DepthTransformer(nn.Module):
                                       nn.GroupNorm(8, inner), nn.ReLU(), nn.Conv2d(inner, dim, 3, 1, 1, bias=False))
 
     def forward(self, x: Tensor, context: Tensor) -> Tensor:
+        with torch.profiler.record_function("sd/depth_transformer"):
+            return self._forward(x, context)
+
+    def _forward(self, x: Tensor, context: Tensor) -> Tensor:
         conv, norm, act = self.proj_context
         att = self.depth_attn
         q = att.to_q(self.proj_in(x))

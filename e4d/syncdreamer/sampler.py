@@ -83,6 +83,11 @@ def _autocast(device: torch.device, dtype: Optional[torch.dtype]):
     return torch.autocast("cuda", dtype=dtype)
 
 
+def _stage(name: str):
+    """Named range for ``bench/syncdreamer.py --profile`` (costs ~1 us when no profiler is running)."""
+    return torch.profiler.record_function(name)
+
+
 def predict_all_views(model: SyncDreamer, x: Tensor, t: int, cond: Condition, volumes: Tensor,
                       t_embed: Tensor, cfg: SamplerConfig) -> Tensor:
     """Guided eps for every (frame, view): ``x [K, N, 4, h, w]``, ``volumes [K, C, V, V, V]`` -> ``[K, N, 4, h, w]``."""
@@ -95,9 +100,11 @@ def predict_all_views(model: SyncDreamer, x: Tensor, t: int, cond: Condition, vo
         f, v = idx // N, idx % N
         M = idx.numel()
         sub = Condition(cond.clip_embed[f], cond.x_input[f], cond.v_embed[f])
-        ctx, vols = model.target_view_feats(sub, volumes[f], t_embed[f], v[:, None])
+        with _stage("sd/frustum"):
+            ctx, vols = model.target_view_feats(sub, volumes[f], t_embed[f], v[:, None])
         tt = torch.full((M,), t, device=x.device, dtype=torch.long)
-        e = model.predict_eps(x[f, v].to(wdt), tt, ctx, vols, sub.x_input.to(wdt), cfg.guidance, cfg.scales)
+        with _stage("sd/unet"):
+            e = model.predict_eps(x[f, v].to(wdt), tt, ctx, vols, sub.x_input.to(wdt), cfg.guidance, cfg.scales)
         eps[f, v] = e.float()
     return eps
 
@@ -141,8 +148,9 @@ def sample_latents(model: SyncDreamer, images: Tensor, config: SamplerConfig = S
             index = total - 1 - i
             t = int(sched.timesteps[index])
             t_embed = model.embed_time(torch.full((K,), t, device=dev, dtype=torch.long))
-            volumes = model.spatial_volume_for(x.to(wdt), t_embed, cond.v_embed)
-            volumes = smooth_volumes(volumes, kernel, config.cyclic)  # SyncDreamer-T (eq. 10 / 15)
+            with _stage("sd/volume"):
+                volumes = model.spatial_volume_for(x.to(wdt), t_embed, cond.v_embed)
+                volumes = smooth_volumes(volumes, kernel, config.cyclic)  # SyncDreamer-T (eq. 10 / 15)
             eps = predict_all_views(model, x, t, cond, volumes, t_embed, config)
             z = None
             if index > 0:
