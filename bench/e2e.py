@@ -344,7 +344,7 @@ def run_chain(args: argparse.Namespace, s: Settings, run: Run, out_dir: Path) ->
     if args.tiny:
         fcfg = fit_mod.reduced_for_cpu(iterations=s.iterations, num_points=s.points)
     else:
-        fcfg = fit_mod.preset("paper", iterations=s.iterations, num_points=s.points)
+        fcfg = fit_mod.preset("recommended", iterations=s.iterations, num_points=s.points)
     fres = run.stage("fit", lambda: fit_mod.fit(vm61, conf, config=fcfg, guidance=guidance),
                      load_s=(load["zero123"] if s.sds else 0.0) + t, release=("zero123",) if s.sds else (),
                      iterations=s.iterations, points=s.points, sds=s.sds, T=vm61.T, V=vm61.V)

@@ -40,6 +40,7 @@ TEST_VIEWS = [16, 17, 18, 19]
 
 # Sweep variants: name -> (preset, overrides). One GPU run compares them all on the same data.
 VARIANTS: Dict[str, Tuple[str, dict]] = {
+    "recommended": ("recommended", {}),
     "paper": ("paper", {}),
     "paper_4x4": ("paper", dict(times_per_batch=4, views_per_batch=4)),
     "paper_8x8": ("paper", dict(times_per_batch=8, views_per_batch=8)),

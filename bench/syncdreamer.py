@@ -150,8 +150,12 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--tiny", action="store_true", help="tiny CI model (script check on CPU)")
     ap.add_argument("--no-warmup", action="store_true", help="skip the 1-step warm-up run")
-    ap.add_argument("--channels-last", action="store_true", help="experiment: UNet weights in channels_last")
-    ap.add_argument("--compile", action="store_true", help="experiment: torch.compile the UNet (slow warm-up)")
+    ap.add_argument("--channels-last", action="store_true", help="UNet convs + input in channels_last")
+    ap.add_argument("--compile", nargs="?", const="default", default=None,
+                    help="torch.compile the UNet with this mode (default 'default'; e.g. max-autotune-no-cudagraphs);"
+                         " compile time is reported as compile_s (the untimed warm-up step)")
+    ap.add_argument("--literal-depth-attn", action="store_true",
+                    help="official-order depth attention (materialised k/v, chunked fp32 softmax) instead of fused")
     ap.add_argument("--profile", action="store_true",
                     help="instead of timing: torch.profiler over 2 steps of each config; prints the top-25 CUDA "
                          "kernels by total time and the per-stage ranges (volume / frustum / unet / ddim)")
@@ -165,12 +169,10 @@ def main(argv=None) -> int:
     size = 64 if a.tiny else 256
     t0 = time.perf_counter()
     model = build_model(device, dtype, a.tiny)
-    if a.channels_last:  # 2-D convs only (the 5-D 1x1x1 convs of the depth attention have no such format)
-        for mod in model.model.modules():
-            if isinstance(mod, torch.nn.Conv2d):
-                mod.weight.data = mod.weight.data.to(memory_format=torch.channels_last)
-    if a.compile:
-        model.model.diffusion_model = torch.compile(model.model.diffusion_model, dynamic=False)
+    from e4d.syncdreamer.speed import accelerate
+
+    accelerate(model, channels_last=a.channels_last, compile_mode=a.compile,
+               literal_depth_attention=a.literal_depth_attn)
     sync(device)
     params = sum(p.numel() for p in model.parameters())
     weights_gb = (torch.cuda.memory_allocated(device) / 2 ** 30) if device.type == "cuda" else None
@@ -184,9 +186,11 @@ def main(argv=None) -> int:
             profile_config(model, device, k, vb, a.guidance, size)
             continue
         try:
-            if not a.no_warmup:  # 1 step with the same shapes: cudnn autotuning is not timed
+            tw = time.perf_counter()
+            if not a.no_warmup:  # 1 step with the same shapes: cudnn autotuning / compilation is not timed
                 run_config(model, device, k, vb, 1, a.guidance, size)
-            tags = {"channels_last": a.channels_last, "compile": a.compile}
+            tags = {"channels_last": a.channels_last, "compile": a.compile, "warmup_s": round(time.perf_counter() - tw, 1),
+                    "depth_attn": "literal" if a.literal_depth_attn else "fused"}
             print(json.dumps(run_config(model, device, k, vb, a.steps, a.guidance, size, tags)), flush=True)
         except torch.cuda.OutOfMemoryError as e:
             print(json.dumps({"bench": "syncdreamer", "frames": k, "view_batch": vb, "error": "OOM",

@@ -1,6 +1,6 @@
 """Command line: ``python -m e4d fit|render|export|demo``.
 
-* ``fit --views DIR [--holdout 16,17,18,19] [--iterations N] [--preset paper|official-release] [--device cpu|cuda]
+* ``fit --views DIR [--holdout 16,17,18,19] [--iterations N] [--preset recommended|paper|official-release] [--device cpu|cuda]
   --out FILE.safetensors``: fit a view-matrix folder (the ``shared/data/cesium_man_walk`` layout), report PSNR/SSIM
   (on white) on the held-out views, write the native 4D file.
 * ``render --model FILE --out VIDEO.mp4|.gif``: orbit video of a native file.
@@ -156,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--holdout", type=_int_list, default=None, help="view ids to hold out and score, e.g. 16,17,18,19")
     f.add_argument("--iterations", type=int, default=None, help="Adam steps (default: the preset's, 500)")
     f.add_argument("--points", type=int, default=None, help="number of Gaussians (default 50000)")
-    f.add_argument("--preset", default="paper", choices=["paper", "official-release"])
+    f.add_argument("--preset", default="recommended", choices=["recommended", "paper", "official-release"])
     f.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
     f.add_argument("--backend", default=None, choices=["auto", "gsplat", "reference"])
     f.add_argument("--seed", type=int, default=None)

@@ -107,9 +107,9 @@ def demo_config(device: torch.device, iterations: Optional[int] = None, points: 
     from .fit import preset, reduced_for_cpu
 
     if device.type == "cuda":
-        cfg = preset("paper")
+        cfg = preset("recommended")
     else:
-        cfg = reduced_for_cpu(preset("paper"), num_points=1000, iterations=iterations or 150, times_per_batch=2,
+        cfg = reduced_for_cpu(preset("recommended"), num_points=1000, iterations=iterations or 150, times_per_batch=2,
                               views_per_batch=2)
     over = {k: v for k, v in {"iterations": iterations, "num_points": points}.items() if v}
     return cfg.replace(**over) if over else cfg

@@ -1,7 +1,8 @@
 """Attention blocks of the SyncDreamer UNet: SD-1.x spatial transformers and the depth-wise volume attention."""
 from __future__ import annotations
 
-from typing import Optional
+import contextlib
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -87,6 +88,13 @@ class SpatialTransformer(nn.Module):
         return x + self.proj_out(t)
 
 
+def profile_range(name: str):
+    """Named range for ``bench/syncdreamer.py --profile`` (~1 us without a profiler; skipped inside torch.compile)."""
+    if torch.compiler.is_compiling():
+        return contextlib.nullcontext()
+    return torch.profiler.record_function(name)
+
+
 def pointwise_conv3d(conv: nn.Conv3d, x: Tensor) -> Tensor:
     """A 1x1x1 Conv3d as one batched matmul ``[O, C] @ [B, C, DHW]`` (CPU has no fast 3-D conv path)."""
     b, c = x.shape[:2]
@@ -133,11 +141,24 @@ class DepthAttention(nn.Module):
 
 
 class DepthTransformer(nn.Module):
-    """Reads one frustum-volume level into the UNet feature map (4 heads, d_head = ctx/2, residual)."""
+    """Reads one frustum-volume level into the UNet feature map (4 heads, d_head = ctx/2, residual).
+
+    Two numerically equivalent paths (a CPU test checks one against the other):
+
+    * ``fused`` (default): the key projection is folded into the query (``q . (W_k c) = (W_k^T q) . c``) and the
+      value projection applied after the weighted sum (``sum_d a_d W_v c_d = W_v sum_d a_d c_d``), so the keys and
+      values (each twice the size of the context) are never built; the per-pixel softmax over depth runs in
+      ``scaled_dot_product_attention`` (float32 softmax inside the kernel) with pixels as the batch, heads as
+      query rows and the D depth samples as keys. Guidance branches that read the same volume share one context
+      (``layout``), and a zero volume gives the constant ``W_v relu(beta)`` without any work.
+    * literal (``fused = False``): the official order of operations, chunked over ``chunk`` items.
+    """
 
     chunk: int = 16
-    """Items whose context/keys/values are materialised at once (GroupNorm is per item, so chunking is exact);
-    bounds the memory of the 48-deep 32x32 level independently of the UNet batch."""
+    """Literal path: items whose context/keys/values are materialised at once (GroupNorm is per item, so
+    chunking is exact); bounds the memory of the 48-deep 32x32 level independently of the UNet batch."""
+    fused: bool = True
+    """Use the folded SDPA path (set False, e.g. with :func:`use_literal_depth_attention`, for the official order)."""
 
     def __init__(self, dim: int, context_dim: int, heads: int = 4):
         super().__init__()
@@ -150,19 +171,76 @@ class DepthTransformer(nn.Module):
         self.proj_out = nn.Sequential(nn.GroupNorm(8, inner), nn.ReLU(), nn.Conv2d(inner, inner, 3, 1, 1, bias=False),
                                       nn.GroupNorm(8, inner), nn.ReLU(), nn.Conv2d(inner, dim, 3, 1, 1, bias=False))
 
-    def forward(self, x: Tensor, context: Tensor) -> Tensor:
-        with torch.profiler.record_function("sd/depth_transformer"):
-            return self._forward(x, context)
+    def forward(self, x: Tensor, context: Tensor, layout: Optional[Tuple[int, int]] = None) -> Tensor:
+        """``x [B, C, H, W]``; ``context [M, Cc, D, H, W]``; ``layout = (R, Z)``: the B = (R + Z) * M rows of ``x``
+        are R repeats of the M context rows followed by Z blocks that read an all-zero volume (guidance branches).
+        ``None`` = ``(1, 0)``."""
+        R, Z = layout or (1, 0)
+        M = context.shape[0]
+        if x.shape[0] != (R + Z) * M:
+            raise ValueError(f"depth transformer: batch {x.shape[0]} != (repeats {R} + zero blocks {Z}) x "
+                             f"{M} volume rows; pass the guidance layout that matches the batch")
+        with profile_range("sd/depth_transformer"):
+            if self.fused:
+                h = self._attend_fused(x, context, R, Z)
+            else:
+                h = self._attend_literal(x, context, R, Z)
+            return x + self.proj_out(h)
 
-    def _forward(self, x: Tensor, context: Tensor) -> Tensor:
+    def _context(self, volume: Tensor) -> Tensor:
         conv, norm, act = self.proj_context
+        return act(norm(pointwise_conv3d(conv, volume)))
+
+    def _attend_literal(self, x: Tensor, context: Tensor, R: int, Z: int) -> Tensor:
+        if R != 1 or Z:
+            context = torch.cat([context] * R + [torch.zeros_like(context)] * Z)
         att = self.depth_attn
         q = att.to_q(self.proj_in(x))
         outs = []
         for s in range(0, x.shape[0], self.chunk):
-            ctx = act(norm(pointwise_conv3d(conv, context[s:s + self.chunk])))
+            ctx = self._context(context[s:s + self.chunk])
             k, v = pointwise_conv3d(att.to_k, ctx), pointwise_conv3d(att.to_v, ctx)
             del ctx
             outs.append(depth_attention(q[s:s + self.chunk], k, v, att.heads, chunk=self.chunk))
-        h = att.to_out(torch.cat(outs) if len(outs) > 1 else outs[0])
-        return x + self.proj_out(h)
+        return att.to_out(torch.cat(outs) if len(outs) > 1 else outs[0])
+
+    def zero_volume_value(self) -> Tensor:
+        """Attention output ``[inner]`` for an all-zero volume: conv(0) = 0 (no bias), GroupNorm(0) = beta, so every
+        depth sample holds relu(beta); equal logits give uniform weights and the output is ``W_v relu(beta)``."""
+        _, norm, act = self.proj_context
+        c0 = act(norm.bias if norm.bias is not None else torch.zeros(norm.num_channels, device=norm.weight.device))
+        wv = self.depth_attn.to_v.weight
+        return wv.reshape(wv.shape[0], -1) @ c0.to(wv.dtype)
+
+    def _attend_fused(self, x: Tensor, context: Tensor, R: int, Z: int) -> Tensor:
+        att = self.depth_attn
+        n = att.heads
+        M, Cc, D, H, W = context.shape
+        inner = att.to_q.out_channels
+        hd = inner // n
+        parts = []
+        if R:
+            q = att.to_q(self.proj_in(x[:R * M]))  # [R*M, inner, H, W]
+            wk = att.to_k.weight.reshape(n, hd, Cc)
+            wv = att.to_v.weight.reshape(n, hd, Cc)
+            # fold W_k into the queries: [M, HW, R*n, Cc] (heads and branches become query rows of one pixel)
+            qf = torch.einsum("rmnep,nec->mprnc", q.reshape(R, M, n, hd, H * W), wk.to(q.dtype))
+            qf = qf.reshape(M * H * W, 1, R * n, Cc)
+            # context as [pixels, 1, D, Cc]: one copy into a pixel-major layout, shared by all heads and branches
+            ctx = self._context(context).permute(0, 3, 4, 2, 1).reshape(M * H * W, 1, D, Cc)
+            o = F.scaled_dot_product_attention(qf, ctx, ctx, scale=hd ** -0.5)  # [MHW, 1, R*n, Cc]
+            del ctx, qf
+            o = torch.einsum("mprnc,nec->rmnep", o.reshape(M, H * W, R, n, Cc), wv.to(o.dtype))
+            parts.append(o.reshape(R * M, inner, H, W))
+        if Z:
+            c = self.zero_volume_value().to(x.dtype)
+            parts.append(c[None, :, None, None].expand(Z * M, inner, H, W))
+        h = torch.cat(parts) if len(parts) > 1 else parts[0]
+        return att.to_out(h)
+
+
+def use_literal_depth_attention(model: nn.Module, literal: bool = True) -> None:
+    """Switch every :class:`DepthTransformer` in ``model`` to the literal (official-order) path, or back."""
+    for m in model.modules():
+        if isinstance(m, DepthTransformer):
+            m.fused = not literal

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -129,10 +129,12 @@ class SyncDreamer(nn.Module):
         ctx = self.cc_projection(torch.cat([clip, v], dim=-1).to(w.dtype))
         return ctx, vols
 
-    def unet_eps(self, x_t: Tensor, t: Tensor, context: Tensor, volumes: Dict[int, Tensor], x_concat: Tensor) -> Tensor:
-        """One UNet pass: ``x_t [M, 4, h, w]``; ``x_concat`` (scaled latent, divided again by 0.18215 here)."""
+    def unet_eps(self, x_t: Tensor, t: Tensor, context: Tensor, volumes: Dict[int, Tensor], x_concat: Tensor,
+                 layout: Optional[Tuple[int, int]] = None) -> Tensor:
+        """One UNet pass: ``x_t [B, 4, h, w]``; ``x_concat`` (scaled latent, divided again by 0.18215 here);
+        ``layout`` as :meth:`DepthWiseAttentionUNet.forward` (volume rows shared by guidance branches)."""
         x = torch.cat([x_t, (x_concat / SCALE_FACTOR).to(x_t.dtype)], dim=1)
-        return self.unet(x, t, context, volumes)
+        return self.unet(x, t, context, volumes, layout)
 
     def predict_eps(self, x_t: Tensor, t: Tensor, context: Tensor, volumes: Dict[int, Tensor], x_concat: Tensor,
                     guidance: str = "decomposed", scales: Sequence[float] = (2.0, 1.0)) -> Tensor:
@@ -149,14 +151,12 @@ class SyncDreamer(nn.Module):
         z = torch.zeros_like
         if guidance == "cfg":
             eps_c, eps_u = self.unet_eps(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([context, z(context)]),
-                                         {k: torch.cat([v, z(v)]) for k, v in volumes.items()},
-                                         torch.cat([x_concat, z(x_concat)])).chunk(2)
+                                         volumes, torch.cat([x_concat, z(x_concat)]), layout=(1, 1)).chunk(2)
             return eps_u + float(scales[0]) * (eps_c - eps_u)
         if guidance == "decomposed":
             s1, s2 = (float(s) for s in scales)
             eps_c, eps_1, eps_2 = self.unet_eps(
                 torch.cat([x_t] * 3), torch.cat([t] * 3), torch.cat([context, z(context), context]),
-                {k: torch.cat([v, v, z(v)]) for k, v in volumes.items()},
-                torch.cat([x_concat, z(x_concat), x_concat * 4])).chunk(3)
+                volumes, torch.cat([x_concat, z(x_concat), x_concat * 4]), layout=(2, 1)).chunk(3)
             return eps_c + s1 * (eps_c - eps_1) + s2 * (eps_c - eps_2)
         raise ValueError(f"guidance must be 'decomposed', 'cfg' or 'none', got {guidance!r}")

@@ -2,7 +2,7 @@
 output blocks 3..11 are followed by depth transformers reading the target view's frustum volume."""
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -63,6 +63,10 @@ class TimestepSequential(nn.Sequential):
 
 
 class DepthWiseAttentionUNet(nn.Module):
+    channels_last: bool = False
+    """Feed the input in channels_last (set with the conv weights by :func:`~.speed.accelerate`): cuDNN then
+    skips its NCHW <-> NHWC transposes around every fp16 convolution."""
+
     def __init__(self, d: UNetDims):
         super().__init__()
         if len(d.channel_mult) != 4 or d.num_res_blocks != 2:
@@ -108,18 +112,25 @@ class DepthWiseAttentionUNet(nn.Module):
                  [(mc * m[0], d0)] * 3
         self.output_conditions = nn.ModuleList(DepthTransformer(c, ctx) for c, ctx in widths)
 
-    def forward(self, x: Tensor, t: Tensor, context: Tensor, volumes: Dict[int, Tensor]) -> Tensor:
-        """``x [B, 8, h, w]``, ``t [B]``, ``context [B, 1, 768]``, ``volumes {width: [B, C, D, width, width]}``."""
+    def forward(self, x: Tensor, t: Tensor, context: Tensor, volumes: Dict[int, Tensor],
+                layout: Optional[Tuple[int, int]] = None) -> Tensor:
+        """``x [B, 8, h, w]``, ``t [B]``, ``context [B, 1, 768]``, ``volumes {width: [M, C, D, width, width]}``.
+
+        ``layout = (R, Z)``: the batch is R repeats of the M volume rows followed by Z blocks of M rows with an
+        all-zero volume (guidance branches share their volumes instead of concatenating copies); None = (1, 0).
+        """
         emb = self.time_embed(timestep_embedding(t, self.model_channels).to(self.time_embed[0].weight.dtype))
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         hs = []
         h = x
         for blk in self.input_blocks:
             h = blk(h, emb, context)
             hs.append(h)
         h = self.middle_block(h, emb, context)
-        h = self.middle_conditions(h, volumes[h.shape[-1]])
+        h = self.middle_conditions(h, volumes[h.shape[-1]], layout)
         for i, blk in enumerate(self.output_blocks):
             h = blk(torch.cat([h, hs.pop()], dim=1), emb, context)
             if i in OUTPUT_TO_CONDITION:
-                h = self.output_conditions[OUTPUT_TO_CONDITION[i]](h, volumes[h.shape[-1]])
+                h = self.output_conditions[OUTPUT_TO_CONDITION[i]](h, volumes[h.shape[-1]], layout)
         return self.out(h)
