@@ -10,9 +10,12 @@ from torch import Tensor
 
 @functools.lru_cache(maxsize=8)
 def _gauss_1d(size: int, sigma: float, device_str: str, dtype: torch.dtype) -> Tensor:
-    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
-    g = torch.exp(-(x ** 2) / (2 * sigma ** 2))
-    return (g / g.sum()).to(device=torch.device(device_str), dtype=dtype)
+    # Built outside inference mode: ComfyUI runs nodes under torch.inference_mode(), and a cached inference tensor
+    # could not be saved for backward by a later fit.
+    with torch.inference_mode(False):
+        x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+        g = torch.exp(-(x ** 2) / (2 * sigma ** 2))
+        return (g / g.sum()).to(device=torch.device(device_str), dtype=dtype)
 
 
 def ssim_map(x: Tensor, y: Tensor, window: int = 11, sigma: float = 1.5, c1: float = 0.01 ** 2,

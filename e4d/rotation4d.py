@@ -32,9 +32,11 @@ _RIGHT_SIGN = ((1, -1, -1, -1), (1, 1, 1, -1), (1, -1, 1, 1), (1, 1, -1, 1))
 
 @functools.lru_cache(maxsize=32)
 def _tables(index, sign, device: torch.device, dtype: torch.dtype) -> Tuple[Tensor, Tensor]:
-    # cached per device: building them each call would copy host->device (and sync) every fitting step
-    return (torch.tensor(index, device=device).reshape(-1),
-            torch.tensor(sign, device=device, dtype=dtype).reshape(4, 4))
+    # cached per device: building them each call would copy host->device (and sync) every fitting step. Built
+    # outside inference mode (ComfyUI runs nodes under it) so a later fit can save them for backward.
+    with torch.inference_mode(False):
+        return (torch.tensor(index, device=device).reshape(-1),
+                torch.tensor(sign, device=device, dtype=dtype).reshape(4, 4))
 
 
 def _signed_gather(q: Tensor, index, sign) -> Tensor:

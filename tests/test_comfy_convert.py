@@ -83,4 +83,4 @@ def test_example_workflows_are_well_formed(name):
     assert wf["last_link_id"] == max(l[0] for l in wf["links"]) and wf["last_node_id"] == max(nodes)
     assert any(n["type"] == "Note" for n in wf["nodes"])
     fit = [n for n in wf["nodes"] if n["type"] == "E4D_Fit4DGS"]
-    assert len(fit) == 1 and fit[0]["widgets_values"][:3] == ["paper", 500, 50000]  # full quality by default
+    assert len(fit) == 1 and fit[0]["widgets_values"][:3] == ["recommended", 500, 50000]  # full quality by default

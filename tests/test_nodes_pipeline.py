@@ -23,7 +23,7 @@ from nodes.viewmatrix import AssembleViewMatrix, LoadViewMatrix, SaveViewMatrix,
 
 S = 32
 TINY_FIT = dict(preset="paper", iterations=3, num_points=64, times_per_batch=1, views_per_batch=2, sh_degree=0,
-                densify=False, use_input_view=True, lambda_sds=1.0, seed=0, backend="reference", overrides="")
+                densify="off", use_input_view=True, lambda_sds=1.0, seed=0, backend="reference", overrides="")
 
 
 def _disc_views(T: int, V: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -79,7 +79,7 @@ def _tail(model_nodes: str, start_col: float) -> tuple[list, list]:
         N("rife", "E4D_RIFELoader", c, 1, {"checkpoint": "rife47.pth"}),
         N("interp", "E4D_InterpolateViews", c + 1, 0, {"multiplier": 4}),
         N("conf", "E4D_ConfidenceMaps", c + 1, 1),
-        N("fit", "E4D_Fit4DGS", c + 2, 0, {"preset": "paper", "iterations": 500, "num_points": 50_000}),
+        N("fit", "E4D_Fit4DGS", c + 2, 0, {"preset": "recommended", "iterations": 500, "num_points": 50_000}),
         N("orbit", "E4D_OrbitRender", c + 3, 0, {"mode": "orbit", "frames": 120, "resolution": 512}),
         N("create", "CreateVideo", c + 4, 0, {"fps": 24.0}),
         N("save", "SaveVideo", c + 4, 0.8, {"filename_prefix": "efficient4d/orbit"}),

@@ -10,11 +10,17 @@ from torch import Tensor
 
 def make_schedule_buffers(num_timesteps: int = 1000, beta_start: float = 0.00085,
                           beta_end: float = 0.012) -> Dict[str, Tensor]:
-    """The 7 schedule buffers of the official model (float32), in state-dict order."""
-    betas = torch.linspace(beta_start ** 0.5, beta_end ** 0.5, num_timesteps, dtype=torch.float32) ** 2
+    """The 7 schedule buffers of the official model (float32, on the CPU), in state-dict order.
+
+    Devices are explicit: under a ``torch.device("meta")`` context (the loader builds the model there) a library
+    may have patched a factory function (transformers 5 does so for ``torch.linspace`` while loading), and the
+    context would then apply to some constructors and not others.
+    """
+    cpu = torch.device("cpu")
+    betas = torch.linspace(beta_start ** 0.5, beta_end ** 0.5, num_timesteps, dtype=torch.float32, device=cpu) ** 2
     alphas = 1.0 - betas
     ac = torch.cumprod(alphas, dim=0)
-    ac_prev = torch.cat([torch.ones(1, dtype=torch.float64), ac[:-1].double()])
+    ac_prev = torch.cat([torch.ones(1, dtype=torch.float64, device=cpu), ac[:-1].double()])
     post_var = betas * (1.0 - ac_prev) / (1.0 - ac)
     post_log = torch.log(torch.clamp(post_var, min=1e-20)).clamp(min=-10)
     return {"betas": betas, "alphas": alphas, "alphas_cumprod": ac, "sqrt_alphas_cumprod": ac.sqrt(),
