@@ -10,7 +10,8 @@ import torch
 
 from e4d.cameras import orbit_cameras
 from e4d.export import load_native, read_native_meta, read_ply, save_native, save_ply, save_ply_sequence
-from e4d.export.ply import covariance_to_scale_rotation, quaternion_to_rotation
+from e4d.export.factor3d import quaternion_to_rotation
+from e4d.export.ply import covariance_to_log_scale_rotation
 from e4d.gaussians4d import init_random
 from e4d.render import render_cameras
 from e4d.slicing import slice_at
@@ -78,7 +79,7 @@ def test_covariance_decomposition_is_proper():
     gen = torch.Generator().manual_seed(0)
     A = torch.randn(50, 3, 3, generator=gen, dtype=torch.float64)
     cov = A @ A.transpose(1, 2) + 1e-3 * torch.eye(3, dtype=torch.float64)
-    log_s, q = covariance_to_scale_rotation(cov)
+    log_s, q = covariance_to_log_scale_rotation(cov)
     R = quaternion_to_rotation(q.double())
     torch.testing.assert_close(torch.linalg.det(R), torch.ones(50, dtype=torch.float64))
     rebuilt = R @ torch.diag_embed(torch.exp(2 * log_s.double())) @ R.transpose(1, 2)

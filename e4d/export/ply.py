@@ -24,6 +24,7 @@ from torch import Tensor
 from ..atomic import atomic_path
 from ..gaussians4d import Gaussians4D
 from ..sh import num_sh_bases
+from .factor3d import covariance_to_scale_rotation
 
 PathLike = Union[str, os.PathLike]
 
@@ -36,47 +37,10 @@ def ply_property_names(sh_degree: int) -> List[str]:
             + ["opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"])
 
 
-def rotation_to_quaternion(R: Tensor) -> Tensor:
-    """Unit quaternions ``[N, 4]`` (w, x, y, z) of proper rotations ``[N, 3, 3]`` (Shepperd's method, w >= 0)."""
-    m = R
-    tr = m[:, 0, 0] + m[:, 1, 1] + m[:, 2, 2]
-    # Four candidate formulas; pick per row the one with the largest pivot for numerical stability.
-    cand = torch.stack([
-        torch.stack([1 + tr, m[:, 2, 1] - m[:, 1, 2], m[:, 0, 2] - m[:, 2, 0], m[:, 1, 0] - m[:, 0, 1]], -1),
-        torch.stack([m[:, 2, 1] - m[:, 1, 2], 1 + m[:, 0, 0] - m[:, 1, 1] - m[:, 2, 2], m[:, 0, 1] + m[:, 1, 0],
-                     m[:, 0, 2] + m[:, 2, 0]], -1),
-        torch.stack([m[:, 0, 2] - m[:, 2, 0], m[:, 0, 1] + m[:, 1, 0], 1 - m[:, 0, 0] + m[:, 1, 1] - m[:, 2, 2],
-                     m[:, 1, 2] + m[:, 2, 1]], -1),
-        torch.stack([m[:, 1, 0] - m[:, 0, 1], m[:, 0, 2] + m[:, 2, 0], m[:, 1, 2] + m[:, 2, 1],
-                     1 - m[:, 0, 0] - m[:, 1, 1] + m[:, 2, 2]], -1),
-    ], 1)  # [N, 4 candidates, 4]
-    pivots = torch.stack([1 + tr, 1 + m[:, 0, 0] - m[:, 1, 1] - m[:, 2, 2], 1 - m[:, 0, 0] + m[:, 1, 1] - m[:, 2, 2],
-                          1 - m[:, 0, 0] - m[:, 1, 1] + m[:, 2, 2]], -1)
-    best = pivots.argmax(-1)
-    q = cand[torch.arange(len(m), device=m.device), best]
-    q = q / q.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    return torch.where(q[:, :1] < 0, -q, q)
-
-
-def quaternion_to_rotation(q: Tensor) -> Tensor:
-    """Rotation matrices ``[N, 3, 3]`` of quaternions ``[N, 4]`` (w, x, y, z), the INRIA ``build_rotation``."""
-    w, x, y, z = (q / q.norm(dim=-1, keepdim=True).clamp_min(1e-12)).unbind(-1)
-    return torch.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-                        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-                        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], -1).view(-1, 3, 3)
-
-
-def covariance_to_scale_rotation(covs: Tensor, min_var: float = 1e-20) -> Tuple[Tensor, Tensor]:
-    """Log standard deviations ``[N, 3]`` and quaternions ``[N, 4]`` with ``cov = R diag(s^2) R^T``.
-
-    Eigendecomposition in float64; an eigenvector basis with determinant -1 gets its last axis flipped so R is
-    a proper rotation (the covariance is unchanged).
-    """
-    evals, evecs = torch.linalg.eigh(covs.double())
-    det = torch.linalg.det(evecs)
-    evecs = torch.cat([evecs[..., :2], evecs[..., 2:] * torch.where(det < 0, -1.0, 1.0)[:, None, None]], -1)
-    log_s = 0.5 * torch.log(evals.clamp_min(min_var))
-    return log_s.float(), rotation_to_quaternion(evecs).float()
+def covariance_to_log_scale_rotation(covs: Tensor) -> Tuple[Tensor, Tensor]:
+    """Log standard deviations ``[N, 3]`` (the PLY ``scale_*`` columns) and quaternions ``[N, 4]`` of ``covs``."""
+    scales, quats = covariance_to_scale_rotation(covs.double(), min_scale=1e-10)
+    return torch.log(scales).float(), quats.float()
 
 
 def slice_to_ply_arrays(g: Gaussians4D, time: float, sh_degree_out: Optional[int] = None) -> Dict[str, np.ndarray]:
@@ -94,7 +58,7 @@ def slice_to_ply_arrays(g: Gaussians4D, time: float, sh_degree_out: Optional[int
         if sh.shape[1] < k_out:
             sh = torch.cat([sh, sh.new_zeros(sh.shape[0], k_out - sh.shape[1], 3)], 1)
         sh = sh[:, :k_out]
-        log_s, quat = covariance_to_scale_rotation(covs)
+        log_s, quat = covariance_to_log_scale_rotation(covs)
         o = opac.double().clamp(1e-7, 1 - 1e-7)
         cols = {"x": means[:, 0], "y": means[:, 1], "z": means[:, 2]}
         cols.update(nx=torch.zeros_like(means[:, 0]), ny=torch.zeros_like(means[:, 0]), nz=torch.zeros_like(means[:, 0]))
@@ -185,5 +149,5 @@ def read_ply(path: PathLike) -> Dict[str, np.ndarray]:
 
 
 __all__ = ["save_ply", "save_ply_sequence", "read_ply", "write_ply", "ply_property_names",
-           "covariance_to_scale_rotation", "rotation_to_quaternion", "quaternion_to_rotation",
+           "covariance_to_log_scale_rotation",
            "slice_to_ply_arrays"]
