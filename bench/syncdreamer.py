@@ -25,7 +25,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 
-def build_model(device: torch.device, dtype: torch.dtype, tiny: bool):
+def build_model(device: torch.device, dtype: torch.dtype, tiny: bool, vae_dtype: torch.dtype = None):
     """Random-weight model with the real shapes (or the CI tiny ones), initialised directly on ``device``."""
     import math
 
@@ -46,9 +46,9 @@ def build_model(device: torch.device, dtype: torch.dtype, tiny: bool):
     buffers = {n for n, _ in model.named_buffers()}
     with torch.no_grad():
         for n, p in model.named_parameters():
-            if n not in buffers:  # VAE kept in fp32 under fp16, as load_syncdreamer does
-                vae32 = dtype == torch.float16 and n.startswith("first_stage_model.")
-                p.data = p.data.to(torch.float32 if vae32 else dtype)
+            if n not in buffers:  # VAE kept in fp32 under fp16, as load_syncdreamer does (unless vae_dtype)
+                vdt = vae_dtype or (torch.float32 if dtype == torch.float16 else dtype)
+                p.data = p.data.to(vdt if n.startswith("first_stage_model.") else dtype)
         cams = syncdreamer16(256)
         model.poses.copy_(cams.w2c[:, :3, :4])
         model.Ks.copy_(cams.K)
@@ -147,6 +147,8 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--guidance", default="decomposed", choices=["decomposed", "cfg", "none"])
     ap.add_argument("--dtype", default="fp16", choices=["fp16", "bf16", "fp32"])
+    ap.add_argument("--vae-dtype", default=None, choices=["fp16", "bf16", "fp32"],
+                    help="VAE dtype (default: fp32 under fp16 weights, as load_syncdreamer)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--tiny", action="store_true", help="tiny CI model (script check on CPU)")
     ap.add_argument("--no-warmup", action="store_true", help="skip the 1-step warm-up run")
@@ -168,7 +170,8 @@ def main(argv=None) -> int:
         torch.backends.cudnn.allow_tf32 = True
     size = 64 if a.tiny else 256
     t0 = time.perf_counter()
-    model = build_model(device, dtype, a.tiny)
+    dts = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+    model = build_model(device, dtype, a.tiny, dts[a.vae_dtype] if a.vae_dtype else None)
     from e4d.syncdreamer.speed import accelerate
 
     accelerate(model, channels_last=a.channels_last, compile_mode=a.compile,
@@ -190,7 +193,8 @@ def main(argv=None) -> int:
             if not a.no_warmup:  # 1 step with the same shapes: cudnn autotuning / compilation is not timed
                 run_config(model, device, k, vb, 1, a.guidance, size)
             tags = {"channels_last": a.channels_last, "compile": a.compile, "warmup_s": round(time.perf_counter() - tw, 1),
-                    "depth_attn": "literal" if a.literal_depth_attn else "fused"}
+                    "depth_attn": "literal" if a.literal_depth_attn else "fused",
+                    "vae_dtype": str(model.first_stage_model.post_quant_conv.weight.dtype).replace("torch.", "")}
             print(json.dumps(run_config(model, device, k, vb, a.steps, a.guidance, size, tags)), flush=True)
         except torch.cuda.OutOfMemoryError as e:
             print(json.dumps({"bench": "syncdreamer", "frames": k, "view_batch": vb, "error": "OOM",

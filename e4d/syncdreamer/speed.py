@@ -18,9 +18,9 @@ def accelerate(model: SyncDreamer, channels_last: bool = False, compile_mode: Op
 
     Args:
         channels_last: 2-D conv weights and the UNet input in channels_last (NHWC) memory format.
-        compile_mode: ``torch.compile`` the UNet in place with this mode (one of :data:`COMPILE_MODES`; shapes
-            are static, so each new chunk size compiles once: the first step then takes minutes, not seconds).
-            None = eager.
+        compile_mode: ``torch.compile`` the UNet and the frustum 3-D net in place with this mode (one of
+            :data:`COMPILE_MODES`; shapes are static, so each new chunk size compiles once: the first step then
+            takes a minute or more, not seconds; Inductor's on-disk cache shortens later runs). None = eager.
         literal_depth_attention: use the official order of operations in the depth attention (materialised
             keys/values, chunked float32 softmax) instead of the folded SDPA path.
     """
@@ -35,4 +35,6 @@ def accelerate(model: SyncDreamer, channels_last: bool = False, compile_mode: Op
     unet.channels_last = channels_last
     if compile_mode is not None:
         unet.compile(mode=compile_mode, dynamic=False)
+        # run once per view chunk; its GroupNorm/SiLU/adds fuse and Inductor picks the 3-D conv layouts
+        model.spatial_volume.frustum_volume_feats.compile(mode=compile_mode, dynamic=False)
     return model
