@@ -60,6 +60,9 @@ class Export4D(io.ComfyNode):
                 io.Boolean.Input("video", default=True,
                                  tooltip="Write <prefix>_NNNNN_.mp4: 'frames' when connected, else a default orbit."),
                 io.Float.Input("fps", default=24.0, min=1.0, max=120.0, step=1.0, tooltip="Frame rate of the video."),
+                io.Boolean.Input("splat_sequence", default=False,
+                                 tooltip="Write <prefix>_NNNNN_splat/frame_XXXX.splat, one .splat per PLY time step "
+                                         "(ComfyUI's own 3D viewer, frontend >= 1.36, opens .splat files)."),
                 io.Image.Input("frames", optional=True,
                                tooltip="Optional frames for the video (e.g. from Orbit Render 4D)."),
             ],
@@ -68,13 +71,15 @@ class Export4D(io.ComfyNode):
                 io.String.Output(display_name="ply_folder", tooltip="Folder of the PLY sequence ('' if not written)."),
                 io.String.Output(display_name="splatv_path", tooltip="Path of the .splatv file ('' if not written)."),
                 io.String.Output(display_name="video_path", tooltip="Path of the mp4 ('' if not written)."),
+                io.String.Output(display_name="splat_folder",
+                                 tooltip="Folder of the per-time .splat files ('' if not written)."),
             ],
         )
 
     @classmethod
     def execute(cls, gaussians, filename_prefix: str = "efficient4d/object", native: bool = True,
                 ply_sequence: bool = True, ply_frames: int = 16, splatv: bool = False, video: bool = True,
-                fps: float = 24.0, frames=None) -> io.NodeOutput:
+                fps: float = 24.0, splat_sequence: bool = False, frames=None) -> io.NodeOutput:
         from e4d.atomic import atomic_dir
         from e4d.export import save_native, save_ply_sequence
 
@@ -83,7 +88,7 @@ class Export4D(io.ComfyNode):
         stem = folder / f"{name}_{counter:05}_"  # ComfyUI's "<prefix>_NNNNN_" naming keeps its counter working
         steps = 4 if ply_sequence else 0
         cb = C.progress_callback(steps)
-        paths = {"native": "", "ply": "", "splatv": "", "video": ""}
+        paths = {"native": "", "ply": "", "splatv": "", "video": "", "splat": ""}
         if native:
             paths["native"] = str(save_native(g, stem.with_name(stem.name + NATIVE_SUFFIX),
                                               meta={"source": "ComfyUI E4D_Export4D"}))
@@ -94,6 +99,14 @@ class Export4D(io.ComfyNode):
             with atomic_dir(ply_dir) as tmp:  # never leave a half-written sequence
                 save_ply_sequence(g, times, tmp)
             paths["ply"] = str(ply_dir)
+        if splat_sequence:
+            from e4d.export.splat import save_splat_sequence
+
+            times = torch.linspace(0.0, 1.0, int(ply_frames)) if ply_frames > 1 else torch.zeros(1)
+            splat_dir = stem.with_name(stem.name + "splat")
+            with atomic_dir(splat_dir) as tmp:
+                save_splat_sequence(g, times.tolist(), tmp)
+            paths["splat"] = str(splat_dir)
         cb(2, 4, {})
         if splatv:
             paths["splatv"] = str(_write_splatv(g, stem.with_name(stem.name + ".splatv")))
@@ -102,7 +115,8 @@ class Export4D(io.ComfyNode):
             paths["video"] = str(_write_video(g, frames, stem.with_name(stem.name + ".mp4"), float(fps)))
         cb(4, 4, {})
         written = [p for p in paths.values() if p]
-        return io.NodeOutput(paths["native"], paths["ply"], paths["splatv"], paths["video"], ui={"text": written})
+        return io.NodeOutput(paths["native"], paths["ply"], paths["splatv"], paths["video"], paths["splat"],
+                             ui={"text": written})
 
 
 def _write_splatv(g, path: Path) -> Path:

@@ -116,8 +116,10 @@ def test_fit_render_export_load(comfy_dirs, vm, monkeypatch):
     assert g.num == 64 and steps[-1] == (3, 3)
     assert not torch.equal(g.means, Fit4DGS.execute(vm, **{**TINY_FIT, "iterations": 1}).result[0].means)
     assert img.shape == (3, 16, 16, 3) and mask.shape == (3, 16, 16)
-    native, ply, splatv, video = Export4D.execute(g, "e4d/obj", True, True, 2, True, True, 8.0, img).result
-    assert all(p.startswith(str(comfy_dirs["output"])) for p in (native, ply, splatv, video))
+    native, ply, splatv, video, splat = Export4D.execute(g, "e4d/obj", True, True, 2, True, True, 8.0, True,
+                                                         frames=img).result
+    assert all(p.startswith(str(comfy_dirs["output"])) for p in (native, ply, splatv, video, splat))
+    assert sorted(os.listdir(splat)) == ["frame_0000.splat", "frame_0001.splat"]
     assert splatv.endswith("_.splatv") and os.path.getsize(splatv) > 0
     assert sorted(os.listdir(ply)) == ["frame_0000.ply", "frame_0001.ply"] and os.path.getsize(video) > 0
     native2 = Export4D.execute(g, "e4d/obj", True, False, 2, False, False, 8.0).result[0]
