@@ -111,3 +111,20 @@ def test_pipeline_prepares_raw_frames(tiny, monkeypatch):
     ready = torch.rand(3, 256, 256, 3)
     syncdreamer_t(tiny, ready, None, num_frames=0)
     assert seen["fr"] is not None and torch.equal(seen["fr"], ready) and seen["times"] == [0.0, 0.5, 1.0]
+
+
+def test_speed_settings_do_not_change_results(tiny):
+    """accelerate(): literal depth attention and channels_last give the fused default's latents."""
+    from e4d.syncdreamer.speed import accelerate
+
+    cfg = SamplerConfig(steps=1, view_batch=16, guidance="decomposed")
+    try:
+        a = sample_latents(tiny, _frames(2), cfg)
+        b = sample_latents(accelerate(tiny, literal_depth_attention=True), _frames(2), cfg)
+        c = sample_latents(accelerate(tiny, channels_last=True), _frames(2), cfg)
+    finally:
+        accelerate(tiny)  # module-scoped fixture: back to the defaults
+    torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(c, a, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="compile_mode"):
+        accelerate(tiny, compile_mode="fastest")

@@ -182,10 +182,8 @@ class DepthTransformer(nn.Module):
                              f"{M} volume rows; pass the guidance layout that matches the batch")
         with profile_range("sd/depth_transformer"):
             if self.fused:
-                h = self._attend_fused(x, context, R, Z)
-            else:
-                h = self._attend_literal(x, context, R, Z)
-            return x + self.proj_out(h)
+                return self._forward_fused(x, context, R, Z)
+            return x + self.proj_out(self._attend_literal(x, context, R, Z))
 
     def _context(self, volume: Tensor) -> Tensor:
         conv, norm, act = self.proj_context
@@ -212,7 +210,7 @@ class DepthTransformer(nn.Module):
         wv = self.depth_attn.to_v.weight
         return wv.reshape(wv.shape[0], -1) @ c0.to(wv.dtype)
 
-    def _attend_fused(self, x: Tensor, context: Tensor, R: int, Z: int) -> Tensor:
+    def _forward_fused(self, x: Tensor, context: Tensor, R: int, Z: int) -> Tensor:
         att = self.depth_attn
         n = att.heads
         M, Cc, D, H, W = context.shape
@@ -231,12 +229,12 @@ class DepthTransformer(nn.Module):
             o = F.scaled_dot_product_attention(qf, ctx, ctx, scale=hd ** -0.5)  # [MHW, 1, R*n, Cc]
             del ctx, qf
             o = torch.einsum("mprnc,nec->rmnep", o.reshape(M, H * W, R, n, Cc), wv.to(o.dtype))
-            parts.append(o.reshape(R * M, inner, H, W))
+            parts.append(x[:R * M] + self.proj_out(att.to_out(o.reshape(R * M, inner, H, W))))
         if Z:
-            c = self.zero_volume_value().to(x.dtype)
-            parts.append(c[None, :, None, None].expand(Z * M, inner, H, W))
-        h = torch.cat(parts) if len(parts) > 1 else parts[0]
-        return att.to_out(h)
+            # every zero-volume row gets the same residual: proj_out of a constant map, computed once
+            c = self.zero_volume_value().to(x.dtype)[None, :, None, None].expand(1, inner, H, W)
+            parts.append(x[R * M:] + self.proj_out(att.to_out(c)))
+        return torch.cat(parts) if len(parts) > 1 else parts[0]
 
 
 def use_literal_depth_attention(model: nn.Module, literal: bool = True) -> None:
