@@ -193,8 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--device", default="auto")
     d.add_argument("--iterations", type=int, default=None, help="override the step count (tests)")
     d.add_argument("--points", type=int, default=None, help="override the number of Gaussians (tests)")
-    d.add_argument("--orbit-frames", type=int, default=None, help="frames of the orbit video (default 96 GPU / 32 CPU)")
-    d.add_argument("--orbit-size", type=int, default=None, help="orbit video size (default 256 GPU / 128 CPU)")
+    d.add_argument("--orbit-frames", type=int, default=None, help="frames of the orbit video (default 96 GPU / 24 CPU)")
+    d.add_argument("--orbit-size", type=int, default=None, help="orbit video size (default 256 GPU / 64 CPU)")
     d.add_argument("--data", type=Path, default=None, help=argparse.SUPPRESS)
     d.set_defaults(func=cmd_demo)
     return ap

@@ -420,3 +420,12 @@ def parse_floats(text: str, name: str) -> list[float]:
         return [float(s) for s in items]
     except ValueError as e:
         raise ValueError(f"{name} must be numbers separated by commas, e.g. '0, 90, 180', got {text!r}") from e
+
+
+def informative_alpha(alpha: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """``alpha`` unless it is all ones: Load Video outputs an all-ones MASK for videos without alpha, and treating
+    that as coverage would teach the fit an opaque block (and hide the white-background fallback)."""
+    if alpha is None or not bool((alpha > 0.999).all()):
+        return alpha
+    log.info("Efficient4D: the mask is all ones (no alpha in the source); treating it as absent")
+    return None

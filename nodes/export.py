@@ -60,7 +60,7 @@ class Export4D(io.ComfyNode):
                 io.Boolean.Input("video", default=True,
                                  tooltip="Write <prefix>_NNNNN_.mp4: 'frames' when connected, else a default orbit."),
                 io.Float.Input("fps", default=24.0, min=1.0, max=120.0, step=1.0, tooltip="Frame rate of the video."),
-                io.Boolean.Input("splat_sequence", default=False,
+                io.Boolean.Input("splat_sequence", default=False, optional=True,  # optional: older prompts lack it
                                  tooltip="Write <prefix>_NNNNN_splat/frame_XXXX.splat, one .splat per PLY time step "
                                          "(ComfyUI's own 3D viewer, frontend >= 1.36, opens .splat files)."),
                 io.Image.Input("frames", optional=True,

@@ -124,7 +124,12 @@ class Fit4DGS(io.ComfyNode):
             C.clear_core_tensor_caches()  # tables cached by earlier nodes in inference mode would break autograd
             vm = C.normal_tensors(view_matrix.to(device))
             conf = C.normal_tensors(confidence.to(device)) if confidence is not None else None
-            result = fit(vm, conf, config, guidance=guidance, callback=C.progress_callback(config.iterations))
+            try:
+                result = fit(vm, conf, config, guidance=guidance, callback=C.progress_callback(config.iterations))
+            finally:  # the guidance model (GBs) is outside ComfyUI's memory manager: free it; it reloads lazily
+                release = getattr(guidance, "release", None)
+                if callable(release):
+                    release()
         g = result.gaussians.to(C.intermediate_device())
         C.log.info("Efficient4D: fitted %d Gaussians in %.1f s", g.num, result.seconds)
         return io.NodeOutput(g)

@@ -11,12 +11,6 @@ from . import _common as C
 CATEGORY = "Efficient4D/input"
 
 
-def mask_from_white(rgb: torch.Tensor, tolerance: float) -> torch.Tensor:
-    """Alpha ``[B, H, W]`` for frames on a plain white background (e.g. SVD output from a white-background
-    image): a pixel is object when any channel is darker than ``1 - tolerance``."""
-    return (rgb.min(dim=-1).values < 1.0 - tolerance).float()
-
-
 class PrepareObjectFrames(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -70,8 +64,11 @@ class PrepareObjectFrames(io.ComfyNode):
             alpha = m
         if alpha is not None and invert_mask:
             alpha = 1.0 - alpha
+        alpha = C.informative_alpha(alpha)  # Load Video's all-ones MASK of an alpha-less video means "no alpha"
         if alpha is None and mask_fallback == "white_background":
-            alpha = mask_from_white(rgb, float(white_tolerance))
+            from e4d.svd.masks import masks_from_white
+
+            alpha = masks_from_white(rgb, float(white_tolerance))
         cfg = PrepareConfig(size=int(size), crop_size=int(crop_size), box=box)
         C.throw_if_interrupted()
         try:

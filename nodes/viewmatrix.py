@@ -158,7 +158,7 @@ class AssembleViewMatrix(io.ComfyNode):
         if H != W:
             raise ValueError(f"view images must be square (the presets' cameras are), got {W}x{H}; crop or pad them")
         m = C.mask_in(mask, B, H, W, "mask")
-        alpha = m if m is not None else alpha
+        alpha = C.informative_alpha(m if m is not None else alpha)
         custom = camera_preset == "custom"
         cams = make_preset(camera_preset, size=W, elevation_deg=float(elevation),
                            azimuths=C.parse_floats(azimuths, "azimuths") if custom else None,

@@ -225,3 +225,12 @@ def test_densify_option_changes_the_set_and_keeps_training(scene):
     nums = [h["num"] for h in res.history]
     assert nums[0] == 300 and nums[-1] != 300 and all(math.isfinite(h["loss"]) for h in res.history)
     assert res.gaussians.num == nums[-1]
+
+
+def test_all_ones_alpha_is_not_used_as_coverage(scene, caplog):
+    """A video without alpha yields an all-ones mask; the alpha term must not pull the background to opaque."""
+    train, _ = scene
+    ones = dataclasses.replace(train, alpha=torch.ones_like(train.images[..., 0]))
+    with caplog.at_level("WARNING"):
+        fit(ones, config=tiny(iterations=2, w_alpha=2000.0))
+    assert any("all ones" in r.getMessage() for r in caplog.records)

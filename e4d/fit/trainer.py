@@ -9,6 +9,8 @@ Speed design (the H100 target is 500 steps in a few seconds):
 """
 from __future__ import annotations
 
+import dataclasses
+
 import logging
 import math
 import time
@@ -133,6 +135,11 @@ def _prepare_data(vm: ViewMatrix, confidence: Optional[Confidence], config: FitC
         return c.to(store).contiguous()
 
     alpha = valid = None
+    if vm.alpha is not None and bool((vm.alpha > 0.999).all()):
+        # All-ones alpha (e.g. a video without alpha) says nothing about coverage; supervising it would turn the
+        # white background into an opaque block.
+        log.warning("the view matrix alpha is all ones (no coverage information); the alpha term ignores it")
+        vm = dataclasses.replace(vm, alpha=None)
     if config.w_alpha > 0 and (vm.alpha is not None or (use_input and vm.input_alpha is not None)):
         a = vm.alpha if vm.alpha is not None else torch.zeros(vm.T, vm.V, vm.H, vm.W, device=dev)
         valid = torch.full((vm.V,), float(vm.alpha is not None), device=dev)

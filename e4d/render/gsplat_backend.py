@@ -18,10 +18,23 @@ from .reference import RasterSettings
 
 
 def gsplat_available() -> bool:
-    """True if gsplat imports (does not build or load its CUDA extension)."""
+    """True if gsplat's CUDA extension can be loaded: prebuilt, cached, or compiled now by gsplat (with a CUDA
+    toolkit this first build takes minutes). A pip install of gsplat without a toolkit imports fine but has no
+    extension; "auto" must then fall back to the reference renderer instead of crashing mid-fit.
+
+    Only call this on a CUDA machine (``resolve_backend`` does): on a CPU machine with nvcc it would start a build.
+    """
     try:
-        import gsplat  # noqa: F401
-    except Exception:  # any import-time failure means "not usable here"
+        from gsplat.cuda._backend import _C
+    except Exception:  # any import/build failure means "not usable here"
+        return False
+    if _C is None:
+        import logging
+
+        logging.getLogger(__name__).warning(
+            "gsplat is installed but its CUDA extension is unavailable (no prebuilt wheel for this torch/CUDA and no "
+            "CUDA toolkit to build it); rendering with the slow pure-torch reference renderer instead. Install a "
+            "prebuilt gsplat wheel matching your torch/CUDA, or a CUDA toolkit (nvcc).")
         return False
     return True
 
