@@ -16,11 +16,9 @@ PREPARE_MODES = ("auto", "clip", "frame", "none")
 
 def select_frames(n: int, k: int) -> Tensor:
     """Indices of ``k`` frames evenly spread over ``n`` (first and last kept); ``k <= 0`` or ``k >= n``: all."""
-    if n < 1:
-        raise ValueError(f"need at least one frame, got {n}")
-    if k <= 0 or k >= n:
-        return torch.arange(n)
-    return torch.linspace(0, n - 1, k).round().long()
+    from ..svd.masks import subsample_indices  # one rule for every "keep K of N frames" in the pack
+
+    return torch.tensor(subsample_indices(n, k), dtype=torch.long)
 
 
 def syncdreamer_t(model: SyncDreamer, frames: Tensor, alpha: Optional[Tensor] = None, num_frames: int = 16,
