@@ -98,6 +98,9 @@ def read_state_dict(path: Union[str, Path]) -> Dict[str, Tensor]:
                 if "weights_only" not in str(e) and "Unsupported global" not in str(e):
                     raise
                 log.info("%s: metadata not loadable with weights_only=True; reading tensors only", p.name)
+                # Not a full pickle load: the stub pickle module rebuilds tensors only and replaces every other
+                # global with an inert placeholder, so nothing from the file runs (tests/test_syncdreamer_model.py
+                # proves a malicious __reduce__ is not executed). Lightning metadata (hparams objects) needs this.
                 sd = torch.load(str(p), map_location="cpu", weights_only=False, pickle_module=_stub_pickle_module())
     except Exception as e:  # noqa: BLE001 -- any reader failure means an unusable file; re-raised with context
         raise ValueError(f"could not read {p} ({type(e).__name__}: {str(e)[:300]}); the file is corrupt, truncated "
