@@ -19,7 +19,8 @@ WHERE = ("a zero123 diffusers folder (ashawkey/zero123-xl-diffusers or ashawkey/
 
 def _zero123_choices() -> list[str]:
     files = [f for f in C.list_models("checkpoints", placeholder=False) if "zero123" in os.path.basename(f).lower()]
-    out = _diffusers_dirs("Zero123Pipeline") + ["checkpoints/" + f for f in files]
+    # ashawkey's conversions name Zero123Pipeline; diffusers' community Zero1to3 layout (kxic, bennyguo) another class
+    out = _diffusers_dirs(("Zero123Pipeline", "Zero1to3StableDiffusionPipeline")) + ["checkpoints/" + f for f in files]
     return out or [C.NO_MODELS]
 
 

@@ -18,15 +18,17 @@ WHERE = ("svd_xt.safetensors / svd.safetensors (stabilityai/stable-video-diffusi
 DTYPES = ["auto", "fp16", "bf16", "fp32"]
 
 
-def _diffusers_dirs(class_name: str) -> list[str]:
-    """Diffusers folders in ComfyUI's ``diffusers`` model folder whose model_index.json names ``class_name``."""
+def _diffusers_dirs(class_name) -> list[str]:
+    """Diffusers folders in ComfyUI's ``diffusers`` model folder whose model_index.json names ``class_name`` (a
+    name or a tuple of accepted names)."""
+    names = (class_name,) if isinstance(class_name, str) else tuple(class_name)
     out = []
     for rel in C.list_models("diffusers", kind="dirs", placeholder=False):
         for base in C.model_folder_paths("diffusers"):
             mi = os.path.join(base, rel, "model_index.json")
             try:
                 with open(mi) as fh:
-                    if json.load(fh).get("_class_name") == class_name:
+                    if json.load(fh).get("_class_name") in names:
                         out.append("diffusers/" + rel)
                         break
             except (OSError, ValueError):  # missing or unreadable model_index.json: not this kind of model

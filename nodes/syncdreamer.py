@@ -56,6 +56,11 @@ class SyncDreamerLoader(io.ComfyNode):
                                tooltip="torch.compile the UNet and frustum net (CUDA only). K=16 x 16 views, 50 steps "
                                        "on an H100: 27 s instead of 54 s, after a one-off 100-140 s compile per "
                                        "view_batch (docs/benchmarks.md). off: eager."),
+                io.Combo.Input("clip_override", options=["none"] + C.list_models("clip_vision", placeholder=False),
+                               default="none", optional=True,
+                               tooltip="Optional CLIP ViT-L/14 image tower from models/clip_vision (Hugging Face "
+                                       "clip-vit-large-patch14 weights or OpenAI ViT-L-14.pt) replacing the copy inside "
+                                       "the SyncDreamer checkpoint. none: use the checkpoint's own (the official setup)."),
             ],
             outputs=[E4D_SYNCDREAMER.Output(display_name="syncdreamer",
                                             tooltip="The loaded model (kept on the offload device between runs).")],
@@ -66,13 +71,16 @@ class SyncDreamerLoader(io.ComfyNode):
         return C.validate_model_choice("syncdreamer", checkpoint, WHERE)
 
     @classmethod
-    def execute(cls, checkpoint: str, dtype: str = "auto", compile: str = "off") -> io.NodeOutput:
+    def execute(cls, checkpoint: str, dtype: str = "auto", compile: str = "off",
+                clip_override: str = "none") -> io.NodeOutput:
         from e4d.syncdreamer.loader import load_syncdreamer
 
         path = C.resolve_model("syncdreamer", checkpoint, WHERE)
         device = C.get_torch_device()
         dt = _pick_dtype(dtype, device)
-        model = load_syncdreamer(path, dtype=dt, device=C.offload_device())
+        clip = None if clip_override in (None, "", "none") else C.resolve_model(
+            "clip_vision", clip_override, "a CLIP ViT-L/14 file (openai/clip-vit-large-patch14) in models/clip_vision")
+        model = load_syncdreamer(path, dtype=dt, device=C.offload_device(), clip_override=clip)
         if compile != "off" and torch.device(device).type == "cuda":
             from e4d.syncdreamer.speed import accelerate
 
