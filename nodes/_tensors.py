@@ -1,0 +1,98 @@
+"""Tensor conversions between ComfyUI types (IMAGE ``[B, H, W, C]`` / MASK ``[B, H, W]``, float 0..1) and the core.
+
+Re-exported by :mod:`nodes._common`, which nodes use as ``C.image_in`` etc.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from . import _common  # looked up at call time, so tests and ComfyUI patches of _common apply
+
+
+def image_in(image: Tensor, name: str = "image") -> tuple[Tensor, Optional[Tensor]]:
+    """ComfyUI IMAGE ``[B, H, W, 3|4]`` → (rgb ``[B, H, W, 3]`` float32, alpha ``[B, H, W]`` or None).
+
+    A single ``[H, W, C]`` image is promoted to a batch of one. Raises TypeError/ValueError naming ``name``.
+    """
+    if not isinstance(image, Tensor):
+        raise TypeError(f"{name} must be a ComfyUI IMAGE tensor [B, H, W, C], got {type(image).__name__}")
+    if image.ndim == 3:
+        image = image[None]
+    if image.ndim != 4 or image.shape[-1] not in (3, 4) or image.shape[0] < 1:
+        raise ValueError(f"{name} must be an IMAGE [B, H, W, 3 or 4], got shape {tuple(image.shape)}")
+    x = image.float()
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name} contains NaN or inf; check the node that produced it")
+    rgb = x[..., :3].clamp(0, 1)
+    alpha = x[..., 3].clamp(0, 1) if x.shape[-1] == 4 else None
+    return rgb, alpha
+
+
+def mask_in(mask: Optional[Tensor], batch: int, height: int, width: int, name: str = "mask") -> Optional[Tensor]:
+    """ComfyUI MASK ``[B, H, W]`` (or ``[H, W]``, ``[B, 1, H, W]``) → ``[batch, H, W]`` float32 in [0, 1].
+
+    A single mask is repeated over the batch; a size mismatch is an error (resize upstream), never silent.
+    """
+    if mask is None:
+        return None
+    if not isinstance(mask, Tensor):
+        raise TypeError(f"{name} must be a ComfyUI MASK tensor [B, H, W], got {type(mask).__name__}")
+    m = mask.float()
+    if m.ndim == 2:
+        m = m[None]
+    if m.ndim == 4 and m.shape[1] == 1:
+        m = m[:, 0]
+    if m.ndim != 3:
+        raise ValueError(f"{name} must be a MASK [B, H, W], got shape {tuple(mask.shape)}")
+    if tuple(m.shape[1:]) != (height, width):
+        raise ValueError(f"{name} is {m.shape[2]}x{m.shape[1]} but the images are {width}x{height}; "
+                         "resize the mask (or the images) so they match")
+    if m.shape[0] == 1 and batch > 1:
+        m = m.expand(batch, height, width)
+    if m.shape[0] != batch:
+        raise ValueError(f"{name} has {m.shape[0]} masks for {batch} images; give one mask or one per image")
+    return m.clamp(0, 1).contiguous()
+
+
+def image_out(rgb: Tensor, alpha: Optional[Tensor] = None) -> Tensor:
+    """``[B, H, W, 3]`` (+ optional alpha ``[B, H, W]`` → RGBA) → ComfyUI IMAGE on the intermediate device."""
+    if rgb.ndim == 3:
+        rgb = rgb[None]
+    if rgb.ndim != 4 or rgb.shape[-1] != 3:
+        raise ValueError(f"image_out expects [B, H, W, 3], got {tuple(rgb.shape)}")
+    x = rgb.detach().float().clamp(0, 1)
+    if alpha is not None:
+        x = torch.cat([x, alpha.detach().float().clamp(0, 1).reshape(*x.shape[:3], 1)], -1)
+    return x.to(_common.intermediate_device()).contiguous()
+
+
+def mask_out(mask: Tensor) -> Tensor:
+    """``[B, H, W]`` (or ``[B, H, W, 1]``) → ComfyUI MASK on the intermediate device."""
+    if mask.ndim == 4 and mask.shape[-1] == 1:
+        mask = mask[..., 0]
+    if mask.ndim == 2:
+        mask = mask[None]
+    if mask.ndim != 3:
+        raise ValueError(f"mask_out expects [B, H, W], got {tuple(mask.shape)}")
+    return mask.detach().float().clamp(0, 1).to(_common.intermediate_device()).contiguous()
+
+
+def parse_floats(text: str, name: str) -> list[float]:
+    """Parse a widget like ``"0, 90, 180"`` into floats, with an error naming the widget."""
+    items = [s for s in str(text).replace(";", ",").replace(" ", ",").split(",") if s.strip()]
+    try:
+        return [float(s) for s in items]
+    except ValueError as e:
+        raise ValueError(f"{name} must be numbers separated by commas, e.g. '0, 90, 180', got {text!r}") from e
+
+
+def informative_alpha(alpha: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """``alpha`` unless it is all ones: Load Video outputs an all-ones MASK for videos without alpha, and treating
+    that as coverage would teach the fit an opaque block (and hide the white-background fallback)."""
+    if alpha is None or not bool((alpha > 0.999).all()):
+        return alpha
+    _common.log.info("Efficient4D: the mask is all ones (no alpha in the source); treating it as absent")
+    return None
