@@ -162,24 +162,6 @@ def normal_tensors(obj: Any) -> Any:
     return obj
 
 
-def clear_core_tensor_caches() -> None:
-    """Empty the ``functools`` caches of the ``e4d`` core (rotation tables, SSIM windows, ...).
-
-    Tensors cached while another node ran under ``torch.inference_mode()`` are inference tensors; reusing them in
-    the fit's autograd graph fails. Clearing before a fit (inside ``inference_mode(False)``) rebuilds them as
-    normal tensors, which also work in inference mode afterwards.
-    """
-    import sys
-
-    for name, module in list(sys.modules.items()):
-        if module is None or not (name == "e4d" or name.startswith("e4d.")):
-            continue
-        for obj in list(vars(module).values()):
-            clear = getattr(obj, "cache_clear", None)
-            if callable(clear) and getattr(obj, "__module__", None) == name:
-                clear()
-
-
 def normal_module_tensors(module: torch.nn.Module) -> torch.nn.Module:
     """Replace, in place, the inference-tensor parameters and buffers of ``module`` by normal clones (see
     :func:`normal_tensors`); call inside ``torch.inference_mode(False)``. Returns ``module``."""

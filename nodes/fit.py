@@ -121,7 +121,6 @@ class Fit4DGS(io.ComfyNode):
         device = C.get_torch_device()
         # ComfyUI executes nodes under torch.inference_mode(); the fit needs autograd and normal tensors.
         with torch.inference_mode(False), torch.enable_grad():
-            C.clear_core_tensor_caches()  # tables cached by earlier nodes in inference mode would break autograd
             vm = C.normal_tensors(view_matrix.to(device))
             conf = C.normal_tensors(confidence.to(device)) if confidence is not None else None
             try:
