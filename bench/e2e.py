@@ -13,6 +13,7 @@ creation (random init, standing in for loading a checkpoint) is timed apart as `
     python bench/e2e.py                      # video-to-4D, all models resident on the GPU (offloading off)
     python bench/e2e.py --offload            # each stage's models live on the GPU only during that stage
     python bench/e2e.py --image --offload    # image-to-4D (adds SVD)
+    python bench/e2e.py --warmup --view-batch 32 --compile --vae-dtype bf16 --sds-every 2   # fastest measured
     python bench/e2e.py --quick              # few steps / iterations: smoke run of the whole chain on a GPU
     python bench/e2e.py --tiny               # tiny random models on the CPU (CI smoke, tests/test_e2e_smoke.py)
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import sys
 import tempfile
 import time
@@ -37,8 +39,10 @@ REPO = BENCH.parent
 if str(REPO) not in sys.path:  # run as `python bench/e2e.py` from the repo root
     sys.path.insert(0, str(REPO))
 
-DATA_CANDIDATES = (REPO.parent / "shared" / "data" / "cesium_man_walk",  # beside the checkout (CPU machines)
-                   REPO / ".devcomfy" / "data" / "cesium_man_walk")     # carried copy (GPU machine, see tools/)
+DATA_CANDIDATES = tuple(
+    [Path(os.environ["E4D_SHARED"]) / "data" / "cesium_man_walk"] if os.environ.get("E4D_SHARED") else []) + (
+    REPO.parent / "shared" / "data" / "cesium_man_walk",  # beside the checkout (CPU machines)
+    REPO / ".devcomfy" / "data" / "cesium_man_walk")      # carried copy (GPU machine, see tools/)
 
 
 class StageUnavailable(RuntimeError):
@@ -79,6 +83,7 @@ class Settings:
     svd_size: int = 256
     svd_frames: int = 25
     svd_steps: int = 25
+    sds_every: int = 1
 
 
 def settings(args: argparse.Namespace) -> Settings:
@@ -96,6 +101,7 @@ def settings(args: argparse.Namespace) -> Settings:
             setattr(s, k, v)
     if args.no_sds:
         s.sds = False
+    s.sds_every = args.sds_every
     return s
 
 
@@ -111,9 +117,18 @@ def bench_module(name: str):
     return importlib.import_module(name)
 
 
-def build_syncdreamer(dev: torch.device, dtype: torch.dtype, tiny: bool):
+def build_syncdreamer(dev: torch.device, dtype: torch.dtype, tiny: bool, vae_dtype: Optional[str] = None,
+                      compile_mode: Optional[str] = None):
+    """SyncDreamer with random weights; ``compile_mode`` as the loader node's ``compile`` (lazy: the first sampling
+    step of each view-chunk size compiles, which ``--warmup`` absorbs)."""
     bsd = need("syncdreamer", "bench/syncdreamer.py build_model", lambda: bench_module("syncdreamer").build_model)
-    return bsd(dev, dtype, tiny)
+    vdt = {None: None, "fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[vae_dtype]
+    model = bsd(dev, dtype, tiny, vdt)
+    if compile_mode is not None:
+        from e4d.syncdreamer.speed import accelerate
+
+        accelerate(model, compile_mode=compile_mode)
+    return model
 
 
 def build_rife(dev: torch.device, dtype: torch.dtype):
@@ -279,7 +294,7 @@ def run_chain(args: argparse.Namespace, s: Settings, run: Run, out_dir: Path) ->
                                                                                     fromlist=["x"]))
     samp_mod = need("syncdreamer", "e4d.syncdreamer.sampler", lambda: __import__("e4d.syncdreamer.sampler",
                                                                                    fromlist=["x"]))
-    builders = {"syncdreamer": lambda: build_syncdreamer(dev, dtype, args.tiny),
+    builders = {"syncdreamer": lambda: build_syncdreamer(dev, dtype, args.tiny, args.vae_dtype, args.compile),
                 "rife": lambda: build_rife(dev, dtype),
                 "zero123": lambda: build_zero123(dev, dtype, args.tiny),
                 "svd": lambda: build_svd(dev, dtype, args.tiny)}
@@ -321,7 +336,8 @@ def run_chain(args: argparse.Namespace, s: Settings, run: Run, out_dir: Path) ->
     vm = run.stage("syncdreamer", lambda: syncdreamer_views(pipe_mod, samp_mod, sd, frames.to(dev), alpha, s.keyframes,
                                                             scfg, notes),
                    load_s=load["syncdreamer"] + t, release=("syncdreamer",), frames_in=n_in, keyframes=s.keyframes,
-                   views=16, steps=s.steps, view_batch=s.view_batch, guidance="decomposed")
+                   views=16, steps=s.steps, view_batch=s.view_batch, guidance="decomposed",
+                   compile=args.compile, vae_dtype=args.vae_dtype or "fp32")
 
     interp_mod = need("interpolate", "e4d.interpolate", lambda: __import__("e4d.interpolate", fromlist=["x"]))
     rife, t = run.model("rife", builders["rife"])
@@ -340,14 +356,16 @@ def run_chain(args: argparse.Namespace, s: Settings, run: Run, out_dir: Path) ->
     if s.sds:
         comps, t = run.model("zero123", builders["zero123"])
         z_mod = need("fit", "e4d.guidance.zero123", lambda: __import__("e4d.guidance.zero123", fromlist=["x"]))
-        guidance = z_mod.Zero123Guidance(comps, z_mod.SDSConfig(render_size=s.sds_size), device=dev)
+        guidance = z_mod.Zero123Guidance(comps, z_mod.SDSConfig(render_size=s.sds_size,
+                                                                         every=s.sds_every), device=dev)
     if args.tiny:
         fcfg = fit_mod.reduced_for_cpu(iterations=s.iterations, num_points=s.points)
     else:
         fcfg = fit_mod.preset("recommended", iterations=s.iterations, num_points=s.points)
     fres = run.stage("fit", lambda: fit_mod.fit(vm61, conf, config=fcfg, guidance=guidance),
                      load_s=(load["zero123"] if s.sds else 0.0) + t, release=("zero123",) if s.sds else (),
-                     iterations=s.iterations, points=s.points, sds=s.sds, T=vm61.T, V=vm61.V)
+                     iterations=s.iterations, points=s.points, sds=s.sds, sds_every=s.sds_every, T=vm61.T,
+                     V=vm61.V)
     if guidance is not None:
         guidance.cache = None  # per-frame CLIP/VAE references of the SDS (small) go with the fit
     vm61 = conf = None  # noqa: F841 -- the 61-frame matrix and its confidence are not needed past the fit
@@ -409,6 +427,12 @@ def parse(argv: Optional[List[str]] = None) -> argparse.Namespace:
     ap.add_argument("--tiny", action="store_true", help="tiny random models on the CPU (CI smoke)")
     ap.add_argument("--no-sds", action="store_true", help="fit without the Zero123 SDS guidance")
     ap.add_argument("--warmup", action="store_true", help="run the chain once with --quick-like sizes first")
+    ap.add_argument("--compile", nargs="?", const="default", default=None,
+                    help="torch.compile SyncDreamer's UNet + frustum net (mode, default 'default'); use with --warmup, "
+                         "which absorbs the one-off compile")
+    ap.add_argument("--vae-dtype", default=None, choices=["fp16", "bf16", "fp32"],
+                    help="SyncDreamer VAE dtype (default fp32 under fp16 weights, as the loader)")
+    ap.add_argument("--sds-every", type=int, default=1, help="SDS on every k-th fit step only (SDSConfig.every)")
     for k in ("keyframes", "steps", "view_batch", "iterations", "points", "orbit_frames", "orbit_res"):
         ap.add_argument("--" + k.replace("_", "-"), dest=k, type=int, default=None)
     ap.add_argument("--device", default=None, help="default: cuda when available (cpu with --tiny)")

@@ -6,7 +6,7 @@ term only adds noise, so held-out PSNR with SDS is expected to be *lower*). Qual
 Usage (repo root)::
 
     python bench/sds.py                    # ms per SDS step (render-sized leaf -> VAE encoder -> UNet CFG -> backward), B = 1..4
-    python bench/sds.py --fit              # + 500-iteration CesiumMan fit without / with SDS (time, held-out PSNR)
+    python bench/sds.py --fit              # + 500-iteration CesiumMan fit without / with SDS every 1st, 2nd step
     python bench/sds.py --device cpu --tiny --steps 2 --batches 1     # CPU smoke run of this script
 
 Each measurement prints one JSON line. Issue 6 target: a 500-iteration fit with SDS <= 30 s on an H100.
@@ -100,7 +100,8 @@ def bench_steps(comps, dev: torch.device, batches: List[int], steps: int, warmup
                     "note": "random weights: cost only, no quality gain can be shown"})
 
 
-def bench_fit(comps, dev: torch.device, data: Path, iterations: int, points: Optional[int] = None) -> None:
+def bench_fit(comps, dev: torch.device, data: Path, iterations: int, points: Optional[int] = None,
+              every: List[int] = (1,), preset_name: str = "recommended") -> None:
     from e4d.fit import evaluate, fit, preset
     from e4d.guidance.zero123 import SDSConfig, Zero123Guidance
     from e4d.viewmatrix import load_view_matrix
@@ -108,9 +109,11 @@ def bench_fit(comps, dev: torch.device, data: Path, iterations: int, points: Opt
     vm = load_view_matrix(data, views=list(range(20))).to(dev)
     train = vm.select_views(range(16))
     test = dataclasses.replace(vm.select_views(range(16, 20)), input_images=None, input_alpha=None, input_camera=None)
-    cfg = preset("paper", iterations=iterations, **({"num_points": points} if points else {}))
+    cfg = preset(preset_name, iterations=iterations, **({"num_points": points} if points else {}))
     fit(train, config=cfg.replace(iterations=min(20, iterations)))  # warm-up (kernels)
-    for name, guid in (("no_sds", None), ("sds", Zero123Guidance(comps, SDSConfig(), device=dev))):
+    variants = [("no_sds", None)] + [(f"sds_every{k}", Zero123Guidance(comps, SDSConfig(every=k), device=dev))
+                                     for k in every]
+    for name, guid in variants:
         reset_peak(dev)
         try:  # fit.seconds is the loop only; guidance.prepare (16 frames encoded once) runs before it
             res = fit(train, config=cfg, guidance=guid)
@@ -119,6 +122,8 @@ def bench_fit(comps, dev: torch.device, data: Path, iterations: int, points: Opt
             continue
         held = evaluate(res.gaussians, test, backend=cfg.backend)
         print_json({"bench": "fit_sds", "variant": name, "fit_s": round(res.seconds, 3), "iterations": iterations,
+                    "preset": preset_name, "sds_every": guid.config.every if guid else None,
+                    "gaussians": int(res.gaussians.means.shape[0]),
                     "sds_views_per_step": cfg.times_per_batch if guid else 0, "psnr_heldout": round(held["psnr"], 3),
                     "peak_vram_gb": peak_vram_gb(dev), "target_30s_met": bool(res.seconds <= 30.0),
                     "note": "random zero123 weights: SDS adds noise here, PSNR with SDS is expected to drop"})
@@ -135,6 +140,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--fit", action="store_true", help="also time the 500-iteration CesiumMan fit with/without SDS")
     ap.add_argument("--iterations", type=int, default=500)
     ap.add_argument("--points", type=int, default=None, help="Gaussians of the --fit runs (default: the preset's)")
+    ap.add_argument("--every", default="1,2", help="SDSConfig.every values of the --fit runs")
+    ap.add_argument("--preset", default="recommended", help="fit preset of the --fit runs")
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "cesium_man_walk")
     args = ap.parse_args(argv)
     dev = pick_device(args.device)
@@ -142,7 +149,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     comps = random_zero123(dev, dtype, args.tiny)
     bench_steps(comps, dev, [int(b) for b in args.batches.split(",")], args.steps, args.warmup)
     if args.fit:
-        bench_fit(comps, dev, args.data, args.iterations, args.points)
+        bench_fit(comps, dev, args.data, args.iterations, args.points,
+                  [int(k) for k in args.every.split(",")], args.preset)
     return 0
 
 

@@ -153,6 +153,14 @@ def test_guidance_hook_is_called_and_its_gradient_reaches_the_gaussians(scene):
         fit(train, config=cfg, guidance=object())
 
 
+def test_guidance_skips_steps_without_sampling_or_rendering(scene):
+    train, _ = scene
+    guid = _RecordingGuidance()
+    guid.skips = lambda step: step % 2 == 1  # the optional protocol method (SDSConfig.every = 2)
+    fit(train, config=tiny(iterations=4, w_rgb=0.0, w_ssim=0.0), guidance=guid)
+    assert guid.calls["loss"] == [0, 2] and [s[1] for s in guid.calls["sample"]] == [0, 2]
+
+
 def test_callback_progress_and_cancel(scene):
     train, _ = scene
     seen = []

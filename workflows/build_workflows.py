@@ -135,16 +135,18 @@ def descriptions() -> dict[str, dict]:
             N("prep", "E4D_PrepareObjectFrames", 3, 0),
             N("sdl", "E4D_SyncDreamerLoader", 3, 1, SD_CKPT),
             N("sdt", "E4D_SyncDreamerT", 4, 0, {"frames": 16, "steps": 50}),
+            N("guid", "E4D_Zero123GuidanceLoader", 6, 2, {"model": "diffusers/zero123-xl-diffusers"}),
             *tail,
         ],
-        links=[L("img", "prep0", out="IMAGE", inp="images"), L("img", "prep0", out="MASK", inp="mask"),
+        links=[L("guid", "fit"), L("img", "prep0", out="IMAGE", inp="images"), L("img", "prep0", out="MASK", inp="mask"),
                L("prep0", "svd", out="IMAGE", inp="image"), L("prep0", "svd", out="MASK", inp="mask"),
                L("svdl", "svd"), L("svd", "prep", out="frames", inp="images"),
                L("svd", "prep", out="masks", inp="mask"),
                L("prep", "sdt", out="IMAGE"), L("prep", "sdt", out="MASK", inp="mask"), L("sdl", "sdt"), *tail_links],
         notes=[Note("n1", 0, 1.2, "Image to 4D: one RGBA image of an object (Load Image keeps its alpha as an "
                                   "inverted mask, hence invert_mask) -> Stable Video Diffusion makes a short clip on "
-                                  "white (and its object masks) -> the video-to-4D chain.", 1.0),
+                                  "white (and its object masks) -> the video-to-4D chain, with Zero123 SDS guidance "
+                                  "in the fit (delete the guidance node to fit without it).", 1.0),
                Note("n2", 0, 2.2, WEIGHTS_NOTE, 1.0)],
     )
 

@@ -12,6 +12,10 @@ the order the trainer calls it:
    the Gaussians. The total loss adds ``config.lambda_sds * weight * loss``.
 
 ``step`` counts from 0 to ``total - 1``.
+
+Optional: ``skips(step) -> bool``. Where it returns True the trainer neither samples cameras nor renders them
+for that step (the guidance would contribute nothing), so a guidance applied every k-th step costs nothing in
+between.
 """
 from __future__ import annotations
 
@@ -47,6 +51,12 @@ def check_guidance(guidance: object) -> None:
     w = getattr(guidance, "weight")
     if not isinstance(w, (int, float)) or w != w or w < 0:
         raise ValueError(f"guidance.weight must be a number >= 0, got {w!r}")
+
+
+def guidance_skips(guidance: object, step: int) -> bool:
+    """True when ``guidance`` declares (optional ``skips(step)``) that it contributes nothing at ``step``."""
+    skips = getattr(guidance, "skips", None)
+    return bool(skips(step)) if callable(skips) else False
 
 
 def check_guidance_cameras(cams: object, batch: int) -> Cameras:

@@ -25,7 +25,7 @@ from ..gaussians4d import Gaussians4D, init_random
 from ..progress import ProgressCallback, report
 from ..viewmatrix import ViewMatrix
 from .config import FitConfig
-from .guidance_api import check_guidance, check_guidance_cameras, check_guidance_loss
+from .guidance_api import check_guidance, check_guidance_cameras, check_guidance_loss, guidance_skips
 from .losses import alpha_loss, confidence_dssim, confidence_l1, mse_loss, total_loss
 from .sampler import plan_batches
 
@@ -291,7 +291,8 @@ def fit(vm: ViewMatrix, confidence: Optional[Confidence] = None, config: Optiona
             terms["l_alpha"] = alpha_loss(out.alpha.flatten(0, 1).permute(0, 3, 1, 2), _gather(data.alpha, ti, vi),
                                           valid)
             loss = loss + config.w_alpha * terms["l_alpha"]
-        if guidance is not None and guidance.weight > 0 and config.lambda_sds > 0:
+        if (guidance is not None and guidance.weight > 0 and config.lambda_sds > 0
+                and not guidance_skips(guidance, step)):
             ti_cpu = plan_cpu.time_idx[step]
             cams = check_guidance_cameras(guidance.sample_cameras(ti_cpu, step, total, gen), len(ti_cpu)).to(dev)
             gout = render(g, data.times[ti], cams.w2c[:, None], cams.K[:, None], cams.width, cams.height,
