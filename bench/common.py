@@ -6,6 +6,7 @@ into docs/benchmarks.md or compared by a script.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import sys
 import time
@@ -18,6 +19,20 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # benches run as `python bench/x.py` from the repo root
     sys.path.insert(0, str(REPO))
+
+
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+"""The ``--dtype`` / ``--vae-dtype`` choices of the benches."""
+
+
+def cesium_data(need: str = "input") -> Path:
+    """The CesiumMan data folder that has ``need`` (``input`` frames or ``cameras.json``), first of: ``$E4D_SHARED``'s,
+    the ``../shared`` beside the checkout (CPU machines), the carried ``.devcomfy`` copy (GPU machine, input frames
+    only; see tools/device_comfy_prepare.sh). None has it: the first, so the caller's error names a real path."""
+    shared = os.environ.get("E4D_SHARED")
+    candidates = ([Path(shared) / "data" / "cesium_man_walk"] if shared else []) + [
+        REPO.parent / "shared" / "data" / "cesium_man_walk", REPO / ".devcomfy" / "data" / "cesium_man_walk"]
+    return next((d for d in candidates if (d / need).exists()), candidates[0])
 
 
 def sync(device: Optional[torch.device] = None) -> None:
@@ -91,4 +106,4 @@ def pick_device(name: str) -> torch.device:
     return dev
 
 
-__all__ = ["Stopwatch", "sync", "reset_peak", "peak_vram_gb", "env_info", "print_json", "pick_device", "REPO"]
+__all__ = ["DTYPES", "cesium_data", "Stopwatch", "sync", "reset_peak", "peak_vram_gb", "env_info", "print_json", "pick_device", "REPO"]

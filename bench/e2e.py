@@ -22,44 +22,20 @@ Targets (issue 8, one H100, video-to-4D): <= 60 s and <= 20 GB peak; the chain m
 from __future__ import annotations
 
 import argparse
-import gc
-import json
-import os
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import torch
 
 BENCH = Path(__file__).resolve().parent
-REPO = BENCH.parent
-if str(REPO) not in sys.path:  # run as `python bench/e2e.py` from the repo root
-    sys.path.insert(0, str(REPO))
-
-DATA_CANDIDATES = tuple(
-    [Path(os.environ["E4D_SHARED"]) / "data" / "cesium_man_walk"] if os.environ.get("E4D_SHARED") else []) + (
-    REPO.parent / "shared" / "data" / "cesium_man_walk",  # beside the checkout (CPU machines)
-    REPO / ".devcomfy" / "data" / "cesium_man_walk")      # carried copy (GPU machine, see tools/)
-
-
-class StageUnavailable(RuntimeError):
-    """A stage's API is missing or broken: the message names the stage and what failed."""
-
-
-class StageFailed(RuntimeError):
-    """A stage raised while running (OOM, a diverging fit, ...): the records so far are still reported."""
-
-
-def need(stage: str, what: str, fn: Callable[[], Any]) -> Any:
-    """Run an import/builder of ``stage``; turn ImportError/AttributeError into a message naming the stage."""
-    try:
-        return fn()
-    except (ImportError, AttributeError) as e:
-        raise StageUnavailable(f"stage '{stage}': {what} is not available ({type(e).__name__}: {e}); the module "
-                               f"that provides it is missing or changed its API") from e
+if str(BENCH) not in sys.path:  # siblings by plain name (also when loaded by file path, as the tests do)
+    sys.path.insert(0, str(BENCH))
+from common import DTYPES, cesium_data  # noqa: E402  (common also puts the repo on sys.path)
+from e2e_stages import Run, StageFailed, StageUnavailable, need  # noqa: E402
 
 
 @dataclass
@@ -112,8 +88,6 @@ def bench_module(name: str):
     """Another bench script as a module (their random full-size model builders are reused, not copied)."""
     import importlib
 
-    if str(BENCH) not in sys.path:  # the bench scripts import their siblings (``common``) by plain name
-        sys.path.insert(0, str(BENCH))
     return importlib.import_module(name)
 
 
@@ -122,8 +96,7 @@ def build_syncdreamer(dev: torch.device, dtype: torch.dtype, tiny: bool, vae_dty
     """SyncDreamer with random weights; ``compile_mode`` as the loader node's ``compile`` (lazy: the first sampling
     step of each view-chunk size compiles, which ``--warmup`` absorbs)."""
     bsd = need("syncdreamer", "bench/syncdreamer.py build_model", lambda: bench_module("syncdreamer").build_model)
-    vdt = {None: None, "fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[vae_dtype]
-    model = bsd(dev, dtype, tiny, vdt)
+    model = bsd(dev, dtype, tiny, DTYPES[vae_dtype] if vae_dtype else None)
     if compile_mode is not None:
         from e4d.syncdreamer.speed import accelerate
 
@@ -149,101 +122,6 @@ def build_svd(dev: torch.device, dtype: torch.dtype, tiny: bool):
     """SVD-XT (UNet 1.5 B, temporal VAE, OpenCLIP ViT-H) with random weights, as a diffusers pipeline."""
     rs = need("svd", "bench/svd.py random_svd (SVD-XT shapes)", lambda: bench_module("svd").random_svd)
     return rs(dev, dtype, tiny)
-
-
-def to_device(obj: Any, dev: torch.device) -> None:
-    """Move a model holder (nn.Module, diffusers pipeline, Zero123Components, RifeInterpolator) to ``dev``."""
-    if obj is None:
-        return
-    if hasattr(obj, "unet") and hasattr(obj, "camera_projection"):  # Zero123Components.to is a no-op when equal
-        obj.to(device=dev)
-    else:
-        obj.to(dev)
-
-
-# ------------------------------------------------------------------------------------------------------------------
-# stage bookkeeping
-# ------------------------------------------------------------------------------------------------------------------
-def sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-
-
-def gb(x: float) -> float:
-    return round(x / 2 ** 30, 3)
-
-
-@dataclass
-class Run:
-    dev: torch.device
-    offload: bool
-    records: List[Dict[str, Any]] = field(default_factory=list)
-    models: Dict[str, Any] = field(default_factory=dict)
-    json_out: Optional[Path] = None
-
-    def emit(self, rec: Dict[str, Any]) -> None:
-        line = json.dumps(rec, default=str)
-        print(line, flush=True)
-        if self.json_out is not None:
-            with open(self.json_out, "a") as f:
-                f.write(line + "\n")
-
-    def model(self, name: str, builder: Callable[[], Any]) -> tuple[Any, float]:
-        """The named model on the device (built on first use); returns (model, seconds spent building/moving)."""
-        sync(self.dev)
-        t0 = time.perf_counter()
-        m = self.models.get(name)
-        if m is None:
-            m = self.models[name] = builder()
-        elif self.offload:
-            to_device(m, self.dev)
-        sync(self.dev)
-        return m, time.perf_counter() - t0
-
-    def release(self, *names: str) -> float:
-        """With --offload: move the named models to the CPU and return the CUDA cache; returns seconds spent."""
-        if not self.offload or not names:
-            return 0.0
-        t0 = time.perf_counter()
-        for n in names:
-            to_device(self.models.get(n), torch.device("cpu"))
-        gc.collect()
-        if self.dev.type == "cuda":
-            torch.cuda.empty_cache()
-        return time.perf_counter() - t0
-
-    def stage(self, name: str, fn: Callable[[], Any], load_s: float = 0.0, release: tuple = (), **extra) -> Any:
-        dev = self.dev
-        if dev.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(dev)
-            at_start = torch.cuda.memory_allocated(dev)
-        sync(dev)
-        t0 = time.perf_counter()
-        try:
-            out = fn()
-            sync(dev)
-        except StageUnavailable:
-            raise
-        except Exception as e:  # noqa: BLE001 -- report which stage failed, with its peak so far, then stop
-            rec = {"bench": "e2e", "stage": name, "error": f"{type(e).__name__}: {str(e)[:500]}",
-                   "s": round(time.perf_counter() - t0, 3)}
-            if dev.type == "cuda":
-                rec["peak_alloc_gb"] = gb(torch.cuda.max_memory_allocated(dev))
-            self.emit(rec)
-            raise StageFailed(f"stage '{name}' failed: {type(e).__name__}: {e}") from e
-        rec: Dict[str, Any] = {"bench": "e2e", "stage": name, "s": round(time.perf_counter() - t0, 3),
-                               "load_s": round(load_s, 3)}
-        if dev.type == "cuda":
-            rec.update(peak_alloc_gb=gb(torch.cuda.max_memory_allocated(dev)),
-                       peak_reserved_gb=gb(torch.cuda.max_memory_reserved(dev)), alloc_start_gb=gb(at_start))
-        rec["offload_s"] = round(self.release(*release), 3)
-        if dev.type == "cuda":
-            free, total = torch.cuda.mem_get_info(dev)
-            rec.update(alloc_end_gb=gb(torch.cuda.memory_allocated(dev)), device_used_end_gb=gb(total - free))
-        rec.update(extra)
-        self.records.append(rec)
-        self.emit(rec)
-        return out
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -440,7 +318,7 @@ def parse(argv: Optional[List[str]] = None) -> argparse.Namespace:
     ap.add_argument("--json-out", type=Path, default=None, help="also append every JSON line to this file")
     args = ap.parse_args(argv)
     if args.data is None:
-        args.data = next((d for d in DATA_CANDIDATES if (d / "input").is_dir()), DATA_CANDIDATES[0])
+        args.data = cesium_data("input")
     return args
 
 

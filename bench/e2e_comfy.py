@@ -36,10 +36,10 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from e2e_comfy_setup import DEVCOMFY, REPO, av_stub, comfy_root, site_dir, tv_stub, write_models  # noqa: E402
+from common import cesium_data  # noqa: E402
+from e2e_comfy_setup import REPO, av_stub, comfy_root, site_dir, tv_stub, write_models  # noqa: E402
 
 AV_NODES = ("CreateVideo", "SaveVideo")
-DATA = (REPO.parent / "shared" / "data" / "cesium_man_walk", DEVCOMFY / "data" / "cesium_man_walk")
 
 
 def emit(rec: Dict[str, Any], path: Optional[Path]) -> None:
@@ -323,7 +323,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     names = {"video": "video_to_4d", "image": "image_to_4d"}
     flows = [names[w.strip()] for w in args.workflows.split(",") if w.strip()]
-    data = args.data or next((d for d in DATA if (d / "input").is_dir()), DATA[0])
+    data = args.data or cesium_data("input")
     t_all = time.perf_counter()
     work = args.work.resolve()
     base = work / ("base_tiny" if args.tiny else "base")

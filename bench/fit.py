@@ -28,7 +28,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, Stopwatch, env_info, peak_vram_gb, pick_device, print_json, reset_peak, sync  # noqa: E402
+from common import Stopwatch, cesium_data, env_info, peak_vram_gb, pick_device, print_json, reset_peak, sync  # noqa: E402
 
 from e4d.demo import downscale_view_matrix  # noqa: E402
 from e4d.fit import FitConfig, evaluate, fit, preset  # noqa: E402
@@ -183,8 +183,8 @@ def run_variant(name: str, cfg: FitConfig, train: ViewMatrix, test: ViewMatrix, 
 
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "cesium_man_walk",
-                    help="view-matrix folder (default ../shared/data/cesium_man_walk)")
+    ap.add_argument("--data", type=Path, default=None,
+                    help="view-matrix folder (default: cesium_man_walk of $E4D_SHARED or ../shared)")
     ap.add_argument("--device", default="cuda", help="cuda (default), cpu or auto")
     ap.add_argument("--times", type=int, default=16, help="16 = the GT times; 61 = interpolated 61-time matrix")
     ap.add_argument("--variant", default="paper", choices=SWEEP, help="config variant (default paper)")
@@ -209,6 +209,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = ap.parse_args(argv)
 
     dev = pick_device(args.device)
+    args.data = args.data or cesium_data("cameras.json")
     if not (args.data / "cameras.json").is_file():
         raise SystemExit(f"--data {args.data}: no cameras.json there; pass the cesium_man_walk folder")
     names = args.variants.split(",") if args.variants else (SWEEP if args.sweep else [args.variant])

@@ -23,7 +23,7 @@ from typing import List, Optional
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, env_info, peak_vram_gb, pick_device, print_json, reset_peak, sync  # noqa: E402
+from common import REPO, cesium_data, env_info, peak_vram_gb, pick_device, print_json, reset_peak, sync  # noqa: E402
 
 from e4d.guidance.loader import REAL_CLIP_VIT_L as CLIP  # noqa: E402  (zero123-xl architecture)
 from e4d.guidance.loader import REAL_SD_VAE as VAE  # noqa: E402
@@ -142,14 +142,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--points", type=int, default=None, help="Gaussians of the --fit runs (default: the preset's)")
     ap.add_argument("--every", default="1,2", help="SDSConfig.every values of the --fit runs")
     ap.add_argument("--preset", default="recommended", help="fit preset of the --fit runs")
-    ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "cesium_man_walk")
+    ap.add_argument("--data", type=Path, default=None,
+                    help="CesiumMan view-matrix folder (default: that of $E4D_SHARED or ../shared)")
     args = ap.parse_args(argv)
     dev = pick_device(args.device)
     dtype = torch.float16 if dev.type == "cuda" and not args.fp32 else torch.float32
     comps = random_zero123(dev, dtype, args.tiny)
     bench_steps(comps, dev, [int(b) for b in args.batches.split(",")], args.steps, args.warmup)
     if args.fit:
-        bench_fit(comps, dev, args.data, args.iterations, args.points,
+        bench_fit(comps, dev, args.data or cesium_data("cameras.json"), args.iterations, args.points,
                   [int(k) for k in args.every.split(",")], args.preset)
     return 0
 

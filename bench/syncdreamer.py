@@ -23,9 +23,8 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import DTYPES, REPO  # noqa: E402  (common also puts the repo on sys.path)
 
 
 def build_model(device: torch.device, dtype: torch.dtype, tiny: bool, vae_dtype: torch.dtype = None):
@@ -166,15 +165,14 @@ def main(argv=None) -> int:
                          "kernels by total time and the per-stage ranges (volume / frustum / unet / ddim)")
     a = ap.parse_args(argv)
     device = torch.device(a.device)
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[a.dtype]
+    dtype = DTYPES[a.dtype]
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     size = 64 if a.tiny else 256
     t0 = time.perf_counter()
-    dts = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
-    model = build_model(device, dtype, a.tiny, dts[a.vae_dtype] if a.vae_dtype else None)
+    model = build_model(device, dtype, a.tiny, DTYPES[a.vae_dtype] if a.vae_dtype else None)
     from e4d.syncdreamer.speed import accelerate
 
     accelerate(model, channels_last=a.channels_last, compile_mode=a.compile,
