@@ -21,6 +21,7 @@ from torch import Tensor
 
 from .atomic import atomic_dir
 from .cameras import Cameras, cameras_from_json, cameras_to_json
+from .limits import inside_folder
 
 
 @dataclass
@@ -193,7 +194,8 @@ def load_view_matrix(folder, views: Optional[Sequence[int]] = None, with_input: 
         e.setdefault("fx", meta.get("fx")), e.setdefault("fy", meta.get("fy"))
         e.setdefault("cx", meta.get("cx")), e.setdefault("cy", meta.get("cy"))
     cams = cameras_from_json(entries, W, H)
-    view_dirs = [folder / e.get("dir", f"views/v{e.get('id', i):02d}") for i, e in enumerate(entries)]
+    view_dirs = [inside_folder(folder, e.get("dir", f"views/v{e.get('id', i):02d}"), f"{cam_file} view 'dir'")
+                 for i, e in enumerate(entries)]
     files = [_frame_files(d, "t") for d in view_dirs]
     T = len(files[0])
     if T == 0 or any(len(f) != T for f in files):
@@ -218,7 +220,7 @@ def load_view_matrix(folder, views: Optional[Sequence[int]] = None, with_input: 
               alpha=torch.from_numpy(alpha) if any_alpha else None)
     iv = meta.get("input_view")
     if with_input and iv:
-        in_files = _frame_files(folder / iv.get("dir", "input"), "f")
+        in_files = _frame_files(inside_folder(folder, iv.get("dir", "input"), f"{cam_file} input_view 'dir'"), "f")
         if in_files:
             in_times = anim.get("input_time_norm") or np.linspace(0, 1, len(in_files)).tolist()
             if len(in_times) != len(in_files):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch import Tensor
@@ -281,47 +281,6 @@ def validate_model_choice(folder: str, name: str, where_to_get: Optional[str] = 
         return True
     except FileNotFoundError as e:
         return str(e)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# input / output folders
-# --------------------------------------------------------------------------------------------------------------
-def input_files(extensions: Iterable[str], with_dirs: bool = False) -> list[str]:
-    """Files (relative names) in ComfyUI's input folder with one of ``extensions``; optionally sub-folders too."""
-    import folder_paths
-
-    base = folder_paths.get_input_directory()
-    exts = {e.lower() for e in extensions}
-    out: list[str] = []
-    if os.path.isdir(base):
-        for entry in sorted(os.listdir(base)):
-            full = os.path.join(base, entry)
-            if os.path.isfile(full) and os.path.splitext(entry)[1].lower() in exts:
-                out.append(entry)
-            elif with_dirs and os.path.isdir(full) and not entry.startswith("."):
-                out.append(entry + "/")
-    return out
-
-
-def input_path(name: str) -> Path:
-    """Resolve a widget value (``file.mp4``, ``folder/``, ``file.mp4 [output]`` or an absolute path)."""
-    import folder_paths
-
-    if os.path.isabs(name):
-        return Path(name)
-    return Path(folder_paths.get_annotated_filepath(name.rstrip("/")))
-
-
-def output_target(filename_prefix: str, width: int = 0, height: int = 0) -> tuple[Path, str, int, str]:
-    """ComfyUI's save-path helper: ``(folder, base name, counter, subfolder)`` inside the output folder.
-
-    Honours ``%date%``-style prefixes and sub-folders like ``4d/run`` and refuses paths leaving the output folder.
-    """
-    import folder_paths
-
-    out_dir = folder_paths.get_output_directory()
-    folder, base, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, out_dir, width, height)
-    return Path(folder), base, counter, subfolder
 
 
 # Tensor conversions live in their own module; re-exported here because nodes call them as C.image_in etc.

@@ -8,6 +8,7 @@ import torch
 from comfy_api.latest import io
 
 from . import _common as C
+from . import _paths as P
 from .types import E4D_GAUSSIANS4D
 
 CATEGORY = "Efficient4D/export"
@@ -84,7 +85,7 @@ class Export4D(io.ComfyNode):
         from e4d.export import save_native, save_ply_sequence
 
         g = gaussians.detach().to("cpu")
-        folder, name, counter, _ = C.output_target(filename_prefix)
+        folder, name, counter, _ = P.output_target(filename_prefix)
         stem = folder / f"{name}_{counter:05}_"  # ComfyUI's "<prefix>_NNNNN_" naming keeps its counter working
         steps = 4 if ply_sequence else 0
         cb = C.progress_callback(steps)
@@ -149,30 +150,31 @@ class Load4DGaussians(io.ComfyNode):
             display_name="Load 4D Gaussians (Efficient4D)",
             category=CATEGORY,
             description="Load a native 4D Gaussian file (.e4d.safetensors written by Export 4D Gaussians or "
-                        "`python -m e4d export`) from the input or output folder, or an absolute path.",
+                        "`python -m e4d export`) from the input or output folder.",
             inputs=[
                 io.Combo.Input("file", options=_native_choices(),
                                tooltip="A .e4d.safetensors file in ComfyUI's input folder, or in the output folder "
                                        "(marked [output])."),
                 io.String.Input("path_override", default="",
-                                tooltip="Absolute path of a native file; replaces 'file' when not empty."),
+                                tooltip="Name of a native file inside the input folder (or 'name [output]'); "
+                                        "replaces 'file' when not empty. Absolute paths only when the server's "
+                                        "owner sets E4D_ALLOW_ABSOLUTE_PATHS=1 (see SECURITY.md)."),
             ],
             outputs=[E4D_GAUSSIANS4D.Output(display_name="gaussians", tooltip="The loaded 4D Gaussians.")],
         )
 
     @classmethod
     def validate_inputs(cls, file=None, path_override="") -> bool | str:
-        if path_override:
-            return True if os.path.isfile(path_override) else f"no file at path_override {path_override!r}"
-        if not file:
-            return "choose a .e4d.safetensors file or give path_override"
-        p = C.input_path(file)
-        return True if p.is_file() else f"4D Gaussian file {file!r} not found ({p})"
+        try:
+            _native_path(file, path_override)
+        except P.NodePathError as e:  # one message for missing and refused: no probing of the server's files
+            return str(e)
+        return True
 
     @classmethod
     def fingerprint_inputs(cls, file=None, path_override=""):
         try:
-            p = Path(path_override) if path_override else C.input_path(file or "")
+            p = _native_path(file, path_override)
             st = p.stat()
             return f"{p}-{st.st_mtime_ns}-{st.st_size}"
         except OSError:
@@ -182,10 +184,15 @@ class Load4DGaussians(io.ComfyNode):
     def execute(cls, file=None, path_override: str = "") -> io.NodeOutput:
         from e4d.export import load_native
 
-        path = Path(path_override) if path_override else C.input_path(file or "")
-        if not path.is_file():
-            raise FileNotFoundError(f"4D Gaussian file not found: {path}")
+        path = _native_path(file, path_override)
         return io.NodeOutput(load_native(path, device=C.intermediate_device()))
+
+
+def _native_path(file, path_override: str) -> Path:
+    """The native file a Load 4D Gaussians prompt names, resolved inside ComfyUI's folders (see ``_paths``)."""
+    if str(path_override or "").strip():
+        return P.input_path(path_override, "file", "path_override")
+    return P.input_path(file or "", "file", "4D Gaussian file")
 
 
 NODES = [Export4D, Load4DGaussians]

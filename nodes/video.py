@@ -8,6 +8,7 @@ import torch
 from comfy_api.latest import io
 
 from . import _common as C
+from . import _paths as P
 
 CATEGORY = "Efficient4D/input"
 
@@ -16,7 +17,7 @@ def _choices() -> list[str]:
     from e4d.video_decode import ANIMATED_EXTENSIONS, VIDEO_EXTENSIONS
 
     try:
-        return C.input_files(VIDEO_EXTENSIONS + ANIMATED_EXTENSIONS + (".apng",), with_dirs=True)
+        return P.input_files(VIDEO_EXTENSIONS + ANIMATED_EXTENSIONS + (".apng",), with_dirs=True)
     except Exception:  # the dropdown must never break the node list
         C.log.warning("Efficient4D: cannot list the input folder", exc_info=True)
         return []
@@ -49,7 +50,8 @@ class LoadVideo(io.ComfyNode):
             inputs=[
                 io.Combo.Input("video", options=_choices(), upload=io.UploadType.video,
                                tooltip="File or frame folder (name ending in '/') in ComfyUI's input folder; "
-                                       "ignored when 'video_in' is connected. An absolute path also works."),
+                                       "ignored when 'video_in' is connected. Paths outside ComfyUI's input/output/temp "
+                                       "folders are refused (see SECURITY.md)."),
                 io.Int.Input("start_frame", default=0, min=0, max=1_000_000,
                              tooltip="Index of the first frame to keep (0 = the first frame)."),
                 io.Int.Input("stride", default=1, min=1, max=1000,
@@ -78,12 +80,9 @@ class LoadVideo(io.ComfyNode):
         if not video:
             return True  # 'video_in' supplies the frames; execute() explains if it is missing too
         try:
-            path = C.input_path(video)
-        except Exception as e:  # noqa: BLE001 - an annotated name ComfyUI cannot parse
-            return f"invalid video name {video!r}: {e}"
-        if not path.exists():
-            return (f"video {video!r} not found ({path}); put it into ComfyUI's input folder, upload it, or give an "
-                    "absolute path")
+            P.input_path(video, "any", "video")
+        except P.NodePathError as e:  # one message for missing and refused: no probing of the server's files
+            return str(e)
         return True
 
     @classmethod
@@ -91,7 +90,7 @@ class LoadVideo(io.ComfyNode):
         if not video:
             return ""
         try:
-            path = C.input_path(video)
+            path = P.input_path(video, "any", "video")
             if path.is_dir():
                 stats = [(e.name, e.stat().st_mtime_ns, e.stat().st_size) for e in os.scandir(path) if e.is_file()]
                 return hashlib.sha256(repr(sorted(stats)).encode()).hexdigest()
@@ -118,7 +117,7 @@ class LoadVideo(io.ComfyNode):
         else:
             if not video:
                 raise ValueError("no video: choose a file in 'video' (upload one) or connect 'video_in'")
-            decoded = decode_video(C.input_path(video), sel, float(fps_if_unknown), callback=cb)
+            decoded = decode_video(P.input_path(video, "any", "video"), sel, float(fps_if_unknown), callback=cb)
         mask = decoded.alpha if decoded.alpha is not None else torch.ones(decoded.frames.shape[:3])
         return io.NodeOutput(C.image_out(decoded.frames), C.mask_out(mask), float(decoded.fps))
 

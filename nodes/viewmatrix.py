@@ -2,14 +2,13 @@
 model's IMAGE batch into a view matrix (the swap-in point for generators other than SyncDreamer-T)."""
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Optional
 
 import torch
 from comfy_api.latest import io
 
 from . import _common as C
+from . import _paths as P
 from .types import E4D_VIEW_MATRIX
 
 CATEGORY = "Efficient4D/view matrix"
@@ -53,8 +52,9 @@ class LoadViewMatrix(io.ComfyNode):
                         "Matrix or a dataset in that layout) to fit it directly or to compare with a generator.",
             inputs=[
                 io.String.Input("folder", default="view_matrix",
-                                tooltip="Folder inside ComfyUI's input folder, or an absolute path, holding "
-                                        "cameras.json and views/vVV/tTT.png."),
+                                tooltip="Folder inside ComfyUI's input folder (or 'name [output]') holding "
+                                        "cameras.json and views/vVV/tTT.png. Absolute paths only when the server's "
+                                        "owner sets E4D_ALLOW_ABSOLUTE_PATHS=1 (see SECURITY.md)."),
                 io.String.Input("views", default="",
                                 tooltip="View ids to load, e.g. '0-15' (train on the ring) or '0,4,8'; empty = all."),
                 io.Boolean.Input("with_input_video", default=True,
@@ -70,10 +70,10 @@ class LoadViewMatrix(io.ComfyNode):
     def execute(cls, folder: str, views: str = "", with_input_video: bool = True) -> io.NodeOutput:
         from e4d.viewmatrix import load_view_matrix
 
-        path = Path(folder) if os.path.isabs(folder) else C.input_path(folder)
+        path = P.input_path(folder, "dir", "view-matrix folder (cameras.json + views/)")
         if not (path / "cameras.json").is_file():
-            raise FileNotFoundError(f"no view matrix at {path} (cameras.json missing); give a folder in ComfyUI's "
-                                    "input folder or an absolute path in the views/vVV/tTT.png + cameras.json layout")
+            raise FileNotFoundError(f"no view matrix in {folder!r} (cameras.json missing); give a folder inside "
+                                    "ComfyUI's input folder in the views/vVV/tTT.png + cameras.json layout")
         vm = load_view_matrix(path, parse_index_list(views, "views"), with_input=bool(with_input_video))
         return io.NodeOutput(vm, C.image_out(vm_images(vm)))
 
@@ -100,7 +100,7 @@ class SaveViewMatrix(io.ComfyNode):
     def execute(cls, view_matrix, filename_prefix: str = "efficient4d/view_matrix") -> io.NodeOutput:
         from e4d.viewmatrix import save_view_matrix
 
-        base, name, counter, _ = C.output_target(filename_prefix, view_matrix.W, view_matrix.H)
+        base, name, counter, _ = P.output_target(filename_prefix, view_matrix.W, view_matrix.H)
         target = base / f"{name}_{counter:05}"
         while target.exists():
             counter += 1

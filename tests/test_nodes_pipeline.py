@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import pytest
 import torch
@@ -92,10 +93,11 @@ def test_save_and_load_view_matrix_round_trip(comfy_dirs, vm):
     assert folder.startswith(str(comfy_dirs["output"])) and os.path.isfile(os.path.join(folder, "cameras.json"))
     (folder2,) = SaveViewMatrix.execute(vm, "e4d/vm").result
     assert folder2 != folder
-    loaded, grid = LoadViewMatrix.execute(folder, "", True).result
+    name = os.path.relpath(folder, comfy_dirs["output"]) + " [output]"  # node inputs stay inside ComfyUI's folders
+    loaded, grid = LoadViewMatrix.execute(name, "", True).result
     assert torch.allclose(loaded.images, vm.images, atol=1 / 255) and loaded.has_input
     assert grid.shape == (8, S, S, 3)
-    os.symlink(folder, comfy_dirs["input"] / "my_vm")
+    shutil.copytree(folder, comfy_dirs["input"] / "my_vm")
     sub, _ = LoadViewMatrix.execute("my_vm", "1,3", False).result
     assert sub.V == 2 and not sub.has_input
     with pytest.raises(FileNotFoundError, match="cameras.json"):
