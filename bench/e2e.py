@@ -106,7 +106,7 @@ def build_syncdreamer(dev: torch.device, dtype: torch.dtype, tiny: bool, vae_dty
 
 def build_rife(dev: torch.device, dtype: torch.dtype):
     def make():
-        from e4d.rife.interpolator import RifeInterpolator
+        from e4d.interp import RifeInterpolator
         from e4d.rife.loader import random_model
 
         return RifeInterpolator(random_model("4.7", seed=0), "random 4.7").to(dev, dtype)
@@ -217,7 +217,7 @@ def run_chain(args: argparse.Namespace, s: Settings, run: Run, out_dir: Path) ->
                    views=16, steps=s.steps, view_batch=s.view_batch, guidance="decomposed",
                    compile=args.compile, vae_dtype=args.vae_dtype or "fp32")
 
-    interp_mod = need("interpolate", "e4d.interpolate", lambda: __import__("e4d.interpolate", fromlist=["x"]))
+    interp_mod = need("interpolate", "e4d.interp.sequences", lambda: __import__("e4d.interp.sequences", fromlist=["x"]))
     rife, t = run.model("rife", builders["rife"])
     vm_dev = vm.to(dev)
     vm61 = run.stage("interpolate", lambda: interp_mod.interpolate_view_matrix(vm_dev, rife, multiplier=s.multiplier,

@@ -21,9 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from e4d.cameras import syncdreamer16  # noqa: E402
 from e4d.confidence_maps import ConfidenceConfig, compute_confidence  # noqa: E402
-from e4d.interpolate import interpolate_view_matrix  # noqa: E402
-from e4d.rife.flow_fallback import FlowInterpolator  # noqa: E402
-from e4d.rife.interpolator import RifeInterpolator  # noqa: E402
+from e4d.interp.sequences import interpolate_view_matrix  # noqa: E402
+from e4d.interp.flow import FlowInterpolator  # noqa: E402
+from e4d.interp import RifeInterpolator  # noqa: E402
 from e4d.rife.loader import random_model  # noqa: E402
 from e4d.viewmatrix import ViewMatrix  # noqa: E402
 

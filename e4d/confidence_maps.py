@@ -27,7 +27,7 @@ from torch import Tensor
 from .confidence import Confidence
 from .metrics import ssim_map
 from .progress import ProgressCallback, report
-from .rife.interpolator import Interpolator
+from .interp.base import Interpolator
 from .viewmatrix import ViewMatrix
 
 MODES = ("paper", "official")

@@ -22,7 +22,7 @@ def _checkpoints() -> list[str]:
 
 def _ready(interp, scale: str, fp16: bool):
     """A copy of the interpolator on ComfyUI's device with the node's precision and scale."""
-    from e4d.rife.interpolator import configure
+    from e4d.interp import configure
 
     device = C.get_torch_device()
     dtype = torch.float16 if fp16 and device.type == "cuda" else torch.float32
@@ -78,13 +78,13 @@ class RIFELoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, checkpoint: str, ensemble: bool = False) -> io.NodeOutput:
-        from e4d.rife.interpolator import RifeOptions, load_interpolator
+        from e4d.interp import RifeConfig, load_interpolator
 
         if checkpoint == FLOW_CHOICE:
             interp = load_interpolator(None)
         else:
             path = C.resolve_model("rife", checkpoint, WHERE)
-            interp = load_interpolator(path, RifeOptions(ensemble=ensemble))
+            interp = load_interpolator(path, RifeConfig(ensemble=ensemble))
         C.log.info("Efficient4D: frame interpolator %s", interp.name)
         return io.NodeOutput(interp, interp.name)
 
@@ -118,7 +118,7 @@ class InterpolateViews(io.ComfyNode):
     @classmethod
     def execute(cls, view_matrix, interpolator, multiplier: int = 4, method: str = "auto", scale: str = "1.0",
                 fp16: bool = True, batch: int = 64) -> io.NodeOutput:
-        from e4d.interpolate import interpolate_view_matrix
+        from e4d.interp.sequences import interpolate_view_matrix
 
         interp = _ready(interpolator, scale, fp16)
         vm = view_matrix.to(interp.device) if hasattr(interp, "net") else view_matrix
@@ -153,7 +153,7 @@ class InterpolateFrames(io.ComfyNode):
     @classmethod
     def execute(cls, images, interpolator, multiplier: int = 2, method: str = "auto", scale: str = "1.0",
                 fp16: bool = True, batch: int = 16) -> io.NodeOutput:
-        from e4d.interpolate import interpolate_frames
+        from e4d.interp.sequences import interpolate_frames
 
         rgb, alpha = C.image_in(images, "images")
         if rgb.shape[0] < 2:

@@ -87,7 +87,7 @@ def test_preview_errors_and_cancel():
 
 
 def test_with_fallback_interpolator_on_real_motion():
-    from e4d.rife.flow_fallback import FlowInterpolator
+    from e4d.interp.flow import FlowInterpolator
     from test_rife_fallback import pattern
 
     frames = torch.cat([pattern(32, 32, 1.5 * k, k) for k in range(5)])  # smooth motion: high confidence

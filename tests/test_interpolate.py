@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from e4d.cameras import input_view, syncdreamer16
-from e4d.interpolate import (count_batches, interpolate_frames, interpolate_sequences, interpolate_times,
+from e4d.interp.sequences import (count_batches, interpolate_frames, interpolate_sequences, interpolate_times,
                              interpolate_view_matrix, resolve_method)
 from e4d.progress import Cancelled
-from e4d.rife.interpolator import Interpolator, RifeInterpolator
+from e4d.interp import Interpolator, RifeInterpolator
 from e4d.rife.loader import build_model
 from e4d.viewmatrix import ViewMatrix
 from tiny_rife import tiny_rife_state_dict

@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from e4d.rife.flow_fallback import FlowInterpolator, FlowOptions, time_flows
-from e4d.rife.interpolator import load_interpolator
+from e4d.interp.flow import FlowInterpolator, FlowConfig, time_flows
+from e4d.interp import load_interpolator
 
 
 def pattern(H: int, W: int, dx: float, dy: float) -> torch.Tensor:
@@ -39,7 +39,7 @@ def test_follows_motion_much_better_than_blending(t):
 
 def test_contract_ends_batch_and_extra():
     f0, f1 = pattern(32, 48, 0, 0), pattern(32, 48, 2, 1)
-    it = FlowInterpolator(FlowOptions(preset="fast"))
+    it = FlowInterpolator(FlowConfig(preset="fast"))
     a, b = torch.cat([f0, f1]), torch.cat([f1, f0])
     out, ex = it.interpolate_with_extra(a, b, torch.tensor([0.0, 1.0]), a[:, :1], b[:, :1])
     torch.testing.assert_close(out[0], f0[0], atol=1e-5, rtol=0)  # t=0 gives frame 0, t=1 frame 1
@@ -47,7 +47,7 @@ def test_contract_ends_batch_and_extra():
     torch.testing.assert_close(ex, out[:, :1], atol=1e-5, rtol=0)
     assert out.dtype == f0.dtype and out.shape == a.shape
     with pytest.raises(ValueError, match="preset"):
-        FlowInterpolator(FlowOptions(preset="slow")).interpolate(f0, f1, 0.5)
+        FlowInterpolator(FlowConfig(preset="slow")).interpolate(f0, f1, 0.5)
     with pytest.raises(ValueError, match=r"\[B, 3, H, W\]"):
         it.interpolate(f0, f1[:, :, :16], 0.5)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from e4d.rife.interpolator import RifeInterpolator, RifeOptions, load_interpolator
+from e4d.interp import RifeInterpolator, RifeConfig, load_interpolator
 from e4d.rife.loader import build_model, detect_version, read_state_dict
 from tiny_rife import tiny_rife_state_dict, write_tiny_rife
 
@@ -66,7 +66,7 @@ def test_flownet_prefix_and_teacher_keys_are_tolerated():
 
 def test_other_versions_run_with_arbitrary_t():
     for version in ("4.6", "4.17", "4.22", "4.22.lite", "4.25"):
-        it = RifeInterpolator(build_model(tiny_rife_state_dict(version)), options=RifeOptions(scale=1.0))
+        it = RifeInterpolator(build_model(tiny_rife_state_dict(version)), config=RifeConfig(scale=1.0))
         out = it.interpolate(torch.rand(2, 3, 20, 30), torch.rand(2, 3, 20, 30), torch.tensor([0.2, 0.9]))
         assert out.shape == (2, 3, 20, 30) and torch.isfinite(out).all()
 
@@ -95,10 +95,10 @@ def test_errors_are_clear(tmp_path):
 def test_option_and_input_errors():
     net = build_model(tiny_rife_state_dict("4.7"))
     with pytest.raises(ValueError, match="multiples of 32"):
-        RifeInterpolator(net, options=RifeOptions(pad_multiple=16)).pad_multiple()
-    assert RifeInterpolator(net, options=RifeOptions(scale=0.25)).pad_multiple() == 128
+        RifeInterpolator(net, config=RifeConfig(pad_multiple=16)).pad_multiple()
+    assert RifeInterpolator(net, config=RifeConfig(scale=0.25)).pad_multiple() == 128
     with pytest.raises(ValueError, match="no ensemble"):
-        RifeInterpolator(build_model(tiny_rife_state_dict("4.22.lite")), options=RifeOptions(ensemble=True))
+        RifeInterpolator(build_model(tiny_rife_state_dict("4.22.lite")), config=RifeConfig(ensemble=True))
     it = RifeInterpolator(net)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         it.interpolate(torch.rand(1, 3, 8, 8), torch.rand(1, 3, 8, 8), 1.5)
@@ -121,7 +121,7 @@ def test_extra_channels_follow_the_colour():
 
 
 def test_midpoint_only_bisection_for_non_dyadic_t():
-    it = RifeInterpolator(build_model(tiny_rife_state_dict("3.6")), options=RifeOptions(max_depth=2))
+    it = RifeInterpolator(build_model(tiny_rife_state_dict("3.6")), config=RifeConfig(max_depth=2))
     x0, x1 = torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32)
     # with depth 2, t=0.3 lands on the nearest reachable midpoint 0.25
     torch.testing.assert_close(it.interpolate(x0, x1, 0.3), it.interpolate(x0, x1, 0.25))

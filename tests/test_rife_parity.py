@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from e4d.interpolate import interpolate_frames
-from e4d.rife.interpolator import RifeInterpolator, RifeOptions, load_interpolator
+from e4d.interp.sequences import interpolate_frames
+from e4d.interp import RifeInterpolator, RifeConfig, load_interpolator
 from e4d.rife.loader import load_rife_model
 from e4d.rife.warp import warp
 
@@ -58,7 +58,7 @@ CASES = [k for k in ("v47_out_64x96_t0.5_s1_pad64_ensF", "v47_out_64x96_t0.5_s1_
 @pytest.mark.parametrize("key", CASES)
 def test_rife47_cases(fx, net47, key):
     _, _, size, t, s, pad, ens = key.split("_")[:7]
-    it = RifeInterpolator(net47, "rife47.pth", RifeOptions(pad_multiple=int(pad[3:]), scale=float(s[1:]),
+    it = RifeInterpolator(net47, "rife47.pth", RifeConfig(pad_multiple=int(pad[3:]), scale=float(s[1:]),
                                                            ensemble=ens.startswith("ensT")))
     c = fx["rife47_cases"]
     _close(it.interpolate(c[f"frame0_{size}"], c[f"frame1_{size}"], float(t[1:])), c[key])
@@ -128,6 +128,6 @@ def test_rife36_cycle2_recursion_on_padded_tensors(fx, net36):
 def test_rife36_pads_to_32_not_64(fx, net36):
     """Efficient4D pads to 32; pad 64 gives other numbers at 50x70 (guards the per-version default)."""
     c, r = fx["rife47_cases"], fx["rife36hd_cases"]
-    it64 = RifeInterpolator(net36, options=RifeOptions(pad_multiple=64))
+    it64 = RifeInterpolator(net36, config=RifeConfig(pad_multiple=64))
     out64 = it64.interpolate(c["frame0_50x70"], c["frame1_50x70"])
     assert (out64 - r["v36_out_50x70_s1_pad32"]).abs().max() > 1e-3

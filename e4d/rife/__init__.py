@@ -1,8 +1,6 @@
-"""Our RIFE IFNet (HD v3.6 and 4.x), checkpoint loading, and the OpenCV-flow fallback interpolator.
+"""The RIFE IFNet model package (HD v3.6 and 4.x) and its checkpoint loading.
 
-Public API: :class:`Interpolator`, :class:`RifeInterpolator`, :class:`RifeOptions`, :func:`load_interpolator`,
-``flow_fallback.FlowInterpolator``, ``loader.detect_version`` / ``loader.load_rife_model``.
+Public API: ``loader.load_rife_model`` / ``loader.detect_version`` / ``loader.random_model``, the networks in
+``ifnet4`` / ``ifnet36`` and the backward ``warp``. The interpolator contract that runs these networks lives in
+:mod:`e4d.interp` (``e4d.interp.RifeInterpolator``); this package never imports it.
 """
-from .interpolator import Interpolator, RifeInterpolator, RifeOptions, configure, load_interpolator
-
-__all__ = ["Interpolator", "RifeInterpolator", "RifeOptions", "configure", "load_interpolator"]

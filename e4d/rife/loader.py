@@ -142,9 +142,3 @@ def random_model(version: str = "4.7", seed: int = 0) -> Union[IFNet4, IFNet36]:
     if key != version:
         cfg = replace(cfg, version=version)
     return IFNet4(cfg).eval().requires_grad_(False)
-
-
-def version_label(net: Union[IFNet4, IFNet36]) -> str:
-    return "3.6" if isinstance(net, IFNet36) else net.config.version
-
-

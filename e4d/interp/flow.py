@@ -16,18 +16,25 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .interpolator import Interpolator, TimeArg, check_pair, time_vector
-from .warp import warp
+from ..rife.warp import warp
+from .base import Interpolator, TimeArg, check_pair, time_vector
 
 
 @dataclass
-class FlowOptions:
-    """Options of the OpenCV flow fallback."""
+class FlowConfig:
+    """Settings of the OpenCV flow fallback."""
 
     preset: str = "medium"
     """DIS preset: "ultrafast", "fast" or "medium" (slower, better on large motion)."""
     consistency_sigma: float = 1.0
     """Forward-backward error (pixels) at which a pixel's visibility weight drops to exp(-1)."""
+
+    def validate(self) -> None:
+        """Raise ValueError naming the field, its rule, the value and the fix."""
+        if self.preset not in _PRESETS:
+            raise ValueError(f"FlowConfig.preset must be one of {sorted(_PRESETS)}, got {self.preset!r}; use 'medium'")
+        if self.consistency_sigma <= 0:
+            raise ValueError(f"FlowConfig.consistency_sigma must be > 0, got {self.consistency_sigma}; use 1.0")
 
 
 _PRESETS = {"ultrafast": 0, "fast": 1, "medium": 2}
@@ -82,11 +89,10 @@ class FlowInterpolator(Interpolator):
 
     midpoint_only = False
 
-    def __init__(self, options: Optional[FlowOptions] = None) -> None:
-        self.options = options or FlowOptions()
-        if self.options.consistency_sigma <= 0:
-            raise ValueError(f"consistency_sigma must be > 0, got {self.options.consistency_sigma}")
-        self.name = f"flow (no weights, OpenCV DIS {self.options.preset})"
+    def __init__(self, config: Optional[FlowConfig] = None) -> None:
+        self.config = config or FlowConfig()
+        self.config.validate()
+        self.name = f"flow (no weights, OpenCV DIS {self.config.preset})"
 
     @torch.no_grad()
     def interpolate_with_extra(self, img0: Tensor, img1: Tensor, t: TimeArg = 0.5, extra0: Optional[Tensor] = None,
@@ -98,10 +104,10 @@ class FlowInterpolator(Interpolator):
         dev, dt = img0.device, torch.float32
         tv = time_vector(t, B, dev, dt)
         g0, g1 = _gray_u8(img0), _gray_u8(img1)
-        f01 = dis_flow(g0, g1, self.options.preset).to(dev)
-        f10 = dis_flow(g1, g0, self.options.preset).to(dev)
+        f01 = dis_flow(g0, g1, self.config.preset).to(dev)
+        f10 = dis_flow(g1, g0, self.config.preset).to(dev)
         ft0, ft1 = time_flows(f01, f10, tv)
-        s = self.options.consistency_sigma
+        s = self.config.consistency_sigma
         # visibility is measured in each source frame, then carried to time t by the same backward flow
         v0 = warp(visibility(f01, f10, s), ft0)
         v1 = warp(visibility(f10, f01, s), ft1)

@@ -21,9 +21,9 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .progress import ProgressCallback, report
-from .rife.interpolator import Interpolator
-from .viewmatrix import ViewMatrix
+from ..progress import ProgressCallback, report
+from ..viewmatrix import ViewMatrix
+from .base import Interpolator
 
 METHODS = ("auto", "direct", "recursive")
 
@@ -98,7 +98,7 @@ def interpolate_sequences(seq: Tensor, interp: Interpolator, multiplier: int = 4
 
     Args:
         seq: ``[N, S, 3, H, W]`` frames in [0, 1] (S streams, e.g. views).
-        interp: any :class:`~e4d.rife.interpolator.Interpolator`.
+        interp: any :class:`~e4d.interp.base.Interpolator`.
         multiplier: m; output has (N - 1) m + 1 frames.
         method: "auto", "direct" or "recursive" (module docstring).
         batch: images per interpolator call.
