@@ -27,7 +27,8 @@ from typing import Any, Optional
 REPO = Path(__file__).resolve().parents[1]
 PACK_NAME = "comfyui-efficient4d"
 CONTROL_VALUES = ("fixed", "increment", "decrement", "randomize")
-UPLOAD_KEYS = ("image_upload", "video_upload", "audio_upload", "file_upload")
+UPLOAD_KEYS = ("image_upload", "video_upload", "audio_upload", "file_upload", "animated_image_upload")
+UPLOAD_PLACEHOLDERS = ("image", "video", "audio", "file")
 FRONTEND_ONLY = ("Note", "MarkdownNote", "Reroute", "PrimitiveNode")
 WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
 
@@ -208,6 +209,28 @@ def _has_control(name: str, typ: str, opts: dict) -> bool:
     return bool(opts.get("control_after_generate")) or (typ == "INT" and name in ("seed", "noise_seed"))
 
 
+def widget_slots(info: dict) -> list[tuple[str, str, Any, dict]]:
+    """The values a node's ``widgets_values`` holds, in the frontend's order: ``(name, kind, type, options)`` with
+    kind ``"value"`` (a widget input), ``"control"`` (the control_after_generate value right after its widget) or
+    ``"upload"`` (the upload button's placeholder). The frontend adds the upload button as an extra input after the
+    node's inputs, so its placeholder comes after every other widget value, not after the file name."""
+    slots: list[tuple[str, str, Any, dict]] = []
+    uploads = []
+    for name, wtype, opts in widget_inputs(info):
+        slots.append((name, "value", wtype, opts))
+        if _has_control(name, wtype, opts):
+            slots.append((name, "control", wtype, opts))
+        if any(opts.get(u) for u in UPLOAD_KEYS) and not uploads:  # the frontend adds one button per node
+            uploads.append(("upload", "upload", "IMAGEUPLOAD", {"input": name}))
+    return slots + uploads
+
+
+def _is_placeholder(kind: str, value: Any) -> bool:
+    if kind == "control":
+        return value in CONTROL_VALUES
+    return isinstance(value, str) and value in UPLOAD_PLACEHOLDERS
+
+
 def ui_to_api(workflow: dict, object_info: dict, overrides: Optional[dict] = None, strict: bool = False) -> dict:
     """Convert a UI-format workflow to an API prompt ``{id: {class_type, inputs}}``.
 
@@ -263,7 +286,11 @@ def ui_to_api(workflow: dict, object_info: dict, overrides: Optional[dict] = Non
         if isinstance(node.get("widgets_values"), dict):  # some nodes store a name->value dict
             values = None
         k = 0
-        for name, wtype, opts in widget_inputs(info):
+        for name, kind, wtype, opts in widget_slots(info):
+            if kind != "value":  # control and upload placeholders are frontend state, not inputs
+                if values is not None and k < len(values) and _is_placeholder(kind, values[k]):
+                    k += 1
+                continue
             if values is None:
                 val = node["widgets_values"].get(name)
             else:
@@ -271,22 +298,17 @@ def ui_to_api(workflow: dict, object_info: dict, overrides: Optional[dict] = Non
                     if name in linked_widgets or name not in info["input"].get("required", {}):
                         continue
                     raise ValueError(f"node {nid} ({typ}): widgets_values has {len(values)} values, too few for "
-                                     f"widget {name!r}; widgets are {[w[0] for w in widget_inputs(info)]}")
+                                     f"widget {name!r}; widgets are {[w[0] for w in widget_slots(info)]}")
                 val = values[k]
                 k += 1
-                if _has_control(name, wtype, opts) and k < len(values) and values[k] in CONTROL_VALUES:
-                    k += 1
-                if any(opts.get(u) for u in UPLOAD_KEYS) and k < len(values) and isinstance(values[k], str) \
-                        and values[k] in ("image", "video", "audio", "file"):
-                    k += 1
             if name in linked_widgets:
                 kind, v = linked_widgets[name]
                 inputs[name] = v
             elif val is not None:
                 inputs[name] = val
         if strict and values is not None and k != len(values):
-            raise ValueError(f"node {nid} ({typ}): {len(values)} widget values but {k} were used; widgets are "
-                             f"{[w[0] for w in widget_inputs(info)]}, values {values}")
+            raise ValueError(f"node {nid} ({typ}): {len(values)} widget values but {k} were used; widget slots are "
+                             f"{[(w[0], w[1]) for w in widget_slots(info)]}, values {values}")
         prompt[str(nid)] = {"class_type": typ, "inputs": inputs}
     for typ, changes in (overrides or {}).items():
         for entry in prompt.values():

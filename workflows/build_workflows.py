@@ -219,10 +219,16 @@ def _sockets(info: dict) -> list[tuple[str, str, bool]]:
 
 
 def _widget_values(node: N, info: dict) -> list:
-    h = _harness()
-    UPLOAD_KEYS, _has_control, widget_inputs = h.UPLOAD_KEYS, h._has_control, h.widget_inputs
+    """``widgets_values`` in the frontend's layout (``comfy_harness.widget_slots``: control values right after
+    their widget, the upload placeholder after all widgets)."""
     values, unknown = [], set(node.values)
-    for name, wtype, opts in widget_inputs(info):
+    for name, kind, wtype, opts in _harness().widget_slots(info):
+        if kind == "control":
+            values.append("fixed")
+            continue
+        if kind == "upload":
+            values.append("image")  # what the frontend's upload button stores, for images and videos alike
+            continue
         unknown.discard(name)
         if name in node.values:
             v = node.values[name]
@@ -235,10 +241,6 @@ def _widget_values(node: N, info: dict) -> list:
         else:
             v = {"INT": 0, "FLOAT": 0.0, "STRING": "", "BOOLEAN": False}[wtype]
         values.append(v)
-        if _has_control(name, wtype, opts):
-            values.append("fixed")
-        if any(opts.get(u) for u in UPLOAD_KEYS):
-            values.append("image")
     if unknown:
         raise ValueError(f"{node.key} ({node.type}) has no widgets {sorted(unknown)}")
     return values
