@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .masks import composite_on_white
+
 ArrayLike = Union[Tensor, np.ndarray]
 
 _NO_ALPHA_FIX = ("give RGBA frames (an IMAGE with 4 channels, or IMAGE + MASK where the mask is 1 on the object), "
@@ -179,13 +181,6 @@ def crop_and_center(rgba: np.ndarray, box, crop_size: int = 200, size: int = 256
     return np.asarray(canvas, dtype=np.uint8)
 
 
-def composite_on_white(rgba_u8: ArrayLike) -> tuple[Tensor, Tensor]:
-    """uint8 RGBA ``[..., 4]`` -> (rgb ``[..., 3]`` float32 on white, alpha ``[...]`` float32), official arithmetic."""
-    f = torch.as_tensor(np.asarray(rgba_u8)).to(torch.float32) / 255.0
-    a = f[..., 3:]
-    return f[..., :3] * a + (1.0 - a), a[..., 0]
-
-
 def prepare_object_frames(frames: ArrayLike, alpha: Optional[ArrayLike] = None,
                           config: PrepareConfig = PrepareConfig()) -> PreparedFrames:
     """Crop, scale and centre the object of every frame on a white ``size x size`` canvas.
@@ -217,5 +212,7 @@ def prepare_object_frames(frames: ArrayLike, alpha: Optional[ArrayLike] = None,
         H, W = rgba.shape[1:3]
         boxes = np.tile(np.array([0, 0, W, H], dtype=np.int64), (T, 1))
     out = np.stack([crop_and_center(rgba[i], boxes[i], config.crop_size, config.size) for i in range(T)])
-    rgb, a = composite_on_white(out)
-    return PreparedFrames(images=rgb.to(device), alpha=a.to(device), boxes=torch.from_numpy(boxes), rgba_uint8=out)
+    rgba = torch.from_numpy(out).to(torch.float32) / 255.0
+    rgb = composite_on_white(rgba)
+    return PreparedFrames(images=rgb.to(device), alpha=rgba[..., 3].to(device), boxes=torch.from_numpy(boxes),
+                          rgba_uint8=out)

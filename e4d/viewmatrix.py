@@ -22,6 +22,7 @@ from torch import Tensor
 from .atomic import atomic_dir
 from .cameras import Cameras, cameras_from_json, cameras_to_json
 from .limits import inside_folder
+from .masks import composite_on_white
 
 
 @dataclass
@@ -153,9 +154,8 @@ def _composite_white(rgb: np.ndarray, alpha: Optional[np.ndarray]) -> np.ndarray
     """
     if alpha is None:
         return rgb
-    a = alpha[..., None]
     if np.abs(rgb[alpha == 0] - 1.0).max(initial=0.0) > 1e-3:  # straight (not composited) colour
-        return rgb * a + (1.0 - a)
+        return composite_on_white(torch.from_numpy(rgb), torch.from_numpy(alpha)).numpy()
     return rgb
 
 

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from e4d.preprocess import PrepareConfig, alpha_boxes, composite_on_white, prepare_object_frames
+from e4d.masks import composite_on_white
+from e4d.preprocess import PrepareConfig, alpha_boxes, prepare_object_frames
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +22,8 @@ def test_official_rgba_bit_exact(fixture_inputs):
     out = prepare_object_frames(src)  # uint8 RGBA, default crop 200 / size 256
     assert out.boxes.tolist() == [[12, 22, 92, 138]]  # right/bottom exclusive, as the official crop
     np.testing.assert_array_equal(out.rgba_uint8[0], ref)
-    rgb, a = composite_on_white(ref)
+    rgba = torch.from_numpy(ref).float() / 255.0
+    rgb, a = composite_on_white(rgba), rgba[..., 3]
     torch.testing.assert_close(out.images[0], rgb, rtol=0, atol=0)
     torch.testing.assert_close(out.alpha[0], a, rtol=0, atol=0)
 

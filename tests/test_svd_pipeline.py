@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from e4d.progress import Cancelled
-from e4d.svd.masks import composite_on_white, masks_from_white, pad_to_aspect, subsample_indices
+from e4d.masks import composite_on_white, masks_from_white, pad_to_aspect, subsample_indices
 from e4d.svd.pipeline import SVDConfig, image_to_video, load_svd
 
 from tiny_svd import write_tiny_svd, write_tiny_svd_single_file

@@ -15,10 +15,10 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from ..masks import composite_on_white, masks_from_white, pad_to_aspect, subsample_indices
 from ..progress import ProgressCallback, report
 from .convert import SVD_SCHEDULER, SVD_WHERE, read_state_dict, svd_from_single_file
 from .keymap import SVD_CLIP_PREFIX, UNET_PREFIX, VAE_PREFIX
-from .masks import composite_on_white, masks_from_white, pad_to_aspect, subsample_indices
 
 log = logging.getLogger(__name__)
 

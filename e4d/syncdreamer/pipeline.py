@@ -6,6 +6,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from ..masks import subsample_indices
 from ..preprocess import PrepareConfig, prepare_object_frames
 from ..progress import ProgressCallback
 from .model import SyncDreamer
@@ -16,8 +17,6 @@ PREPARE_MODES = ("auto", "clip", "frame", "none")
 
 def select_frames(n: int, k: int) -> Tensor:
     """Indices of ``k`` frames evenly spread over ``n`` (first and last kept); ``k <= 0`` or ``k >= n``: all."""
-    from ..svd.masks import subsample_indices  # one rule for every "keep K of N frames" in the pack
-
     return torch.tensor(subsample_indices(n, k), dtype=torch.long)
 
 

@@ -199,7 +199,7 @@ def generate_view_matrix(model: SyncDreamer, frames: Tensor, alpha: Optional[Ten
     cams = syncdreamer16(views.shape[-2])
     view_alpha = None
     if estimate_alpha:
-        from ..svd.masks import masks_from_white
+        from ..masks import masks_from_white
 
         view_alpha = masks_from_white(views.flatten(0, 1)).view(views.shape[:-1])
     return ViewMatrix(images=views, cameras=cams, times=tt, alpha=view_alpha,

@@ -1,4 +1,5 @@
-"""Clean-background helpers for the SVD stage: composite on white, masks from the white background, subsampling."""
+"""White-background helpers shared by every stage: composite on white, object masks from a white background, and
+the one "keep K of N frames" rule."""
 from __future__ import annotations
 
 from typing import Optional
@@ -8,23 +9,31 @@ import torch
 from torch import Tensor
 
 
-def composite_on_white(image: Tensor, mask: Optional[Tensor] = None) -> Tensor:
-    """RGB ``[H, W, 3]`` on white from ``image`` ``[H, W, 3|4]`` in [0, 1] and an optional ``mask`` ``[H, W]``
-    (1 = object). An RGBA image uses its alpha unless a mask is given; without either the image is returned."""
-    if image.ndim != 3 or image.shape[-1] not in (3, 4):
-        raise ValueError(f"image must be [H, W, 3] or [H, W, 4] in [0, 1], got {tuple(image.shape)}")
-    rgb = image[..., :3].float()
+def composite_on_white(image: Tensor, alpha: Optional[Tensor] = None) -> Tensor:
+    """RGB ``[..., 3]`` on white: ``rgb * a + (1 - a)`` (the view-matrix contract and SyncDreamer's recipe).
+
+    Args:
+        image: ``[..., 3]`` RGB or ``[..., 4]`` RGBA in [0, 1] (any leading dims, e.g. ``[H, W]`` or ``[T, H, W]``).
+        alpha: optional coverage ``[...]`` (1 = object) matching the image's leading dims; it overrides the 4th
+            channel of an RGBA image.
+
+    Returns:
+        float ``[..., 3]``; without alpha (RGB image and no ``alpha``) the clamped colour is returned.
+    """
+    if image.ndim < 1 or image.shape[-1] not in (3, 4):
+        raise ValueError(f"image must be [..., 3] or [..., 4] in [0, 1], got {tuple(image.shape)}")
+    rgb = image[..., :3].float().clamp(0, 1)
     a = None
-    if mask is not None:
-        if mask.shape != image.shape[:2]:
-            raise ValueError(f"mask must be [H, W]={list(image.shape[:2])} like the image, got {tuple(mask.shape)}; "
+    if alpha is not None:
+        if alpha.shape != image.shape[:-1]:
+            raise ValueError(f"alpha must be {list(image.shape[:-1])} like the image, got {tuple(alpha.shape)}; "
                              "resize the mask to the image first")
-        a = mask.float().clamp(0, 1)
+        a = alpha.float().clamp(0, 1)
     elif image.shape[-1] == 4:
         a = image[..., 3].float().clamp(0, 1)
     if a is None:
-        return rgb.clamp(0, 1)
-    return (rgb * a[..., None] + (1.0 - a[..., None])).clamp(0, 1)
+        return rgb
+    return rgb * a[..., None] + (1.0 - a[..., None])
 
 
 def pad_to_aspect(image: Tensor, width: int, height: int) -> Tensor:
