@@ -14,16 +14,16 @@ from typing import Any, Iterable, Union
 PathLike = Union[str, os.PathLike]
 
 
-def _env_int(name: str, default: int) -> int:
+def _env_number(name: str, default: float) -> float:
     raw = os.environ.get(name, "").strip()
     if not raw:
-        return default
+        return float(default)
     try:
-        value = int(float(raw))
+        value = float(raw)
     except ValueError as e:
-        raise ValueError(f"environment variable {name}={raw!r} must be a whole number (default {default})") from e
-    if value <= 0:
-        raise ValueError(f"environment variable {name}={raw!r} must be > 0 (default {default})")
+        raise ValueError(f"environment variable {name}={raw!r} must be a number (default {default})") from e
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"environment variable {name}={raw!r} must be a finite number > 0 (default {default})")
     return value
 
 
@@ -37,24 +37,24 @@ MAX_IMAGE_PIXELS = 64_000_000
 reduce) when a smaller size was asked for, else refused. Raise with E4D_MAX_IMAGE_PIXELS."""
 
 MAX_TENSOR_BYTES_ENV = "E4D_MAX_TENSOR_GB"
-MAX_TENSOR_GB = 16
+MAX_TENSOR_GB = 8
 """Largest frame stack (decoded video, view matrix, render) in GiB, checked before allocating; raise with
-E4D_MAX_TENSOR_GB."""
+E4D_MAX_TENSOR_GB (fractions allowed)."""
 
 
 def max_video_frames() -> int:
     """The default frame cap of video loads (:data:`MAX_VIDEO_FRAMES` or E4D_MAX_VIDEO_FRAMES)."""
-    return _env_int(MAX_VIDEO_FRAMES_ENV, MAX_VIDEO_FRAMES)
+    return max(1, int(_env_number(MAX_VIDEO_FRAMES_ENV, MAX_VIDEO_FRAMES)))
 
 
 def max_image_pixels() -> int:
     """The largest image decoded at full size (:data:`MAX_IMAGE_PIXELS` or E4D_MAX_IMAGE_PIXELS)."""
-    return _env_int(MAX_IMAGE_PIXELS_ENV, MAX_IMAGE_PIXELS)
+    return max(1, int(_env_number(MAX_IMAGE_PIXELS_ENV, MAX_IMAGE_PIXELS)))
 
 
 def max_tensor_bytes() -> int:
     """The largest frame stack in bytes (:data:`MAX_TENSOR_GB` GiB or E4D_MAX_TENSOR_GB)."""
-    return _env_int(MAX_TENSOR_BYTES_ENV, MAX_TENSOR_GB) * 2**30
+    return int(_env_number(MAX_TENSOR_BYTES_ENV, MAX_TENSOR_GB) * 2**30)
 
 
 def check_frames_budget(what: str, frames: int, height: int, width: int, channels: int = 3,
@@ -62,13 +62,13 @@ def check_frames_budget(what: str, frames: int, height: int, width: int, channel
     """Raise ValueError before allocating ``frames x height x width x channels`` values when that exceeds
     :func:`max_tensor_bytes`, or when a size is not a positive whole number."""
     for name, v in (("frames", frames), ("height", height), ("width", width)):
-        if not isinstance(v, (int,)) or isinstance(v, bool) or v < 1:
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise ValueError(f"{what}: {name} must be a whole number >= 1, got {v!r}")
     need = frames * height * width * channels * bytes_per_value
     cap = max_tensor_bytes()
     if need > cap:
         raise ValueError(f"{what}: {frames} frames of {width}x{height} need {need / 2**30:.1f} GiB, more than the "
-                         f"{cap / 2**30:.0f} GiB limit; {fix}, or raise the limit with {MAX_TENSOR_BYTES_ENV}=<GiB>")
+                         f"{cap / 2**30:.3g} GiB limit; {fix}, or raise the limit with {MAX_TENSOR_BYTES_ENV}=<GiB>")
 
 
 def check_finite(owner: str, values: dict[str, Any]) -> None:

@@ -1,8 +1,11 @@
 """Video loading for the pipeline: video files, animated images and folders of frames → RGB + alpha tensors.
 
 Only the kept frames are decoded into memory (``start``, ``stride``, ``max_frames``, optional ``max_side``
-downscale), frame by frame, so a long or large video never has to fit in RAM. Alpha is kept when the source has
-it (RGBA PNG frames, GIF transparency, animated WebP/APNG, VP8/VP9 WebM with ``alpha_mode=1``, MOV with
+downscale), frame by frame, so a long or large video never has to fit in RAM. ``max_frames = 0`` keeps at most
+:func:`e4d.limits.max_video_frames` frames (and says so), the kept frames must fit the frame-stack budget
+(:func:`e4d.limits.check_frames_budget`, checked while decoding), and images larger than
+:func:`e4d.limits.max_image_pixels` are decoded reduced (JPEG) or refused, before their pixels are read.
+Alpha is kept when the source has it (RGBA PNG frames, GIF transparency, animated WebP/APNG, VP8/VP9 WebM with ``alpha_mode=1``, MOV with
 qtrle/png/ProRes 4444 and other alpha pixel formats).
 
 Backends: PyAV for video containers (WebM alpha is decoded with ``libvpx``, FFmpeg's native VP9 decoder drops
@@ -10,15 +13,21 @@ it), Pillow for GIF/WebP/APNG and image folders, OpenCV as the fallback for cont
 """
 from __future__ import annotations
 
+import contextlib
 import io
+import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Iterator, Optional, Union
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from .limits import MAX_IMAGE_PIXELS_ENV, MAX_VIDEO_FRAMES_ENV, check_frames_budget, max_image_pixels, max_video_frames
+
+log = logging.getLogger(__name__)
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mov", ".mkv", ".avi", ".m4v")
 ANIMATED_EXTENSIONS = (".gif", ".webp", ".png", ".apng")
@@ -35,9 +44,15 @@ class FrameSelection:
     stride: int = 1
     """Keep every ``stride``-th frame from ``start`` (2 halves the frame rate)."""
     max_frames: int = 0
-    """Most frames to keep; 0 keeps all."""
+    """Most frames to keep; 0 = the default cap :func:`e4d.limits.max_video_frames` (1024 unless
+    E4D_MAX_VIDEO_FRAMES raises it)."""
     max_side: int = 0
     """Downscale frames whose longest side exceeds this many pixels (aspect kept); 0 keeps the size."""
+
+    @property
+    def cap(self) -> int:
+        """The number of frames kept at most (``max_frames``, or the default cap when it is 0)."""
+        return self.max_frames if self.max_frames > 0 else max_video_frames()
 
     def check(self) -> None:
         if self.start < 0 or self.stride < 1 or self.max_frames < 0 or self.max_side < 0:
@@ -50,7 +65,7 @@ class FrameSelection:
 
     def done(self, index: int, kept: int) -> bool:
         """True once no later frame can be kept (cap reached)."""
-        return self.max_frames > 0 and kept >= self.max_frames
+        return kept >= self.cap
 
     def target_size(self, width: int, height: int) -> tuple[int, int]:
         if self.max_side <= 0 or max(width, height) <= self.max_side:
@@ -73,6 +88,8 @@ class DecodedVideo:
     """Frame rate of the source."""
     indices: list[int]
     """Source frame index of every kept frame."""
+    notes: list[str] = field(default_factory=list)
+    """What the user should know about the result (default cap reached, truncated file); also logged."""
 
 
 def _natural_key(p: Path):
@@ -90,45 +107,121 @@ def _pil_has_alpha(im) -> bool:
     return im.mode in ("RGBA", "LA", "PA", "RGBa") or (im.mode == "P" and "transparency" in im.info)
 
 
+HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+"""Pillow modes of 16-bit greyscale PNG/TIFF (``I`` is how older Pillow opens them): values 0..65535."""
+
+
+@contextlib.contextmanager
+def open_image(path: Path, target: Optional[tuple[int, int]] = None) -> Iterator["object"]:
+    """``PIL.Image.open`` with clear errors and the pixel limit checked before any pixel is decoded.
+
+    Images above :func:`e4d.limits.max_image_pixels` are decoded reduced when a smaller ``target`` size
+    ``(width, height)`` is wanted and the format can (JPEG draft mode); otherwise they are refused with a
+    ValueError naming the size, the limit and the fix. A file that is not an image gives a ValueError too.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        im = Image.open(path)
+    except UnidentifiedImageError as e:
+        raise ValueError(f"{path} is not an image Pillow can read (wrong extension or damaged file); re-export it "
+                         "as PNG or JPEG") from e
+    except Image.DecompressionBombError as e:
+        raise ValueError(f"{path}: {e}; downscale the image first") from e
+    except OSError as e:
+        raise ValueError(f"cannot read image {path}: {e}; re-export it as PNG or JPEG") from e
+    with im:
+        limit = max_image_pixels()
+        if im.width * im.height > limit and target is not None and im.format == "JPEG":
+            im.draft("RGB", target)  # decode at 1/2, 1/4 or 1/8 scale: the full image is never in memory
+        if im.width * im.height > limit:
+            raise ValueError(f"{path} is {im.width}x{im.height} ({im.width * im.height / 1e6:.0f} MP), more than the "
+                             f"{limit / 1e6:.0f} MP decoded at full size; downscale it first, or raise the limit "
+                             f"with {MAX_IMAGE_PIXELS_ENV}=<pixels>")
+        yield im
+
+
+def pil_rgba_uint8(im) -> np.ndarray:
+    """``[H, W, 4]`` uint8 RGBA of a PIL image; 16-bit greyscale (``I;16``) is scaled by 65535, not clipped."""
+    if im.mode in HIGH_BIT_MODES or im.mode == "F":
+        grey = np.asarray(im, dtype=np.float64) / (1.0 if im.mode == "F" else 65535.0)
+        grey = (np.clip(grey, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+        out = np.empty(grey.shape + (4,), np.uint8)
+        out[..., :3] = grey[..., None]
+        out[..., 3] = 255
+        return out
+    return np.asarray(im.convert("RGBA"), dtype=np.uint8)
+
+
+def pil_float(im) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """RGB ``[H, W, 3]`` float32 in [0, 1] and alpha ``[H, W]`` (None when the image has none) of a PIL image;
+    16-bit greyscale keeps its precision (divided by 65535)."""
+    if im.mode in HIGH_BIT_MODES or im.mode == "F":
+        grey = np.asarray(im, dtype=np.float32) / (1.0 if im.mode == "F" else 65535.0)
+        return np.repeat(np.clip(grey, 0.0, 1.0)[..., None], 3, axis=-1), None
+    if _pil_has_alpha(im):
+        arr = np.asarray(im.convert("RGBA"), dtype=np.float32) / 255.0
+        return arr[..., :3], arr[..., 3]
+    return np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0, None
+
+
+def read_image(path: Path) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """Read one image file as :func:`pil_float` does, with :func:`open_image`'s checks."""
+    with open_image(Path(path)) as im:
+        try:
+            im.load()
+        except OSError as e:
+            raise ValueError(f"cannot decode image {path}: {e}; re-export it as PNG") from e
+        return pil_float(im)
+
+
 def _pil_rgba(im, sel: FrameSelection) -> np.ndarray:
     from PIL import Image
 
-    rgba = im.convert("RGBA")
-    size = sel.target_size(*rgba.size)
-    if size != rgba.size:
-        rgba = rgba.resize(size, Image.BICUBIC)
-    return np.asarray(rgba, dtype=np.uint8)
+    rgba = pil_rgba_uint8(im)
+    size = sel.target_size(rgba.shape[1], rgba.shape[0])
+    if size != (rgba.shape[1], rgba.shape[0]):
+        rgba = np.asarray(Image.fromarray(rgba, "RGBA").resize(size, Image.BICUBIC))
+    return rgba
 
 
-def _iter_folder(folder: Path, sel: FrameSelection) -> Iterator[tuple[int, np.ndarray, bool]]:
-    from PIL import Image
+def _target(path: Path, sel: FrameSelection) -> Optional[tuple[int, int]]:
+    """The decode size ``max_side`` asks for (for JPEG draft decoding), or None when it keeps the size."""
+    return (sel.max_side, sel.max_side) if sel.max_side > 0 else None
 
+
+def _iter_folder(folder: Path, sel: FrameSelection, info: dict) -> Iterator[tuple[int, np.ndarray, bool]]:
     files = frame_files(folder)
     if not files:
         raise FileNotFoundError(f"no image frames ({', '.join(FRAME_EXTENSIONS)}) in folder {folder}")
+    info["frames"] = len(files)
     kept = 0
     for i, f in enumerate(files):
         if sel.done(i, kept):
             return
+        info["seen"] = i + 1
         if not sel.keeps(i):
             continue
-        try:
-            with Image.open(f) as im:
-                yield i, _pil_rgba(im, sel), _pil_has_alpha(im)
-        except OSError as e:
-            raise ValueError(f"cannot read frame {f}: {e}") from e
+        with open_image(f, _target(f, sel)) as im:
+            try:
+                rgba = _pil_rgba(im, sel)
+            except OSError as e:
+                raise ValueError(f"cannot decode frame {f}: {e}; re-export it as PNG") from e
+            yield i, rgba, _pil_has_alpha(im)
         kept += 1
 
 
 def _iter_pil_animation(path: Path, sel: FrameSelection, info: dict) -> Iterator[tuple[int, np.ndarray, bool]]:
-    from PIL import Image, ImageSequence
+    from PIL import ImageSequence
 
-    with Image.open(path) as im:
+    with open_image(path) as im:
+        info["frames"] = int(getattr(im, "n_frames", 0) or 0)
         durations = []
         kept = 0
         for i, frame in enumerate(ImageSequence.Iterator(im)):
             if sel.done(i, kept):
                 break
+            info["seen"] = i + 1
             if not sel.keeps(i):
                 continue
             rgba = _pil_rgba(frame, sel)  # loads the frame; WebP sets its duration only then
@@ -177,6 +270,11 @@ def _iter_pyav(source, sel: FrameSelection, info: dict) -> Iterator[tuple[int, n
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
         info["fps"] = float(rate) if rate else 0.0
         info["frames"] = int(stream.frames or 0)
+        w, h, limit = stream.codec_context.width, stream.codec_context.height, max_image_pixels()
+        if w * h > limit:
+            raise ValueError(f"{_name(source)} is {w}x{h} ({w * h / 1e6:.0f} MP a frame), more than the "
+                             f"{limit / 1e6:.0f} MP decoded at full size; downscale it first, or raise the limit with "
+                             f"{MAX_IMAGE_PIXELS_ENV}=<pixels>")
         alpha_dec = _pyav_alpha_decoder(stream)
         has_alpha = alpha_dec is not None or _pix_fmt_has_alpha(stream.codec_context.pix_fmt)
 
@@ -194,6 +292,7 @@ def _iter_pyav(source, sel: FrameSelection, info: dict) -> Iterator[tuple[int, n
         for i, frame in enumerate(frames()):
             if sel.done(i, kept):
                 return
+            info["seen"] = i + 1
             if not sel.keeps(i):
                 continue
             w, h = sel.target_size(frame.width, frame.height)
@@ -211,11 +310,13 @@ def _iter_opencv(path: Path, sel: FrameSelection, info: dict) -> Iterator[tuple[
         raise ValueError(f"cannot open video {path} with PyAV or OpenCV; re-encode it as H.264 mp4 or VP9 webm")
     try:
         info["fps"] = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
+        info["frames"] = max(0, int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0))
         kept, i = 0, 0
         while not sel.done(i, kept):
             ok = cap.grab()  # grab without decoding the colour conversion of skipped frames
             if not ok:
                 return
+            info["seen"] = i + 1
             if sel.keeps(i):
                 ok, bgr = cap.retrieve()
                 if not ok:
@@ -249,16 +350,25 @@ def iter_frames(source: Source, selection: FrameSelection = FrameSelection(),
                 info: Optional[dict] = None) -> Iterator[tuple[int, np.ndarray, bool]]:
     """Yield ``(source_index, uint8 [H, W, 3|4], has_alpha)`` for every kept frame, decoding lazily.
 
-    ``info`` (a dict) receives ``fps`` (source rate; 0 when unknown) as soon as it is known.
+    ``info`` (a dict) receives ``fps`` (source rate; 0 when unknown) as soon as it is known, ``frames`` (the
+    frame count the source declares; 0 when unknown) and ``seen`` (source frames decoded so far).
+
+    Raises ValueError for damaged files (naming the frame where decoding broke), non-images and images above the
+    pixel limit.
     """
     selection.check()
     info = {} if info is None else info
     if not isinstance(source, (str, Path)):
-        yield from _iter_pyav(source, selection, info)
+        import av
+
+        try:
+            yield from _iter_pyav(source, selection, info)
+        except av.error.FFmpegError as e:
+            raise _damaged(source, info, e) from e
         return
     path = Path(source)
     if path.is_dir():
-        yield from _iter_folder(path, selection)
+        yield from _iter_folder(path, selection, info)
         return
     if not path.is_file():
         raise FileNotFoundError(f"video not found: {path}")
@@ -266,7 +376,7 @@ def iter_frames(source: Source, selection: FrameSelection = FrameSelection(),
     if ext in ANIMATED_EXTENSIONS and _is_animated(path):
         yield from _iter_pil_animation(path, selection, info)
         return
-    if ext in FRAME_EXTENSIONS:  # a single still image: a one-frame clip
+    if ext in FRAME_EXTENSIONS or ext in ANIMATED_EXTENSIONS:  # a still image (or a non-image: clear error)
         yield from _iter_folder_single(path, selection)
         return
     try:
@@ -279,19 +389,27 @@ def iter_frames(source: Source, selection: FrameSelection = FrameSelection(),
         for item in _iter_pyav(str(path), selection, info):
             started = True
             yield item
-    except av.error.FFmpegError:
+    except av.error.FFmpegError as e:
         if started:  # a stream broken mid-way: falling back would repeat frames
-            raise
+            raise _damaged(path, info, e) from e
         yield from _iter_opencv(path, selection, info)  # a container/codec this PyAV build cannot read
 
 
-def _iter_folder_single(path: Path, sel: FrameSelection) -> Iterator[tuple[int, np.ndarray, bool]]:
-    from PIL import Image
+def _damaged(source, info: dict, e: Exception) -> ValueError:
+    where = f"after frame {info['seen']}" if info.get("seen") else "before its first frame"
+    return ValueError(f"{_name(source)} is damaged: decoding failed {where} ({type(e).__name__}: {e}); "
+                      "re-encode it (e.g. ffmpeg -i in.mp4 -c:v libx264 out.mp4) or re-download it")
 
+
+def _iter_folder_single(path: Path, sel: FrameSelection) -> Iterator[tuple[int, np.ndarray, bool]]:
     if not sel.keeps(0):
         return
-    with Image.open(path) as im:
-        yield 0, _pil_rgba(im, sel), _pil_has_alpha(im)
+    with open_image(path, _target(path, sel)) as im:
+        try:
+            rgba = _pil_rgba(im, sel)
+        except OSError as e:
+            raise ValueError(f"cannot decode image {path}: {e}; re-export it as PNG") from e
+        yield 0, rgba, _pil_has_alpha(im)
 
 
 def decode_video(source: Source, selection: FrameSelection = FrameSelection(), default_fps: float = 8.0,
@@ -305,11 +423,12 @@ def decode_video(source: Source, selection: FrameSelection = FrameSelection(), d
         callback: optional ``ProgressCallback`` called after each kept frame (total = cap when set).
 
     Returns:
-        :class:`DecodedVideo`; ``alpha`` is None when the source has no alpha channel.
+        :class:`DecodedVideo`; ``alpha`` is None when the source has no alpha channel; ``notes`` (also logged as
+        warnings) say when the default frame cap cut the clip or the file ended before its declared length.
 
     Raises:
-        FileNotFoundError: missing file or empty folder. ValueError: undecodable data, mixed frame sizes, or
-        nothing left after ``start``/``stride``.
+        FileNotFoundError: missing file or empty folder. ValueError: undecodable or damaged data, mixed frame
+        sizes, nothing left after ``start``/``stride``, frames above the pixel limit or the memory budget.
     """
     from .progress import report
 
@@ -317,17 +436,27 @@ def decode_video(source: Source, selection: FrameSelection = FrameSelection(), d
     frames: list[np.ndarray] = []
     indices: list[int] = []
     any_alpha = False
+    name = _name(source)
     for idx, arr, has_alpha in iter_frames(source, selection, info):
         if frames and arr.shape[:2] != frames[0].shape[:2]:
-            raise ValueError(f"frame {idx} of {_name(source)} is {arr.shape[1]}x{arr.shape[0]} but frame "
+            raise ValueError(f"frame {idx} of {name} is {arr.shape[1]}x{arr.shape[0]} but frame "
                              f"{indices[0]} is {frames[0].shape[1]}x{frames[0].shape[0]}; all frames need one size")
+        # RGB + alpha float32 of every kept frame must fit, checked before the frame is kept
+        check_frames_budget(f"loading {name}", len(frames) + 1, int(arr.shape[0]), int(arr.shape[1]), channels=4,
+                            fix="lower max_frames, raise stride or set max_side")
         frames.append(arr)
         indices.append(idx)
         any_alpha |= bool(has_alpha) and arr.shape[-1] == 4
-        report(callback, len(frames), selection.max_frames or info.get("frames") or len(frames))
+        report(callback, len(frames), min(selection.cap, info.get("frames") or selection.cap))
     if not frames:
-        raise ValueError(f"no frames left in {_name(source)} after start={selection.start}, stride={selection.stride}"
+        if selection.start == 0:
+            raise ValueError(f"could not decode any frame of {name}: the file is empty, damaged or not a video; "
+                             "re-encode it as H.264 mp4 or VP9 webm")
+        raise ValueError(f"no frames left in {name} after start={selection.start}, stride={selection.stride}"
                          f"; lower 'start' (the clip may be shorter)")
+    notes = _notes(name, selection, info, len(frames))
+    for note in notes:
+        log.warning("%s", note)
     N, (H, W) = len(frames), frames[0].shape[:2]
     rgb = torch.empty(N, H, W, 3, dtype=torch.float32)
     alpha = torch.ones(N, H, W, dtype=torch.float32) if any_alpha else None
@@ -340,7 +469,21 @@ def decode_video(source: Source, selection: FrameSelection = FrameSelection(), d
     if alpha is not None and bool((alpha >= 1.0).all()):
         alpha = None  # an alpha channel that is opaque everywhere carries no information
     src_fps = float(info.get("fps") or 0.0) or float(default_fps)
-    return DecodedVideo(rgb, alpha, src_fps / selection.stride, src_fps, indices)
+    return DecodedVideo(rgb, alpha, src_fps / selection.stride, src_fps, indices, notes)
+
+
+def _notes(name: str, sel: FrameSelection, info: dict, kept: int) -> list[str]:
+    """The default cap reached, or fewer frames decoded than the file declares (a truncated file)."""
+    notes = []
+    declared, seen = int(info.get("frames") or 0), int(info.get("seen") or 0)
+    if sel.max_frames == 0 and kept >= sel.cap and (declared == 0 or declared > seen):
+        notes.append(f"{name}: kept {kept} frames (source frames {sel.start}..{seen - 1}, stride {sel.stride}), "
+                     f"the default cap{f' of {declared} declared frames' if declared else ''}; set max_frames, "
+                     f"raise stride, or raise the cap with {MAX_VIDEO_FRAMES_ENV}=<frames>")
+    elif kept < sel.cap and declared > 0 and seen < declared:
+        notes.append(f"{name}: decoded {seen} of the {declared} frames the file declares (kept {kept}); the file "
+                     "is probably truncated: re-download or re-encode it")
+    return notes
 
 
 def decode_video_bytes(data: bytes, selection: FrameSelection = FrameSelection(), default_fps: float = 8.0) -> DecodedVideo:

@@ -45,8 +45,8 @@ def _refusal(what: str, name: str, kind: Kind) -> NodePathError:
     noun = {"file": "file", "dir": "folder", "any": "file or folder"}[kind]
     return NodePathError(
         f"Efficient4D: {what} {name!r} not found: it must be a {noun} inside ComfyUI's input folder (or the "
-        f"output/temp folder with a ' [output]' / ' [temp]' suffix). Put it into ComfyUI's input folder (or upload it) and pick it by its "
-        f"name there. Absolute paths, '..' and links leaving those folders are refused unless the server's owner "
+        f"output/temp folder with a ' [output]' / ' [temp]' suffix). Put it into ComfyUI's input folder (or upload "
+        f"it) and pick it by its name there. Absolute paths, '..' and links leaving those folders are refused unless the server's owner "
         f"sets {ALLOW_ABSOLUTE_ENV}=1 (see SECURITY.md).")
 
 

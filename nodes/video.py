@@ -50,14 +50,16 @@ class LoadVideo(io.ComfyNode):
             inputs=[
                 io.Combo.Input("video", options=_choices(), upload=io.UploadType.video,
                                tooltip="File or frame folder (name ending in '/') in ComfyUI's input folder; "
-                                       "ignored when 'video_in' is connected. Paths outside ComfyUI's input/output/temp "
-                                       "folders are refused (see SECURITY.md)."),
+                                       "ignored when 'video_in' is connected. Paths outside ComfyUI's "
+                                       "input/output/temp folders are refused (see SECURITY.md)."),
                 io.Int.Input("start_frame", default=0, min=0, max=1_000_000,
                              tooltip="Index of the first frame to keep (0 = the first frame)."),
                 io.Int.Input("stride", default=1, min=1, max=1000,
                              tooltip="Keep every n-th frame from start_frame (2 halves the frame rate)."),
                 io.Int.Input("max_frames", default=0, min=0, max=100_000,
-                             tooltip="Most frames to keep; 0 keeps all. Efficient4D uses 8-32 frames of a clip."),
+                             tooltip="Most frames to keep; 0 = up to 1024 (the default cap; the server's owner can "
+                                     "change it with E4D_MAX_VIDEO_FRAMES), and the log says when it cut the clip. "
+                                     "Efficient4D uses 8-32 frames of a clip."),
                 io.Int.Input("max_side", default=0, min=0, max=16384, step=8,
                              tooltip="Downscale frames whose longest side is larger (aspect kept); 0 keeps the size. "
                                      "The object is later cropped to 256 px, so 1024 is plenty."),
