@@ -1,13 +1,13 @@
 """Rendering 4D Gaussians: slice at B times (eq. (4)-(6)), rasterize each slice from C cameras.
 
 ``render`` slices once per time and renders all B x C images in one rasterizer call. Backends:
-``"gsplat"`` (CUDA, fast, what fitting uses), ``"reference"`` (pure torch, any device, small scenes only; the
-check of the gsplat path) and ``"auto"`` (gsplat when the tensors are on CUDA and gsplat imports, else reference).
+``"gsplat"`` (CUDA extension, fast), ``"triton"`` (Triton kernels on a CUDA or ROCm GPU, no compiler needed),
+``"reference"`` (pure torch, any device, bounded memory, slow; the check of the others) and ``"auto"`` (gsplat if
+its extension is already built, else Triton on a GPU, else the reference: :mod:`e4d.render.backends`).
 Images are RGB composited over ``background`` (white by default, like the view matrix) plus alpha.
 """
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import Dict, Optional, Union
 
@@ -17,9 +17,10 @@ from torch import Tensor
 from ..cameras import Cameras
 from ..gaussians4d import Gaussians4D
 from ..slicing import CULL_THRESHOLD, Gaussians3D, TimesLike, as_times, slice_at
-from .reference import RasterSettings, render_reference
+from .backends import BACKENDS, describe_backend, fit_time_estimate, log_backend, resolve_backend
+from .projection import RasterSettings
+from .reference import render_reference
 
-BACKENDS = ("auto", "gsplat", "reference")
 BackgroundLike = Union[float, Tensor]
 
 
@@ -36,21 +37,6 @@ class RenderOutput:
     rgb: Tensor
     alpha: Tensor
     meta: Optional[Dict] = None
-
-
-@functools.lru_cache(maxsize=1)
-def _gsplat_importable() -> bool:
-    from .gsplat_backend import gsplat_available
-    return gsplat_available()
-
-
-def resolve_backend(backend: str, device: torch.device) -> str:
-    """The concrete backend for ``backend`` ("auto"/"gsplat"/"reference") on ``device``."""
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown render backend {backend!r}; choose one of {BACKENDS}")
-    if backend == "auto":
-        return "gsplat" if device.type == "cuda" and _gsplat_importable() else "reference"
-    return backend
 
 
 def make_backgrounds(background: BackgroundLike, B: int, C: int, like: Tensor) -> Tensor:
@@ -88,11 +74,17 @@ def render_sliced(g3: Gaussians3D, w2c: Tensor, K: Tensor, width: int, height: i
     K = K.to(device=g3.means.device, dtype=g3.means.dtype)
     bgs = make_backgrounds(background, B, w2c.shape[1], g3.means)
     which = resolve_backend(backend, g3.means.device)
+    log_backend(backend, g3.means.device)
     if which == "gsplat":
         from .gsplat_backend import render_gsplat
         rgb, alpha, meta = render_gsplat(g3.means, g3.covs, g3.opacities, g3.sh, g3.sh_degree, w2c, K, width,
                                          height, bgs, settings, packed=packed, return_meta=return_meta)
         return RenderOutput(rgb, alpha, meta)
+    if which == "triton":
+        from .triton_backend import render_triton
+        rgb, alpha = render_triton(g3.means, g3.covs, g3.opacities, g3.sh, g3.sh_degree, w2c, K, width, height,
+                                   bgs, settings)
+        return RenderOutput(rgb, alpha, None)
     rgb, alpha = render_reference(g3.means, g3.covs, g3.opacities, g3.sh, g3.sh_degree, w2c, K, width, height,
                                   bgs, settings)
     return RenderOutput(rgb, alpha, None)
@@ -110,13 +102,13 @@ def render(g: Gaussians4D, times: TimesLike, w2c: Tensor, K: Tensor, width: int,
         w2c: ``[B, C, 4, 4]`` OpenCV world-to-camera matrices (row b holds the cameras for times[b]).
         K: ``[B, C, 3, 3]`` pinhole intrinsics for a ``width x height`` image.
         background: float grey level, ``[3]``, ``[C, 3]`` or ``[B, C, 3]`` colour (default white).
-        backend: "auto" | "gsplat" | "reference" (see module docstring).
+        backend: "auto" | "gsplat" | "triton" | "reference" (see module docstring).
         cull_threshold: temporal-marginal culling threshold of the slicing (paper: 0.05).
         settings: near/far planes and the 2D low-pass (gsplat defaults).
-        packed: gsplat's packed layout (memory/speed trade-off; ignored by the reference). gsplat 1.5.3 renders
+        packed: gsplat's packed layout (memory/speed trade-off; ignored by the other backends). gsplat 1.5.3 renders
             wrong images in packed mode when there is a leading batch of times (B > 1, measured on an H100), so it
             is honoured only for B == 1; unpacked is the default and was faster in bench/render.py anyway.
-        return_meta: keep gsplat's meta dict (e.g. to ``retain_grad`` ``means2d`` for densification).
+        return_meta: keep gsplat's meta dict (gsplat backend only; None otherwise) (e.g. to ``retain_grad`` ``means2d`` for densification).
     Returns:
         :class:`RenderOutput` with ``rgb [B, C, H, W, 3]`` and ``alpha [B, C, H, W, 1]``.
 
@@ -154,4 +146,5 @@ def render_cameras(g: Gaussians4D, time: float, cams: Cameras, background: Backg
 
 
 __all__ = ["RenderOutput", "RasterSettings", "render", "render_sliced", "render_pairs", "render_cameras",
-           "resolve_backend", "make_backgrounds", "BACKENDS"]
+           "resolve_backend", "describe_backend", "log_backend", "fit_time_estimate", "make_backgrounds",
+           "BACKENDS"]

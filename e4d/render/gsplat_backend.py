@@ -14,15 +14,15 @@ import torch
 from torch import Tensor
 
 from ..sh import SH_C0, sh_to_rgb
-from .reference import RasterSettings
+from .projection import RasterSettings
 
 
 def gsplat_available() -> bool:
     """True if gsplat's CUDA extension can be loaded: prebuilt, cached, or compiled now by gsplat (with a CUDA
-    toolkit this first build takes minutes). A pip install of gsplat without a toolkit imports fine but has no
-    extension; "auto" must then fall back to the reference renderer instead of crashing mid-fit.
+    toolkit this first build takes minutes: call it only when the user asked for gsplat, see
+    :func:`gsplat_state`). A pip install of gsplat without a toolkit imports fine but has no extension.
 
-    Only call this on a CUDA machine (``resolve_backend`` does): on a CPU machine with nvcc it would start a build.
+    Only call this on a CUDA machine: on a CPU machine with nvcc it would start a build.
     """
     try:
         from gsplat.cuda._backend import _C
@@ -33,10 +33,60 @@ def gsplat_available() -> bool:
 
         logging.getLogger(__name__).warning(
             "gsplat is installed but its CUDA extension is unavailable (no prebuilt wheel for this torch/CUDA and no "
-            "CUDA toolkit to build it); rendering with the slow pure-torch reference renderer instead. Install a "
-            "prebuilt gsplat wheel matching your torch/CUDA, or a CUDA toolkit (nvcc).")
+            "CUDA toolkit to build it). Install a prebuilt gsplat wheel matching your torch/CUDA, or a CUDA "
+            "toolkit (nvcc), or use backend='triton'.")
         return False
     return True
+
+
+def _jit_build_dir() -> str:
+    """Where torch's JIT puts gsplat's extension (torch's ``_get_build_directory`` rule, without creating it)."""
+    import os
+    import sys
+
+    from torch.utils.cpp_extension import get_default_build_root
+
+    root = os.environ.get("TORCH_EXTENSIONS_DIR")
+    if root is None:
+        acc = (f"rocm{torch.version.hip.replace('.', '')}" if torch.version.hip else
+               f"cu{torch.version.cuda.replace('.', '')}" if torch.version.cuda else "cpu")
+        py = f"py{sys.version_info.major}{sys.version_info.minor}{getattr(sys, 'abiflags', '')}"
+        root = os.path.join(get_default_build_root(), f"{py}_{acc}")
+    return os.path.join(root, "gsplat_cuda")
+
+
+def gsplat_state() -> str:
+    """What loading gsplat's CUDA extension would do, found without loading or building it:
+
+    * ``"missing"``: gsplat does not import;
+    * ``"ready"``: the extension is prebuilt (``gsplat.csrc``) or already JIT-built in torch's extension cache,
+      so it loads in a second;
+    * ``"compile"``: gsplat would JIT-compile it now (a CUDA toolkit is present; this takes minutes);
+    * ``"unavailable"``: neither a build nor a toolkit (gsplat would disable itself).
+
+    Mirrors gsplat 1.5.3's ``gsplat/cuda/_backend.py``: ``from gsplat import csrc``, else a JIT build in
+    ``<torch extensions dir>/gsplat_cuda`` when ``nvcc`` is found.
+    """
+    import importlib.util
+    import os
+
+    try:
+        if importlib.util.find_spec("gsplat") is None:
+            return "missing"
+        if importlib.util.find_spec("gsplat.csrc") is not None:
+            return "ready"
+    except Exception:  # a broken gsplat install behaves like a missing one
+        return "missing"
+    build = _jit_build_dir()
+    if any(os.path.exists(os.path.join(build, f"gsplat_cuda{ext}")) for ext in (".so", ".lib", ".pyd")):
+        return "ready"
+    import shutil
+
+    from torch.utils.cpp_extension import CUDA_HOME
+
+    has_nvcc = (CUDA_HOME is not None and os.path.isfile(os.path.join(CUDA_HOME, "bin", "nvcc"))) \
+        or shutil.which("nvcc") is not None
+    return "compile" if has_nvcc else "unavailable"
 
 
 def render_gsplat(means: Tensor, covs: Tensor, opacities: Tensor, sh: Tensor, sh_degree: int,

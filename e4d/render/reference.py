@@ -1,100 +1,86 @@
-"""Pure-torch dense rasterizer of 3D Gaussians: runs on any device and is the check of the gsplat path.
+"""Pure-torch rasterizer of 3D Gaussians with bounded memory: runs on any device, the check of the fast backends.
 
-It reproduces gsplat 1.5.3's classic 3DGS pipeline (``rasterization(..., rasterize_mode="classic")``):
+It reproduces gsplat 1.5.3's classic 3DGS pipeline (``rasterization(..., rasterize_mode="classic")``): the
+projection and culling of :mod:`e4d.render.projection`, then per pixel (centre at +0.5)
+``alpha = min(0.999, o * exp(-1/2 d^T Sigma2d^-1 d))``, skipped below 1/255, front-to-back compositing sorted by
+camera depth, stopping before transmittance would drop to <= 1e-4;
+``rgb = sum_i c_i alpha_i T_i + T_final * background``, ``alpha = 1 - T_final``.
 
-* cull means outside ``near_plane < z < far_plane`` (camera space);
-* EWA projection with the pinhole Jacobian, whose ``x/z, y/z`` are clamped to 1.3x the field of view as gsplat
-  does (keeps Gaussians far outside the image from blowing up), then a 0.3 px^2 low-pass (``eps2d``) on the
-  2D covariance;
-* drop Gaussians with opacity < 1/255 or whose opacity-aware 3.33-sigma box misses the image;
-* per pixel (centre at +0.5), ``alpha = min(0.999, o * exp(-1/2 d^T Sigma2d^-1 d))``, skipped below 1/255,
-  front-to-back compositing sorted by camera depth, stopping before transmittance would drop to <= 1e-4;
-* ``rgb = sum_i c_i alpha_i T_i + T_final * background``, ``alpha = 1 - T_final``.
-
-It evaluates every Gaussian at every pixel (chunked), so it is meant for small cases: a few thousand Gaussians
-at <= 128^2. Differentiable.
+Memory is bounded whatever the number of Gaussians: the image is cut into square pixel tiles; each tile meets
+only the Gaussians whose box overlaps it, in depth-sorted chunks of ``max_elements / tile pixels``, carrying the
+transmittance from chunk to chunk (the result is that of one dense pass). Under autograd every chunk is
+checkpointed (recomputed in the backward), so what is kept for the backward is a few numbers per pixel per chunk
+plus index lists, never a pixels x Gaussians tensor. Differentiable.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 from ..sh import SH_C0, eval_sh, sh_to_rgb
-
-ALPHA_THRESHOLD = 1.0 / 255.0
-MAX_ALPHA = 0.999
-MIN_TRANSMITTANCE = 1e-4
-BOX_SIGMAS = 3.33
+from .projection import (ALPHA_THRESHOLD, MAX_ALPHA, MIN_TRANSMITTANCE, RasterSettings, conic_and_box,
+                         depth_keep, project_pinhole, world_to_camera)
 
 
-@dataclass(frozen=True)
-class RasterSettings:
-    """Rasterizer settings; defaults are gsplat 1.5.3's ``rasterization`` defaults."""
-
-    near_plane: float = 0.01
-    """Gaussians with camera depth below this are dropped."""
-    far_plane: float = 1e10
-    """Gaussians with camera depth above this are dropped."""
-    eps2d: float = 0.3
-    """Low-pass filter added to the diagonal of every projected 2D covariance, in px^2."""
-    max_elements: int = 1 << 22
-    """Reference only: pixels x Gaussians evaluated per chunk (bounds memory)."""
+def _chunk_alpha(pix: Tensor, mean2d: Tensor, conic: Tensor, opac: Tensor) -> Tensor:
+    """``alpha [P, M]`` of M Gaussians at P pixel centres (0 below 1/255 or where the quadratic form is < 0)."""
+    d = mean2d[None] - pix[:, None]  # [P, M, 2]
+    dx, dy = d[..., 0], d[..., 1]
+    sigma = 0.5 * (conic[:, 0] * dx * dx + conic[:, 2] * dy * dy) + conic[:, 1] * dx * dy
+    alpha = (opac * torch.exp(-sigma)).clamp(max=MAX_ALPHA)
+    return torch.where((sigma >= 0) & (alpha >= ALPHA_THRESHOLD), alpha, torch.zeros_like(alpha))
 
 
-def world_to_camera(means: Tensor, covs: Tensor, w2c: Tensor) -> Tuple[Tensor, Tensor]:
-    """Means ``[N, 3]`` and covariances ``[N, 3, 3]`` in camera space: ``R x + t`` and ``R Sigma R^T``."""
-    R, t = w2c[:3, :3], w2c[:3, 3]
-    return means @ R.T + t, R @ covs @ R.T
+def composite_chunk(alpha: Tensor, colors: Tensor, T_in: Tensor, probe_in: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    """Composite one depth-sorted chunk ``alpha [P, M]``, ``colors [M, D]`` behind transmittance ``T_in [P]``.
 
-
-def ewa_jacobian(mean_c: Tensor, K: Tensor, width: int, height: int) -> Tensor:
-    """Jacobian ``[N, 2, 3]`` of the pinhole projection at camera-space means, clamped like gsplat.
-
-    ``J = [[fx/z, 0, -fx x'/z^2], [0, fy/z, -fy y'/z^2]]`` where ``x' = z clamp(x/z, -lim_neg, lim_pos)``
-    with limits ``(W - cx)/fx + 0.3 tan_fovx`` and ``cx/fx + 0.3 tan_fovx`` (likewise for y).
+    ``probe_in [P]`` (no grad) is the transmittance *including* Gaussians that were stopped at: once it is
+    <= 1e-4 the pixel is finished (gsplat stops, exclusively, at the first Gaussian that would bring the
+    transmittance to <= 1e-4, and takes nothing behind it). Returns the colour added ``[P, D]``, the
+    transmittance after the chunk ``[P]`` and the probe after it ``[P]``.
     """
-    fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
-    x, y, z = mean_c.unbind(-1)
-    tan_fovx, tan_fovy = 0.5 * width / fx, 0.5 * height / fy
-    lim_xp, lim_xn = (width - cx) / fx + 0.3 * tan_fovx, cx / fx + 0.3 * tan_fovx
-    lim_yp, lim_yn = (height - cy) / fy + 0.3 * tan_fovy, cy / fy + 0.3 * tan_fovy
-    tx = z * torch.minimum(lim_xp, torch.maximum(-lim_xn, x / z))
-    ty = z * torch.minimum(lim_yp, torch.maximum(-lim_yn, y / z))
-    zero = torch.zeros_like(z)
-    row0 = torch.stack([fx / z, zero, -fx * tx / (z * z)], -1)
-    row1 = torch.stack([zero, fy / z, -fy * ty / (z * z)], -1)
-    return torch.stack([row0, row1], -2)
-
-
-def project_pinhole(mean_c: Tensor, cov_c: Tensor, K: Tensor, width: int, height: int,
-                    eps2d: float) -> Tuple[Tensor, Tensor]:
-    """Pixel means ``[N, 2]`` and low-passed 2D covariances ``J Sigma_c J^T + eps2d I`` ``[N, 2, 2]``."""
-    J = ewa_jacobian(mean_c, K, width, height)
-    cov2d = J @ cov_c @ J.transpose(-1, -2)
-    cov2d = cov2d + eps2d * torch.eye(2, dtype=cov2d.dtype, device=cov2d.device)
-    z = mean_c[:, 2]
-    mean2d = torch.stack([K[0, 0] * mean_c[:, 0] / z + K[0, 2], K[1, 1] * mean_c[:, 1] / z + K[1, 2]], -1)
-    return mean2d, cov2d
+    with torch.no_grad():
+        probe = probe_in[:, None] * torch.cumprod(1.0 - alpha, dim=1)
+        include = probe > MIN_TRANSMITTANCE  # a prefix: the probe never increases
+    alpha = alpha * include
+    T = T_in[:, None] * torch.cumprod(1.0 - alpha, dim=1)
+    T_before = torch.cat([T_in[:, None], T[:, :-1]], dim=1)
+    return (alpha * T_before) @ colors, T[:, -1], probe[:, -1]
 
 
 def composite(alpha: Tensor, colors: Tensor, background: Tensor) -> Tuple[Tensor, Tensor]:
-    """Front-to-back compositing of depth-sorted ``alpha [P, M]`` with ``colors [M, D]``: ``[P, D]``, ``[P, 1]``.
-
-    Stops (exclusively) at the first Gaussian that would bring the transmittance to <= 1e-4, as gsplat does.
-    """
+    """Front-to-back compositing of depth-sorted ``alpha [P, M]`` with ``colors [M, D]``: ``[P, D]``, ``[P, 1]``."""
+    ones = alpha.new_ones(alpha.shape[0])
     if alpha.shape[1] == 0:
         return background.expand(alpha.shape[0], -1), alpha.new_zeros(alpha.shape[0], 1)
-    with torch.no_grad():
-        # Transmittance is non-increasing, so "T after i > 1e-4" selects exactly gsplat's processed prefix.
-        include = torch.cumprod(1.0 - alpha, dim=1) > MIN_TRANSMITTANCE
-    alpha = alpha * include
-    T = torch.cumprod(1.0 - alpha, dim=1)
-    T_before = torch.cat([torch.ones_like(T[:, :1]), T[:, :-1]], dim=1)
-    rgb = (alpha * T_before) @ colors + T[:, -1:] * background
-    return rgb, 1.0 - T[:, -1:]
+    rgb, T, _ = composite_chunk(alpha, colors, ones, ones)
+    return rgb + T[:, None] * background, 1.0 - T[:, None]
+
+
+def _tile_chunk(pix: Tensor, T_in: Tensor, probe_in: Tensor, mean2d: Tensor, conic: Tensor, opac: Tensor,
+                colors: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    return composite_chunk(_chunk_alpha(pix, mean2d, conic, opac), colors, T_in, probe_in)
+
+
+def _composite_tile(pix: Tensor, mean2d: Tensor, conic: Tensor, opac: Tensor, colors: Tensor,
+                    chunk: int) -> Tuple[Tensor, Tensor]:
+    """Colour ``[P, D]`` and transmittance ``[P]`` of one tile's pixels over its depth-sorted Gaussians."""
+    P, D = pix.shape[0], colors.shape[1]
+    rgb = pix.new_zeros(P, D)
+    T = pix.new_ones(P)
+    probe = pix.new_ones(P)
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (mean2d, conic, opac, colors))
+    for start in range(0, mean2d.shape[0], chunk):
+        sl = slice(start, start + chunk)
+        args = (pix, T, probe, mean2d[sl], conic[sl], opac[sl], colors[sl])
+        part, T, probe = checkpoint(_tile_chunk, *args, use_reentrant=False) if grad else _tile_chunk(*args)
+        rgb = rgb + part
+        if not bool((probe > MIN_TRANSMITTANCE).any()):  # every pixel of the tile has stopped
+            break
+    return rgb, T
 
 
 def rasterize_image(means: Tensor, covs: Tensor, opacities: Tensor, colors: Tensor, w2c: Tensor, K: Tensor,
@@ -106,48 +92,49 @@ def rasterize_image(means: Tensor, covs: Tensor, opacities: Tensor, colors: Tens
     ``w2c [4, 4]``, ``K [3, 3]``, ``background [D]``.
     """
     mean_c, cov_c = world_to_camera(means, covs, w2c)
-    z = mean_c[:, 2]
-    keep = (z >= settings.near_plane) & (z <= settings.far_plane) & (opacities >= ALPHA_THRESHOLD)
-    idx = keep.nonzero().squeeze(-1)
+    idx = depth_keep(mean_c[:, 2], opacities, settings).nonzero().squeeze(-1)
     mean_c, cov_c, opac, col = mean_c[idx], cov_c[idx], opacities[idx], colors[idx]
     mean2d, cov2d = project_pinhole(mean_c, cov_c, K, width, height, settings.eps2d)
-    det = cov2d[:, 0, 0] * cov2d[:, 1, 1] - cov2d[:, 0, 1] * cov2d[:, 1, 0]
+    conic, radii, on = conic_and_box(mean2d, cov2d, opac, width, height)
     with torch.no_grad():
-        # gsplat's opacity-aware bounding box: cull Gaussians whose box lies entirely off the image.
-        extend = torch.sqrt(2.0 * torch.log(opac.clamp_min(ALPHA_THRESHOLD) / ALPHA_THRESHOLD)).clamp(max=BOX_SIGMAS)
-        rx = torch.ceil(extend * cov2d[:, 0, 0].clamp_min(0).sqrt())
-        ry = torch.ceil(extend * cov2d[:, 1, 1].clamp_min(0).sqrt())
-        on = ((det > 0) & (mean2d[:, 0] + rx > 0) & (mean2d[:, 0] - rx < width)
-              & (mean2d[:, 1] + ry > 0) & (mean2d[:, 1] - ry < height))
         sel = on.nonzero().squeeze(-1)
         sel = sel[torch.argsort(mean_c[sel, 2], stable=True)]  # front to back
-    mean2d, cov2d, det, opac, col = mean2d[sel], cov2d[sel], det[sel], opac[sel], col[sel]
-    # conic = inverse of the 2x2 covariance
-    ca, cb, cc = cov2d[:, 1, 1] / det, -cov2d[:, 0, 1] / det, cov2d[:, 0, 0] / det
-    ys, xs = torch.meshgrid(torch.arange(height, device=means.device, dtype=means.dtype) + 0.5,
-                            torch.arange(width, device=means.device, dtype=means.dtype) + 0.5, indexing="ij")
-    pix = torch.stack([xs.reshape(-1), ys.reshape(-1)], -1)  # [P, 2]
-    m = max(int(sel.numel()), 1)
-    chunk = max(1, settings.max_elements // m)
-    rgbs, alphas = [], []
-    for start in range(0, pix.shape[0], chunk):
-        d = mean2d[None] - pix[start:start + chunk, None]  # [P, M, 2]
-        dx, dy = d[..., 0], d[..., 1]
-        sigma = 0.5 * (ca * dx * dx + cc * dy * dy) + cb * dx * dy
-        alpha = (opac * torch.exp(-sigma)).clamp(max=MAX_ALPHA)
-        alpha = torch.where((sigma >= 0) & (alpha >= ALPHA_THRESHOLD), alpha, torch.zeros_like(alpha))
-        rgb, acc = composite(alpha, col, background)
-        rgbs.append(rgb)
-        alphas.append(acc)
-    return torch.cat(rgbs).reshape(height, width, -1), torch.cat(alphas).reshape(height, width, 1)
+        lo, hi = (mean2d[sel] - radii[sel]), (mean2d[sel] + radii[sel])  # boxes [M, 2]
+    mean2d, conic, opac, col = mean2d[sel], conic[sel], opac[sel], col[sel]
+    ts = int(settings.tile_size)
+    chunk = max(1, int(settings.max_elements) // (ts * ts))
+    dev, dt = means.device, means.dtype
+    D = col.shape[1]
+    rgb_rows, T_rows = [], []
+    for y0 in range(0, height, ts):
+        rgb_row, T_row = [], []
+        for x0 in range(0, width, ts):
+            y1, x1 = min(y0 + ts, height), min(x0 + ts, width)
+            ys, xs = torch.meshgrid(torch.arange(y0, y1, device=dev, dtype=dt) + 0.5,
+                                    torch.arange(x0, x1, device=dev, dtype=dt) + 0.5, indexing="ij")
+            pix = torch.stack([xs.reshape(-1), ys.reshape(-1)], -1)  # [P, 2]
+            with torch.no_grad():  # Gaussians whose box overlaps the tile, still in depth order
+                t_sel = ((hi[:, 0] > x0) & (lo[:, 0] < x1) & (hi[:, 1] > y0) & (lo[:, 1] < y1)).nonzero().squeeze(-1)
+            tile_rgb, tile_T = _composite_tile(pix, mean2d[t_sel], conic[t_sel], opac[t_sel], col[t_sel], chunk)
+            rgb_row.append(tile_rgb.reshape(y1 - y0, x1 - x0, D))
+            T_row.append(tile_T.reshape(y1 - y0, x1 - x0))
+        rgb_rows.append(torch.cat(rgb_row, 1))
+        T_rows.append(torch.cat(T_row, 1))
+    T = torch.cat(T_rows, 0)[..., None]
+    return torch.cat(rgb_rows, 0) + T * background, 1.0 - T
+
+
+def sh_colors(means: Tensor, sh: Tensor, sh_degree: int, campos: Optional[Tensor]) -> Tensor:
+    """Activated colours ``[..., 3]`` of ``sh [..., K, 3]`` seen from camera centres ``campos`` (broadcast against
+    ``means [..., 3]``; unused for degree 0), gsplat's convention ``max(SH(dir) + 0.5, 0)``."""
+    if sh_degree == 0:
+        return sh_to_rgb(SH_C0 * sh[..., 0, :])
+    return sh_to_rgb(eval_sh(sh_degree, sh, means - campos))
 
 
 def view_colors(means: Tensor, sh: Tensor, sh_degree: int, w2c: Tensor) -> Tensor:
-    """Activated colours ``[N, 3]`` seen from camera ``w2c`` (gsplat's convention: ``max(SH(dir) + 0.5, 0)``)."""
-    if sh_degree == 0:
-        return sh_to_rgb(SH_C0 * sh[:, 0])
-    campos = torch.linalg.inv(w2c)[:3, 3]
-    return sh_to_rgb(eval_sh(sh_degree, sh, means - campos))
+    """Activated colours ``[N, 3]`` of ``means [N, 3]``, ``sh [N, K, 3]`` seen from camera ``w2c [4, 4]``."""
+    return sh_colors(means, sh, sh_degree, torch.linalg.inv(w2c)[:3, 3] if sh_degree > 0 else None)
 
 
 def render_reference(means: Tensor, covs: Tensor, opacities: Tensor, sh: Tensor, sh_degree: int,
@@ -171,3 +158,6 @@ def render_reference(means: Tensor, covs: Tensor, opacities: Tensor, sh: Tensor,
         rgb_rows.append(torch.stack(rgb_row))
         alpha_rows.append(torch.stack(alpha_row))
     return torch.stack(rgb_rows), torch.stack(alpha_rows)
+
+
+__all__ = ["RasterSettings", "composite", "composite_chunk", "rasterize_image", "sh_colors", "view_colors", "render_reference"]
