@@ -163,7 +163,7 @@ def write_models(models: Path, tiny: bool, svd: bool) -> Dict[str, Any]:
         from sds import random_zero123  # bench/sds.py: zero123-xl shapes
         from tiny_zero123 import MODEL_INDEX
 
-        from e4d.guidance.loader import SD_SCHEDULER
+        from e4d.guidance.components import SD_SCHEDULER
 
         c = random_zero123(dev, dtype)
         c.unet.save_pretrained(folder / "unet")

@@ -25,9 +25,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, cesium_data, env_info, peak_vram_gb, pick_device, print_json, reset_peak, sync  # noqa: E402
 
-from e4d.guidance.loader import REAL_CLIP_VIT_L as CLIP  # noqa: E402  (zero123-xl architecture)
-from e4d.guidance.loader import REAL_SD_VAE as VAE  # noqa: E402
-from e4d.guidance.loader import REAL_ZERO123_UNET as UNET  # noqa: E402
+from e4d.guidance.components import REAL_CLIP_VIT_L as CLIP  # noqa: E402  (zero123-xl architecture)
+from e4d.guidance.components import REAL_SD_VAE as VAE  # noqa: E402
+from e4d.guidance.components import REAL_ZERO123_UNET as UNET  # noqa: E402
 
 
 def random_zero123(device: torch.device, dtype: torch.dtype, tiny: bool = False):
@@ -35,7 +35,8 @@ def random_zero123(device: torch.device, dtype: torch.dtype, tiny: bool = False)
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    from e4d.guidance.loader import SD_SCHEDULER, CameraProjection, Zero123Components, default_image_processor
+    from e4d.guidance.components import SD_SCHEDULER, CameraProjection, Zero123Components
+    from e4d.ldm.convert import default_image_processor
 
     if tiny:
         sys.path.insert(0, str(REPO / "tests"))

@@ -30,7 +30,7 @@ def random_svd(device: torch.device, dtype: torch.dtype, tiny: bool = False):
                            UNetSpatioTemporalConditionModel)
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    from e4d.guidance.loader import default_image_processor
+    from e4d.ldm.convert import default_image_processor
     from e4d.svd.convert import REAL_SVD_CLIP, REAL_SVD_UNET, REAL_SVD_VAE, SVD_SCHEDULER
 
     if tiny:

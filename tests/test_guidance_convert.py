@@ -6,7 +6,7 @@ import torch
 
 from e4d.guidance.convert import zero123_to_ldm_state_dict
 from e4d.guidance.loader import guess_variant, load_zero123
-from e4d.svd.convert import read_state_dict
+from e4d.checkpoints import read_checkpoint
 
 from tiny_zero123 import tiny_zero123_modules, write_tiny_zero123, write_tiny_zero123_single_file
 from tiny_zero123 import hide_torchvision_stub  # noqa: E402
@@ -54,12 +54,12 @@ def test_single_file_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="stabilityai/stable-zero123"):
         load_zero123(tmp_path / "stable_zero123.ckpt")
     f = write_tiny_zero123_single_file(tmp_path / "z.ckpt")
-    sd = read_state_dict(f)
+    sd = read_checkpoint(f)
     sd.pop("cc_projection.weight")
     torch.save({"state_dict": sd}, tmp_path / "broken.ckpt")
     with pytest.raises(ValueError, match="not a zero123 checkpoint"):
         load_zero123(tmp_path / "broken.ckpt")
-    sd = read_state_dict(f)
+    sd = read_checkpoint(f)
     sd.pop("model.diffusion_model.input_blocks.1.0.in_layers.0.weight")
     torch.save({"state_dict": sd}, tmp_path / "trunc.ckpt")
     with pytest.raises(ValueError, match="missing keys"):
@@ -73,7 +73,7 @@ def test_real_size_zero123_shapes_infer_the_real_configs():
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
     from e4d.guidance.convert import zero123_from_ldm_state_dict
-    from e4d.guidance.loader import REAL_CLIP_VIT_L, REAL_SD_VAE, REAL_ZERO123_UNET, CameraProjection
+    from e4d.guidance.components import REAL_CLIP_VIT_L, REAL_SD_VAE, REAL_ZERO123_UNET, CameraProjection
 
     with init_empty_weights():
         mods = (UNet2DConditionModel(**REAL_ZERO123_UNET), AutoencoderKL(**REAL_SD_VAE),

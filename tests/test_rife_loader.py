@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from e4d.interp import RifeInterpolator, RifeConfig, load_interpolator
-from e4d.rife.loader import build_model, detect_version, read_state_dict
+from e4d.checkpoints import read_checkpoint
+from e4d.rife.loader import build_model, detect_version
 from tiny_rife import tiny_rife_state_dict, write_tiny_rife
 
 MANIFESTS = {"3.6hd": "3.6", "4.6": "4.6", "4.7": "4.7", "4.9": "4.7", "4.17": "4.17", "4.22": "4.22",
@@ -89,7 +90,7 @@ def test_errors_are_clear(tmp_path):
 
     torch.save({"x": _NotATensor()}, tmp_path / "evil.pth")  # arbitrary pickled object: weights_only refuses
     with pytest.raises(ValueError, match="weights_only"):
-        read_state_dict(tmp_path / "evil.pth")
+        read_checkpoint(tmp_path / "evil.pth")
 
 
 def test_option_and_input_errors():

@@ -4,8 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from e4d.svd.convert import infer_unet_config, infer_vae_config, strip, svd_from_single_file, svd_to_single_file
-from e4d.svd.keymap import unet_key_map
+from e4d.ldm.convert import infer_unet_config, infer_vae_config, strip
+from e4d.ldm.keymap import unet_key_map
+from e4d.svd.convert import svd_from_single_file, svd_to_single_file
 
 from tiny_svd import UNET, VAE, tiny_svd_modules
 from tiny_zero123 import hide_torchvision_stub  # noqa: E402
@@ -106,7 +107,7 @@ def test_errors(single):
 
 def _meta_single_file(unet, vae, enc):
     """An SGM-layout dict of meta tensors for full-size models (no memory): names and shapes only."""
-    from e4d.svd.keymap import SVD_CLIP_PREFIX, clip_vision_to_openclip, vae_key_map
+    from e4d.ldm.keymap import SVD_CLIP_PREFIX, clip_vision_to_openclip, vae_key_map
 
     usd, vsd = unet.state_dict(), {k: v for k, v in vae.state_dict().items() if not k.startswith("quant_conv")}
     out = {"model.diffusion_model." + v: usd[k] for k, v in unet_key_map(usd, unet.config.layers_per_block).items()}
@@ -122,7 +123,8 @@ def test_real_size_svd_file_is_recognised_and_converted_on_meta():
     from diffusers import AutoencoderKLTemporalDecoder, UNetSpatioTemporalConditionModel
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    from e4d.svd.convert import REAL_SVD_CLIP, REAL_SVD_UNET, REAL_SVD_VAE, infer_clip_config
+    from e4d.ldm.convert import infer_clip_config
+    from e4d.svd.convert import REAL_SVD_CLIP, REAL_SVD_UNET, REAL_SVD_VAE
 
     with init_empty_weights():
         mods = (UNetSpatioTemporalConditionModel(**REAL_SVD_UNET), AutoencoderKLTemporalDecoder(**REAL_SVD_VAE),

@@ -125,13 +125,14 @@ def test_lightning_metadata_is_skipped_safely(tmp_path, monkeypatch):
     """Hyper-parameter objects refused by weights_only=True: tensors are still read, no code from the file runs."""
     import argparse
 
-    from e4d.syncdreamer.loader import load_syncdreamer, read_state_dict
+    from e4d.checkpoints import read_checkpoint
+    from e4d.syncdreamer.loader import load_syncdreamer
 
     monkeypatch.chdir(tmp_path)
     sd = tiny_state_dict()
     torch.save({"state_dict": sd, "hyper_parameters": argparse.Namespace(lr=1e-4), "callbacks": _Evil()},
                tmp_path / "lightning.ckpt")
-    out = read_state_dict(tmp_path / "lightning.ckpt")
+    out = read_checkpoint(tmp_path / "lightning.ckpt")
     assert set(out) == set(sd) and not (tmp_path / "e4d_pwned.txt").exists()
     m = load_syncdreamer(tmp_path / "lightning.ckpt", dtype=torch.float32)
     torch.testing.assert_close(m.cc_projection.bias, sd["cc_projection.bias"])
@@ -139,9 +140,11 @@ def test_lightning_metadata_is_skipped_safely(tmp_path, monkeypatch):
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::torch.jit.TracerWarning")
 def test_openai_torchscript_clip_override(tmp_path):
-    """OpenAI's ViT-L-14.pt is a TorchScript archive: read with torch.jit.load, mapped from visual.*."""
+    """OpenAI's ViT-L-14.pt is a TorchScript archive: its tensors are read without loading TorchScript code, mapped
+    from visual.*."""
     from e4d.syncdreamer.clip import VisionTransformer
-    from e4d.syncdreamer.loader import load_syncdreamer, read_clip_override
+    from e4d.checkpoints import read_checkpoint
+    from e4d.syncdreamer.loader import load_syncdreamer
     from tiny_syncdreamer import tiny_dims
 
     class OpenAIClip(torch.nn.Module):
@@ -155,7 +158,7 @@ def test_openai_torchscript_clip_override(tmp_path):
     torch.manual_seed(1)
     net = OpenAIClip().eval()
     torch.jit.save(torch.jit.trace(net, torch.zeros(1, 3, 224, 224)), tmp_path / "ViT-tiny.pt")
-    assert set(read_clip_override(tmp_path / "ViT-tiny.pt")) == {"visual." + k for k in net.visual.state_dict()}
+    assert set(read_checkpoint(tmp_path / "ViT-tiny.pt")) == {"visual." + k for k in net.visual.state_dict()}
     m = load_syncdreamer(write_tiny_syncdreamer(tmp_path), dtype=torch.float32, clip_override=tmp_path / "ViT-tiny.pt")
     torch.testing.assert_close(m.clip_image_encoder.model.visual.proj, net.visual.proj.detach())
 

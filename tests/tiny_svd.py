@@ -44,7 +44,7 @@ def write_tiny_svd(folder, seed: int = 0) -> Path:
     """A diffusers folder laid out like ``stabilityai/stable-video-diffusion-img2vid-xt`` (random weights)."""
     from diffusers import EulerDiscreteScheduler, StableVideoDiffusionPipeline
 
-    from e4d.guidance.loader import default_image_processor
+    from e4d.ldm.convert import default_image_processor
     from e4d.svd.convert import SVD_SCHEDULER
 
     unet, vae, enc = tiny_svd_modules(seed)

@@ -72,7 +72,7 @@ def tiny_zero123_modules(seed: int = 0):
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    from e4d.guidance.loader import CameraProjection
+    from e4d.guidance.components import CameraProjection
 
     hide_torchvision_stub()
     torch.manual_seed(seed)
@@ -88,7 +88,8 @@ def write_tiny_zero123(folder, seed: int = 0) -> Path:
     from diffusers import DDIMScheduler
     from safetensors.torch import save_file
 
-    from e4d.guidance.loader import SD_SCHEDULER, default_image_processor
+    from e4d.guidance.components import SD_SCHEDULER
+    from e4d.ldm.convert import default_image_processor
 
     hide_torchvision_stub()
     folder = Path(folder)

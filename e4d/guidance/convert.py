@@ -14,11 +14,12 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ..svd.convert import (build_empty, clip_from_openclip, fill, from_single_file, infer_unet_config,
-                           infer_vae_config, read_state_dict, strip, to_single_file)
-from ..svd.keymap import UNET_PREFIX, VAE_PREFIX, ZERO123_CLIP_PREFIX, clip_vision_to_openclip, unet_key_map, vae_key_map
-from .loader import (SD_SCHEDULER, WHERE_TO_GET, Zero123Components, camera_projection_from_state_dict,
-                     check_zero123_shapes, default_image_processor)
+from ..checkpoints import read_checkpoint
+from ..ldm.convert import (build_empty, clip_from_openclip, default_image_processor, fill, from_single_file,
+                           infer_unet_config, infer_vae_config, strip, to_single_file)
+from ..ldm.keymap import UNET_PREFIX, VAE_PREFIX, ZERO123_CLIP_PREFIX, clip_vision_to_openclip, unet_key_map, vae_key_map
+from .components import (SD_SCHEDULER, WHERE_TO_GET, Zero123Components, camera_projection_from_state_dict,
+                         check_zero123_shapes)
 
 _PREFIXES = (UNET_PREFIX, VAE_PREFIX, ZERO123_CLIP_PREFIX, "cc_projection.")
 
@@ -69,5 +70,5 @@ def load_zero123_single_file(path, dtype: torch.dtype = torch.float32, device=No
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"zero123 checkpoint {path} not found; {WHERE_TO_GET}")
-    sd = read_state_dict(path, keep=lambda k: k.startswith(_PREFIXES), dtype=dtype)
+    sd = read_checkpoint(path, keep=lambda k: k.startswith(_PREFIXES), dtype=dtype, where=WHERE_TO_GET)
     return zero123_from_ldm_state_dict(sd, str(path), dtype).to(device=device, dtype=dtype)

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from ..cameras import Cameras, orbit_cameras
 from .camera_embed import VARIANTS, orbit_coordinates, sample_relative_views, zero123_camera_embedding
-from .loader import Zero123Components
+from .components import Zero123Components
 
 log = logging.getLogger(__name__)
 

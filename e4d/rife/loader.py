@@ -13,34 +13,12 @@ from typing import Mapping, Union
 import torch
 from torch import Tensor
 
+from ..checkpoints import read_checkpoint
 from .ifnet4 import PRESETS, IFNet4, IFNet4Config
 from .ifnet36 import IFNet36
 
 StateDict = Mapping[str, Tensor]
-
-
-def read_state_dict(path: Union[str, Path]) -> dict[str, Tensor]:
-    """Read tensors from ``.safetensors`` or a torch pickle loaded with ``weights_only=True``; fp32 on CPU."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"RIFE checkpoint {path} does not exist; put rife47.pth / rife49.pth / flownet.pkl "
-                                "into ComfyUI/models/rife (or choose 'flow (no weights)')")
-    if path.suffix.lower() == ".safetensors":
-        from safetensors.torch import load_file
-
-        sd = load_file(str(path), device="cpu")
-    else:
-        try:
-            sd = torch.load(str(path), map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - unpickling errors have many types; re-raise with the rule
-            raise ValueError(f"cannot read {path} as a tensor-only torch checkpoint (weights_only=True): {e}; "
-                             "convert it to .safetensors or re-save it as a plain dict of tensors") from e
-    for wrap in ("state_dict", "model", "params"):
-        if isinstance(sd, dict) and wrap in sd and isinstance(sd[wrap], dict):
-            sd = sd[wrap]
-    if not isinstance(sd, dict) or not sd:
-        raise ValueError(f"{path} holds {type(sd).__name__}, not a non-empty dict of tensors (a RIFE state dict)")
-    return {k: v.float() for k, v in sd.items() if isinstance(v, Tensor)}
+WHERE = "put rife47.pth / rife49.pth / flownet.pkl into ComfyUI/models/rife (or choose 'flow (no weights)')"
 
 
 def strip_prefix(sd: StateDict) -> dict[str, Tensor]:
@@ -127,7 +105,7 @@ def build_model(sd: StateDict) -> Union[IFNet4, IFNet36]:
 
 def load_rife_model(path: Union[str, Path]) -> Union[IFNet4, IFNet36]:
     """Read a checkpoint file and return the fp32 CPU network in eval mode."""
-    return build_model(read_state_dict(path))
+    return build_model(read_checkpoint(path, dtype=torch.float32, where=WHERE))
 
 
 def random_model(version: str = "4.7", seed: int = 0) -> Union[IFNet4, IFNet36]:

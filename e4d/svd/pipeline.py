@@ -15,10 +15,12 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from ..checkpoints import read_checkpoint
+from ..ldm.convert import default_image_processor, weights_variant
+from ..ldm.keymap import SVD_CLIP_PREFIX, UNET_PREFIX, VAE_PREFIX
 from ..masks import composite_on_white, masks_from_white, pad_to_aspect, subsample_indices
 from ..progress import ProgressCallback, report
-from .convert import SVD_SCHEDULER, SVD_WHERE, read_state_dict, svd_from_single_file
-from .keymap import SVD_CLIP_PREFIX, UNET_PREFIX, VAE_PREFIX
+from .convert import SVD_SCHEDULER, SVD_WHERE, svd_from_single_file
 
 log = logging.getLogger(__name__)
 
@@ -72,16 +74,6 @@ def _is_svd_folder(folder: Path) -> bool:
         return False
 
 
-def weights_variant(component_dir: Path, dtype: torch.dtype) -> Optional[str]:
-    """``"fp16"`` to read diffusers' ``*.fp16.safetensors`` files: when they are the only weights, or when both
-    exist and fp16 is wanted (half the download read, no fp32 copy in RAM); else None (the plain files)."""
-    has_fp16 = any(component_dir.glob("*.fp16.safetensors"))
-    has_plain = any(f for f in component_dir.glob("*.safetensors") if ".fp16." not in f.name)
-    if has_fp16 and (not has_plain or dtype == torch.float16):
-        return "fp16"
-    return None
-
-
 def load_svd(path, dtype: torch.dtype = torch.float32, device=None):
     """A ``StableVideoDiffusionPipeline`` from a diffusers folder or an SGM single file (``svd_xt.safetensors``).
 
@@ -100,9 +92,8 @@ def load_svd(path, dtype: torch.dtype = torch.float32, device=None):
         except OSError as e:
             raise FileNotFoundError(f"cannot load SVD from {p}: {e}; {SVD_WHERE}") from e
     elif p.is_file():
-        from ..guidance.loader import default_image_processor
-
-        sd = read_state_dict(p, keep=lambda k: k.startswith((UNET_PREFIX, VAE_PREFIX, SVD_CLIP_PREFIX)), dtype=dtype)
+        sd = read_checkpoint(p, keep=lambda k: k.startswith((UNET_PREFIX, VAE_PREFIX, SVD_CLIP_PREFIX)), dtype=dtype,
+                             where=SVD_WHERE)
         frames = 25 if "xt" in p.name.lower() else 14
         unet, vae, enc = svd_from_single_file(sd, str(p), dtype, num_frames=frames)
         del sd

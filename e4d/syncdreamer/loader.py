@@ -6,124 +6,22 @@ Optional CLIP override: OpenAI ``ViT-L-14.pt`` (``visual.*``) or Hugging Face ``
 """
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Dict, Optional, Union
 
 import torch
 from torch import Tensor
 
+from ..checkpoints import read_checkpoint
 from .dims import infer_dims
 from .model import SyncDreamer
 
-log = logging.getLogger(__name__)
-
 WHERE = ("download syncdreamer-pretrain.ckpt from https://huggingface.co/liuyuan-pal/SyncDreamer and put it in "
          "ComfyUI/models/syncdreamer/")
+CLIP_WHERE = "use OpenAI ViT-L-14.pt or the Hugging Face clip-vit-large-patch14 vision weights"
 SENTINELS = ("cc_projection.weight", "spatial_volume.spatial_volume_feats.init_conv.weight",
              "model.diffusion_model.middle_conditions.proj_in.0.weight", "first_stage_model.decoder.conv_in.weight",
              "clip_image_encoder.model.visual.conv1.weight", "poses")
-
-
-class _Stub:
-    """Stand-in for any non-tensor object in a checkpoint's metadata (Lightning hyper-parameters, callbacks...)."""
-
-    def __init__(self, *args, **kwargs):
-        pass
-
-    def __setstate__(self, state):
-        pass
-
-    def __call__(self, *args, **kwargs):
-        return _Stub()
-
-
-def _stub_pickle_module():
-    """A pickle module whose Unpickler resolves only torch's tensor-rebuild functions, storages and plain builtins;
-    every other global becomes :class:`_Stub`, so nothing from the file is imported or executed."""
-    import pickle
-    import types
-
-    allowed_builtins = {("collections", "OrderedDict"), ("builtins", "set"), ("builtins", "frozenset"),
-                        ("builtins", "slice"), ("builtins", "complex"), ("builtins", "bytearray")}
-
-    class Unpickler(pickle.Unpickler):
-        def find_class(self, module, name):
-            if (module, name) in allowed_builtins:
-                return super().find_class(module, name)
-            if module in ("torch._utils", "torch") and (name.startswith("_rebuild") or name.endswith("Storage")
-                                                        or name in ("Size", "device", "dtype")):
-                return super().find_class(module, name)
-            if module == "torch" and name in ("float16", "float32", "bfloat16", "float64", "int64", "uint8"):
-                return super().find_class(module, name)
-            return _Stub
-
-    mod = types.ModuleType("e4d_stub_pickle")
-    mod.Unpickler = Unpickler
-    mod.load = lambda f, **kw: Unpickler(f, **kw).load()
-    mod.__name__ = "e4d_stub_pickle"
-    return mod
-
-
-def _torch_load(p: Path):
-    try:
-        return torch.load(str(p), map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError as e:
-        if "mmap" not in str(e):  # old (non-zip) format cannot be memory-mapped
-            raise
-        return torch.load(str(p), map_location="cpu", weights_only=True)
-
-
-def read_state_dict(path: Union[str, Path]) -> Dict[str, Tensor]:
-    """Tensors of a .ckpt/.pt/.pth (``weights_only=True``; Lightning ``state_dict`` unwrapped) or .safetensors.
-
-    A Lightning checkpoint may carry metadata objects that ``weights_only=True`` refuses (hyper-parameter
-    containers); then it is re-read with a restricted unpickler that rebuilds tensors only and replaces every other
-    object by an inert stub (no import, no code from the file runs).
-    """
-    import pickle
-
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"SyncDreamer checkpoint not found: {p}; {WHERE}")
-    try:
-        if p.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            sd = load_file(str(p))
-        else:
-            try:
-                sd = _torch_load(p)
-            except pickle.UnpicklingError as e:
-                if "weights_only" not in str(e) and "Unsupported global" not in str(e):
-                    raise
-                log.info("%s: metadata not loadable with weights_only=True; reading tensors only", p.name)
-                # Not a full pickle load: the stub pickle module rebuilds tensors only and replaces every other
-                # global with an inert placeholder, so nothing from the file runs (tests/test_syncdreamer_model.py
-                # proves a malicious __reduce__ is not executed). Lightning metadata (hparams objects) needs this.
-                sd = torch.load(str(p), map_location="cpu", weights_only=False, pickle_module=_stub_pickle_module())
-    except Exception as e:  # noqa: BLE001 -- any reader failure means an unusable file; re-raised with context
-        raise ValueError(f"could not read {p} ({type(e).__name__}: {str(e)[:300]}); the file is corrupt, truncated "
-                         f"or not a PyTorch/safetensors checkpoint; {WHERE}") from e
-    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
-        sd = sd["state_dict"]
-    if not isinstance(sd, dict) or not all(isinstance(v, Tensor) for v in sd.values()):
-        raise ValueError(f"{p} holds a {type(sd).__name__}, not a state dict of tensors; {WHERE}")
-    return dict(sd)
-
-
-def read_clip_override(path: Union[str, Path]) -> Dict[str, Tensor]:
-    """Tensors of a CLIP override file. OpenAI's ``ViT-L-14.pt`` is a TorchScript archive, which only
-    ``torch.jit.load`` reads (done only for this optional, user-chosen file); anything else goes through
-    :func:`read_state_dict`."""
-    import zipfile
-
-    p = Path(path)
-    if p.is_file() and zipfile.is_zipfile(p):
-        with zipfile.ZipFile(p) as z:
-            if any(n.endswith("constants.pkl") for n in z.namelist()):
-                return dict(torch.jit.load(str(p), map_location="cpu").state_dict())
-    return read_state_dict(p)
 
 
 def check_syncdreamer_keys(sd: Dict[str, Tensor], path: Union[str, Path] = "<state dict>") -> None:
@@ -181,10 +79,10 @@ def load_syncdreamer(path: Union[str, Path], dtype: torch.dtype = torch.float16,
         FileNotFoundError: missing file. ValueError: unreadable file, not a SyncDreamer checkpoint, missing or
             mis-shaped keys (the message names the file and where to get the real one).
     """
-    sd = read_state_dict(path)
+    sd = read_checkpoint(path, where=WHERE)
     check_syncdreamer_keys(sd, path)
     if clip_override is not None:
-        sd.update(clip_override_to_syncdreamer(read_clip_override(clip_override)))
+        sd.update(clip_override_to_syncdreamer(read_checkpoint(clip_override, where=CLIP_WHERE)))
     try:
         dims = infer_dims(sd)
     except KeyError as e:
