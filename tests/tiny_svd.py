@@ -67,3 +67,27 @@ def write_tiny_svd_single_file(path, seed: int = 0) -> Path:
     sd = svd_to_single_file(*tiny_svd_modules(seed))
     save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
     return path
+
+
+class WhiteBorder:
+    """An SVD pipeline whose output frames get a white border (a quarter of each side) painted on.
+
+    Random weights (tiny or full-size) draw noise with no white background, so the masks-from-white and the object
+    crop after SVD have nothing to cut out; with the border the image-to-4D chain runs its real code path on random
+    models (tests, ``bench/e2e.py --image``). The wrapped pipeline still does all of its work.
+    """
+
+    def __init__(self, pipe) -> None:
+        self.pipe = pipe
+
+    def __getattr__(self, name):  # unet, to(), ... of the wrapped pipeline
+        return getattr(self.pipe, name)
+
+    def __call__(self, *args, **kwargs):
+        out = self.pipe(*args, **kwargs)
+        f = out.frames[0]  # [F, 3, H, W] (output_type="pt")
+        h, w = f.shape[-2:]
+        keep = torch.zeros(h, w, dtype=torch.bool, device=f.device)
+        keep[h // 4:h - h // 4, w // 4:w - w // 4] = True
+        out.frames[0] = torch.where(keep, f, torch.ones_like(f))
+        return out
