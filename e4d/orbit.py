@@ -6,11 +6,13 @@ Modes:
 * ``"fixed_view"``: the camera stays at ``azimuth_start`` while the clip plays.
 
 Cameras follow :mod:`e4d.cameras` (looking at the origin, +Z up, SyncDreamer intrinsics scaled to the size).
-Frames are rendered in batches (one rasterizer call per ``chunk`` frames) under ``torch.no_grad``.
+Frames are rendered in batches (one rasterizer call per at most ``chunk`` frames, fewer when a call would take
+more than :data:`CHUNK_SECONDS`) under ``torch.no_grad``.
 """
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from typing import Optional
 
@@ -19,10 +21,13 @@ from torch import Tensor
 
 from .cameras import SYNCDREAMER_ELEVATION, SYNCDREAMER_RADIUS, Cameras, orbit_cameras
 from .gaussians4d import Gaussians4D
+from .limits import check_frames_budget
 from .progress import ProgressCallback, report
 from .render import render
 
 ORBIT_MODES = ("orbit", "fixed_time", "fixed_view")
+CHUNK_SECONDS = 0.5
+"""Target duration of one rasterizer call; chunks shrink below ``OrbitConfig.chunk`` frames to keep it."""
 
 
 @dataclass
@@ -58,7 +63,8 @@ class OrbitConfig:
     background: float = 1.0
     """Background grey level (1 = white, like the training views)."""
     chunk: int = 32
-    """Frames per rasterizer call (memory/speed trade-off)."""
+    """Most frames per rasterizer call (memory/speed trade-off); fewer when a call would exceed
+    :data:`CHUNK_SECONDS`, so cancel is checked about once a second."""
 
     def check(self) -> "OrbitConfig":
         if self.mode not in ORBIT_MODES:
@@ -68,6 +74,8 @@ class OrbitConfig:
                              f"resolution={self.resolution}, chunk={self.chunk}, time_loops={self.time_loops}")
         if self.radius <= 0:
             raise ValueError(f"orbit radius must be > 0, got {self.radius}")
+        check_frames_budget("orbit render", self.frames, self.resolution, self.resolution, channels=4,
+                            fix="lower frames or resolution")
         return self
 
 
@@ -130,8 +138,12 @@ def orbit_render(g: Gaussians4D, config: OrbitConfig = OrbitConfig(), backend: s
     size = config.resolution
     frames, alphas = [], []
     n_chunks = math.ceil(config.frames / config.chunk)
-    for i in range(n_chunks):
-        sl = slice(i * config.chunk, min((i + 1) * config.chunk, config.frames))
+    start, n, i = 0, 1, 0
+    while start < config.frames:
+        # Time-bounded chunks: start with one frame, then grow up to config.chunk frames while a call stays under
+        # CHUNK_SECONDS, so the callback (which checks cancel) runs at least about once a second even on CPU.
+        sl = slice(start, min(start + n, config.frames))
+        tic = time.perf_counter()
         if config.mode == "fixed_time":  # one slice, many cameras
             out = render(g, tt[:1], w2c[None, sl], K[None, sl], size, size, config.background, backend)
             rgb, alpha = out.rgb[0], out.alpha[0]
@@ -140,7 +152,10 @@ def orbit_render(g: Gaussians4D, config: OrbitConfig = OrbitConfig(), backend: s
             rgb, alpha = out.rgb[:, 0], out.alpha[:, 0]
         frames.append(rgb.clamp(0.0, 1.0).to(output_device, torch.float32))
         alphas.append(alpha.clamp(0.0, 1.0).to(output_device, torch.float32))
-        report(callback, sl.stop, config.frames, chunk=i + 1, chunks=n_chunks)
+        per_frame = (time.perf_counter() - tic) / (sl.stop - sl.start)
+        start, i = sl.stop, i + 1
+        n = max(1, min(config.chunk, int(CHUNK_SECONDS / max(per_frame, 1e-6))))
+        report(callback, sl.stop, config.frames, chunk=i, chunks=n_chunks)
     return OrbitResult(torch.cat(frames), torch.cat(alphas), times.float(), cams)
 
 

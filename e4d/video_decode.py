@@ -5,8 +5,8 @@ downscale), frame by frame, so a long or large video never has to fit in RAM. ``
 :func:`e4d.limits.max_video_frames` frames (and says so), the kept frames must fit the frame-stack budget
 (:func:`e4d.limits.check_frames_budget`, checked while decoding), and images larger than
 :func:`e4d.limits.max_image_pixels` are decoded reduced (JPEG) or refused, before their pixels are read.
-Alpha is kept when the source has it (RGBA PNG frames, GIF transparency, animated WebP/APNG, VP8/VP9 WebM with ``alpha_mode=1``, MOV with
-qtrle/png/ProRes 4444 and other alpha pixel formats).
+Alpha is kept when the source has it (RGBA PNG frames, GIF transparency, animated WebP/APNG, VP8/VP9 WebM with
+``alpha_mode=1``, MOV with qtrle/png/ProRes 4444 and other alpha pixel formats).
 
 Backends: PyAV for video containers (WebM alpha is decoded with ``libvpx``, FFmpeg's native VP9 decoder drops
 it), Pillow for GIF/WebP/APNG and image folders, OpenCV as the fallback for containers PyAV cannot open.
@@ -486,6 +486,7 @@ def _notes(name: str, sel: FrameSelection, info: dict, kept: int) -> list[str]:
     return notes
 
 
-def decode_video_bytes(data: bytes, selection: FrameSelection = FrameSelection(), default_fps: float = 8.0) -> DecodedVideo:
+def decode_video_bytes(data: bytes, selection: FrameSelection = FrameSelection(),
+                       default_fps: float = 8.0) -> DecodedVideo:
     """:func:`decode_video` of an in-memory container (e.g. an upload)."""
     return decode_video(io.BytesIO(data), selection, default_fps)

@@ -58,7 +58,9 @@ def _write_ffmpeg(arr: np.ndarray, path: Path, fps: float) -> None:
            "-movflags", "+faststart", str(path)]
     proc = subprocess.run(cmd, input=arr.tobytes(), capture_output=True, check=False)
     if proc.returncode != 0:
-        raise RuntimeError(f"ffmpeg failed to write {path}: {proc.stderr.decode(errors='replace')[-500:]}")
+        raise OSError(f"ffmpeg failed to write {path}: {proc.stderr.decode(errors='replace')[-500:]}; check free space "
+                      "and that the folder is writable")
+    _check_written(path, "ffmpeg")
 
 
 def _write_cv2(arr: np.ndarray, path: Path, fps: float, fourcc: str) -> None:
@@ -73,6 +75,25 @@ def _write_cv2(arr: np.ndarray, path: Path, fps: float, fourcc: str) -> None:
             writer.write(np.ascontiguousarray(frame[..., ::-1]))  # OpenCV wants BGR
     finally:
         writer.release()
+    _check_written(path, "OpenCV")
+
+
+def _check_written(path: Path, writer: str) -> None:
+    """OpenCV's writer reports no write errors (a full disk still "succeeds"): check the closed file is a
+    non-empty video whose first frame decodes."""
+    import cv2
+
+    size = path.stat().st_size if path.is_file() else 0
+    ok = False
+    if size > 0:
+        cap = cv2.VideoCapture(str(path))
+        try:
+            ok = cap.isOpened() and cap.read()[0]
+        finally:
+            cap.release()
+    if not ok:
+        raise OSError(f"{writer} wrote an unreadable video ({size} bytes) for {path}; the disk may be full or the "
+                      "file-size limit reached: free space or write to another folder")
 
 
 def write_mp4(frames: FramesLike, path: Union[str, os.PathLike], fps: float = 24.0, codec: str = "auto") -> Path:

@@ -21,7 +21,9 @@ from torch import Tensor
 
 from .atomic import atomic_dir
 from .cameras import Cameras, cameras_from_json, cameras_to_json
-from .limits import inside_folder
+from .dataset_checks import check_cameras_json, check_view_folders, check_views_have_object
+from .limits import check_frames_budget, inside_folder
+from .video_decode import read_image
 from .masks import composite_on_white
 
 
@@ -132,18 +134,7 @@ class ViewMatrix:
 
 # -- folder IO ---------------------------------------------------------------------------------
 def _read_png(path: Path) -> tuple[np.ndarray, Optional[np.ndarray]]:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            im.load()
-            has_alpha = im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info)
-            arr = np.asarray(im.convert("RGBA" if has_alpha else "RGB"), dtype=np.float32) / 255.0
-    except (UnidentifiedImageError, OSError) as e:
-        raise ValueError(f"cannot read image {path}: {e}; re-export it as PNG") from e
-    if has_alpha:
-        return arr[..., :3], arr[..., 3]
-    return arr, None
+    return read_image(path)  # 16-bit PNGs scaled, pixel limit, clear errors for non-images
 
 
 def _composite_white(rgb: np.ndarray, alpha: Optional[np.ndarray]) -> np.ndarray:
@@ -182,8 +173,11 @@ def load_view_matrix(folder, views: Optional[Sequence[int]] = None, with_input: 
         meta = json.loads(cam_file.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"{cam_file} is not valid JSON: {e}") from e
+    check_cameras_json(meta, cam_file)
     W, H = int(meta["width"]), int(meta["height"])
     entries = meta.get("views") or []
+    if views is None:
+        check_view_folders(folder, len(entries), cam_file)
     if views is not None:
         ids = list(views)
         bad = [i for i in ids if not 0 <= i < len(entries)]
@@ -201,6 +195,7 @@ def load_view_matrix(folder, views: Optional[Sequence[int]] = None, with_input: 
     if T == 0 or any(len(f) != T for f in files):
         raise ValueError(f"every view folder must hold the same number (>0) of tTT.png files; found "
                          f"{[(str(d.relative_to(folder)), len(f)) for d, f in zip(view_dirs, files)]}")
+    check_frames_budget(str(cam_file), T * len(files), H, W, channels=4, fix="load fewer views or smaller images")
     rgb = np.zeros((T, len(files), H, W, 3), np.float32)
     alpha = np.ones((T, len(files), H, W), np.float32)
     any_alpha = False
@@ -212,6 +207,7 @@ def load_view_matrix(folder, views: Optional[Sequence[int]] = None, with_input: 
             rgb[t, v] = _composite_white(c, a)
             if a is not None:
                 alpha[t, v], any_alpha = a, True
+    check_views_have_object(rgb, alpha if any_alpha else None, view_dirs)
     anim = meta.get("animation", {})
     times = torch.tensor(meta.get("times") or anim.get("gt_time_norm") or np.linspace(0, 1, T).tolist(), dtype=torch.float32)
     if times.shape != (T,):

@@ -46,8 +46,8 @@ def _refusal(what: str, name: str, kind: Kind) -> NodePathError:
     return NodePathError(
         f"Efficient4D: {what} {name!r} not found: it must be a {noun} inside ComfyUI's input folder (or the "
         f"output/temp folder with a ' [output]' / ' [temp]' suffix). Put it into ComfyUI's input folder (or upload "
-        f"it) and pick it by its name there. Absolute paths, '..' and links leaving those folders are refused unless the server's owner "
-        f"sets {ALLOW_ABSOLUTE_ENV}=1 (see SECURITY.md).")
+        f"it) and pick it by its name there. Absolute paths, '..' and links leaving those folders are refused "
+        f"unless the server's owner sets {ALLOW_ABSOLUTE_ENV}=1 (see SECURITY.md).")
 
 
 def _inside(real: str, root: str) -> bool:

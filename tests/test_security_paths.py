@@ -136,6 +136,7 @@ def test_dataset_view_dirs_stay_inside_the_dataset(tmp_path, secret):
             load_view_matrix(ds)
     os.symlink(secret, ds / "views" / "v01")
     (ds / "cameras.json").write_text(json.dumps({"width": 4, "height": 4, "fx": 4,
-                                                 "views": [{"w2c": eye, "dir": "views/v01"}]}))
+                                                 "views": [{"w2c": eye, "dir": "views/v00"},
+                                                           {"w2c": eye, "dir": "views/v01"}]}))
     with pytest.raises(ValueError, match="leaves the dataset folder"):
         load_view_matrix(ds)
