@@ -89,7 +89,7 @@ def test_bad_inputs_give_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="t1 > t0"):
         write_compact4d(g, tmp_path / "bad.e4dc", time_range=(1.0, 1.0))
     assert not (tmp_path / "bad.e4dc").exists()
-    with pytest.raises(TypeError, match="means"):
+    with pytest.raises(TypeError, match="needs a Gaussians4D"):
         compact4d_bytes(object())
     g.means[0, 0] = math.nan
     with pytest.raises(ValueError, match="NaN"):

@@ -11,8 +11,8 @@ import torch
 
 from e4d.cameras import orbit_path
 from e4d.export.compact4d import condition_on_time, gaussian_covariances
-from e4d.export.splat import (ROW_BYTES, covariance_to_scale_rotation, quaternion_to_rotation, read_splat,
-                              rotation_to_quaternion, save_splat_sequence, splat_bytes)
+from e4d.export.factor3d import covariance_to_scale_rotation, quaternion_to_rotation, rotation_to_quaternion
+from e4d.export.splat import ROW_BYTES, read_splat, save_splat_sequence, splat_bytes
 from e4d.export.splatv import MAGIC, PAD_TRBF_CENTER, TEX_WIDTH, read_splatv, save_splatv, splatv_bytes
 from e4d.gaussians4d import Gaussians4D, init_random
 from e4d.slicing import slice_at

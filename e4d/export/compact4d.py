@@ -25,35 +25,33 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from e4d.atomic import atomic_path
+from ..atomic import atomic_path
+from ..gaussians4d import Gaussians4D
+from ..rotation4d import covariance_4d
+from ..slicing import CULL_THRESHOLD, conditional_covariance
+from .common import check_gaussians, dc_rgb
 
 MAGIC = b"E4DC"
 VERSION = 1
-SH_C0 = 0.28209479177387814
-"""Degree-0 real spherical-harmonic constant; rgb = 0.5 + SH_C0 * dc (3DGS convention)."""
 COV_ORDER = ("xx", "xy", "xz", "xt", "yy", "yz", "yt", "zz", "zt", "tt")
 _TRIU = [(0, 0), (0, 1), (0, 2), (0, 3), (1, 1), (1, 2), (1, 3), (2, 2), (2, 3), (3, 3)]
-DEFAULT_CULL = 0.05
-"""The paper's threshold: a Gaussian whose temporal marginal at t is <= 0.05 is dropped from the slice."""
 
 PathLike = Union[str, os.PathLike]
 
 
 # ----------------------------------------------------------------------------------------------- the 4D maths
-def gaussian_covariances(g: Any) -> Tensor:
+def gaussian_covariances(g: Gaussians4D) -> Tensor:
     """``[N, 4, 4]`` float64 4D covariances ``Sigma = R S S^T R^T`` of 4D Gaussians ``g`` (paper eq. 4).
 
     Uses the core's :func:`e4d.rotation4d.covariance_4d`, so the player shows exactly what the renderer draws;
     computed in float64 on the CPU because the conditional covariance later subtracts two close numbers.
     """
-    from e4d.rotation4d import covariance_4d
-
     ls, ql, qr = (getattr(g, k).detach().to("cpu", torch.float64) for k in ("log_scales", "rot_l", "rot_r"))
     return covariance_4d(ls, ql, qr)
 
@@ -65,14 +63,12 @@ def condition_on_time(cov: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     ``mu_xyz + velocity * (t - mu_t)``, the conditional covariance is ``cov3`` (independent of t) and the
     temporal marginal is ``exp(-0.5 (t - mu_t)^2 / var_t)``.
     """
-    from e4d.slicing import conditional_covariance
-
     var_t = cov[:, 3, 3].clamp_min(1e-20)
     cross = cov[:, :3, 3]
     return cross / var_t[:, None], conditional_covariance(cov[:, :3, :3], cross, var_t), var_t
 
 
-def rgb_and_opacity(g: Any) -> tuple[Tensor, Tensor]:
+def rgb_and_opacity(g: Gaussians4D) -> tuple[Tensor, Tensor]:
     """Degree-0 colour ``[N, 3]`` in [0, 1] and opacity ``[N]`` in (0, 1) of 4D Gaussians ``g``.
 
     View-dependent bands are dropped (the player draws degree 0); with temporal harmonics the colour is taken at
@@ -85,29 +81,9 @@ def rgb_and_opacity(g: Any) -> tuple[Tensor, Tensor]:
         dc = sh[:, 0, :]
     else:
         raise ValueError(f"Gaussians4D.sh must be [N, 1+time_degree, K, 3] or [N, K, 3], got {tuple(sh.shape)}")
-    rgb = (0.5 + SH_C0 * dc).clamp(0.0, 1.0)
+    rgb = dc_rgb(dc)
     opacity = torch.sigmoid(g.opacity_logit.detach().to("cpu", torch.float64).reshape(-1))
     return rgb, opacity
-
-
-def check_gaussians(g: Any) -> int:
-    """Validate the fields the exporters read; returns N. Raises ValueError/TypeError naming the field."""
-    for name in ("means", "log_scales", "rot_l", "rot_r", "opacity_logit", "sh"):
-        if not isinstance(getattr(g, name, None), Tensor):
-            raise TypeError(f"expected 4D Gaussians with a tensor field {name!r} (e4d.gaussians4d.Gaussians4D), "
-                            f"got {type(g).__name__} without it")
-    n = int(g.means.shape[0])
-    for name, shape in (("means", (n, 4)), ("log_scales", (n, 4)), ("rot_l", (n, 4)), ("rot_r", (n, 4))):
-        if tuple(getattr(g, name).shape) != shape:
-            raise ValueError(f"Gaussians4D.{name} must be {list(shape)} (N={n}), got {list(getattr(g, name).shape)}")
-    if g.opacity_logit.numel() != n or g.sh.shape[0] != n:
-        raise ValueError(f"Gaussians4D.opacity_logit / sh must have N={n} rows, got {tuple(g.opacity_logit.shape)}"
-                         f" and {tuple(g.sh.shape)}")
-    if n == 0:
-        raise ValueError("there are no Gaussians to export (N=0); check the fit's pruning settings")
-    if not torch.isfinite(g.means).all() or not torch.isfinite(g.log_scales).all():
-        raise ValueError("Gaussians4D.means / log_scales contain NaN or inf; the fit diverged (lower the learning rate)")
-    return n
 
 
 # ----------------------------------------------------------------------------------------------- the file
@@ -132,7 +108,7 @@ class Compact4D:
         return out
 
 
-def compact4d_bytes(g: Any, time_range: Sequence[float] = (0.0, 1.0), extras: Optional[dict] = None) -> bytes:
+def compact4d_bytes(g: Gaussians4D, time_range: Sequence[float] = (0.0, 1.0), extras: Optional[dict] = None) -> bytes:
     """Encode 4D Gaussians ``g`` into the compact player format (see the module docstring).
 
     Args:
@@ -141,7 +117,7 @@ def compact4d_bytes(g: Any, time_range: Sequence[float] = (0.0, 1.0), extras: Op
         time_range: the clip's time span ``(t0, t1)``, which the player's slider covers.
         extras: additional JSON-serialisable header entries (e.g. ``{"background": "white", "autoplay": True}``).
     """
-    n = check_gaussians(g)
+    n = check_gaussians(g, "compact 4D export")
     t0, t1 = float(time_range[0]), float(time_range[1])
     if not t1 > t0:
         raise ValueError(f"time_range must have t1 > t0, got {tuple(time_range)}")
@@ -162,7 +138,7 @@ def compact4d_bytes(g: Any, time_range: Sequence[float] = (0.0, 1.0), extras: Op
         fields.append({"name": name, "dtype": dt, "shape": list(arr.shape), "offset": off})
         off += arr.nbytes
     header = {"format": "e4d-compact4d", "version": VERSION, "count": n, "time_range": [t0, t1],
-              "cull_threshold": DEFAULT_CULL, "center": [float(x) for x in centre], "radius": max(radius, 1e-3),
+              "cull_threshold": CULL_THRESHOLD, "center": [float(x) for x in centre], "radius": max(radius, 1e-3),
               "up": [0.0, 0.0, 1.0], "sh_degree": 0, "cov_order": list(COV_ORDER), "fields": fields}
     header.update(extras or {})
     js = json.dumps(header, separators=(",", ":")).encode("utf-8")
@@ -171,7 +147,7 @@ def compact4d_bytes(g: Any, time_range: Sequence[float] = (0.0, 1.0), extras: Op
                      means32.tobytes(), tri32.tobytes(), rgba8.tobytes()])
 
 
-def write_compact4d(g: Any, path: PathLike, time_range: Sequence[float] = (0.0, 1.0),
+def write_compact4d(g: Gaussians4D, path: PathLike, time_range: Sequence[float] = (0.0, 1.0),
                     extras: Optional[dict] = None) -> Path:
     """Write :func:`compact4d_bytes` to ``path`` atomically (a cancelled write leaves no partial file)."""
     data = compact4d_bytes(g, time_range, extras)

@@ -21,6 +21,7 @@ import torch
 
 from ..atomic import atomic_path
 from ..gaussians4d import CONFIG_FIELDS, TENSOR_FIELDS, Gaussians4D
+from .common import check_gaussians
 
 FORMAT = "e4d.gaussians4d"
 FORMAT_VERSION = "1"
@@ -39,9 +40,7 @@ def save_native(g: Gaussians4D, path: PathLike, meta: Optional[Dict[str, Any]] =
     """
     from safetensors.torch import save_file
 
-    if not isinstance(g, Gaussians4D):
-        raise TypeError(f"save_native needs a Gaussians4D, got {type(g).__name__}")
-    g.check_shapes()
+    check_gaussians(g, "save_native")
     tr = [0.0, 1.0] if time_range is None else [float(x) for x in time_range]
     if len(tr) != 2 or not tr[1] >= tr[0]:
         raise ValueError(f"time_range must be (start, end) with end >= start, got {time_range}")

@@ -7,7 +7,7 @@ Each file holds the 4D Gaussians sliced at one time (paper eq. 4-6 via :func:`e4
   (all R coefficients of bands >= 1, then G, then B), as in the INRIA writer;
 * ``opacity``: logit of (opacity x temporal marginal); ``scale_0..2``: log standard deviations and
   ``rot_0..3``: the unit quaternion (w, x, y, z) from the eigendecomposition of the conditional covariance;
-* culled Gaussians (temporal marginal <= 0.05) are dropped.
+* culled Gaussians (temporal marginal <= :data:`~e4d.slicing.CULL_THRESHOLD`) are dropped.
 
 Binary little-endian float32, written atomically.
 """
@@ -24,6 +24,7 @@ from torch import Tensor
 from ..atomic import atomic_path
 from ..gaussians4d import Gaussians4D
 from ..sh import num_sh_bases
+from .common import check_gaussians, export_slice
 from .factor3d import covariance_to_scale_rotation
 
 PathLike = Union[str, os.PathLike]
@@ -48,10 +49,9 @@ def slice_to_ply_arrays(g: Gaussians4D, time: float, sh_degree_out: Optional[int
 
     ``sh_degree_out`` pads (with zeros) or truncates the SH bands, e.g. 3 for viewers that expect 45 f_rest.
     """
-    from ..slicing import slice_compact
-
+    check_gaussians(g, "PLY export")
+    s = export_slice(g, time)
     with torch.no_grad():
-        s, _ = slice_compact(g.detach(), float(time))
         means, covs, opac, sh = s.means[0], s.covs[0], s.opacities[0], s.sh[0]  # [N',3] [N',3,3] [N'] [N',K,3]
         deg = int(g.sh_degree) if sh_degree_out is None else int(sh_degree_out)
         k_out = num_sh_bases(deg)
@@ -98,8 +98,6 @@ def write_ply(columns: Dict[str, np.ndarray], path: PathLike) -> Path:
 
 def save_ply(g: Gaussians4D, time: float, path: PathLike, sh_degree_out: Optional[int] = None) -> Path:
     """Write the slice of ``g`` at normalized ``time`` as a standard 3DGS PLY; returns the path."""
-    if not isinstance(g, Gaussians4D):
-        raise TypeError(f"save_ply needs a Gaussians4D, got {type(g).__name__}")
     return write_ply(slice_to_ply_arrays(g, time, sh_degree_out), path)
 
 

@@ -11,62 +11,52 @@ Gaussian, little-endian, no header::
     u8  qw, qx, qy, qz   rotation quaternion, (q / |q|) * 128 + 128
 
 The conditional 3D covariance is factorised as ``R diag(s^2) R^T`` (eigen-decomposition, det R = +1). Gaussians
-culled at t (marginal <= 0.05) are left out; the rest are written largest (size x opacity) first, as the
+culled at t (marginal <= :data:`~e4d.slicing.CULL_THRESHOLD`) are left out; the rest are written largest (size x opacity) first, as the
 reference viewer expects.
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
-from torch import Tensor
 
-from e4d.atomic import atomic_path
-from e4d.progress import ProgressCallback, report
-
-from .factor3d import covariance_to_scale_rotation, quaternion_to_rotation, rotation_to_quaternion  # noqa: F401
+from ..atomic import atomic_path
+from ..gaussians4d import Gaussians4D
+from ..progress import ProgressCallback, report
+from ..slicing import CULL_THRESHOLD
+from .common import check_gaussians, dc_rgb, export_slice
+from .factor3d import covariance_to_scale_rotation
 
 ROW_BYTES = 32
 SPLAT_DTYPE = np.dtype([("pos", "<f4", 3), ("scale", "<f4", 3), ("rgba", "u1", 4), ("quat", "u1", 4)])
 assert SPLAT_DTYPE.itemsize == ROW_BYTES
-SH_C0 = 0.28209479177387814
 
 PathLike = Union[str, os.PathLike]
 
 
-def slice_for_export(g: Any, time: float, cull_threshold: float = 0.05) -> dict[str, Tensor]:
-    """One time slice as float64 CPU tensors: ``means [N', 3]``, ``covs [N', 3, 3]``, ``opacity [N']`` (with
-    the temporal marginal), ``rgb [N', 3]`` in [0, 1] (degree 0)."""
-    from e4d.slicing import slice_at
-
-    g64 = g.detach().to("cpu", torch.float64)
-    with torch.no_grad():
-        s, _ = slice_at(g64, [float(time)], cull_threshold).compact(0)
-    rgb = (0.5 + SH_C0 * s.sh[0, :, 0, :]).clamp(0.0, 1.0)
-    return {"means": s.means[0], "covs": s.covs[0], "opacity": s.opacities[0], "rgb": rgb}
-
-
-def splat_bytes(g: Any, time: float, cull_threshold: float = 0.05) -> bytes:
+def splat_bytes(g: Gaussians4D, time: float, cull_threshold: float = CULL_THRESHOLD) -> bytes:
     """The ``.splat`` bytes of 4D Gaussians ``g`` sliced at ``time`` (see the module docstring)."""
-    s = slice_for_export(g, time, cull_threshold)
-    n = s["means"].shape[0]
+    check_gaussians(g, "splat export")
+    s = export_slice(g, time, cull_threshold)
+    means, covs, opacity = s.means[0], s.covs[0], s.opacities[0]
+    n = means.shape[0]
     rows = np.zeros(n, dtype=SPLAT_DTYPE)
     if n == 0:
         return rows.tobytes()
-    scales, quats = covariance_to_scale_rotation(s["covs"])
-    order = torch.argsort(-(scales.prod(-1) * s["opacity"]))  # biggest visible mass first
-    rows["pos"] = s["means"][order].numpy()
+    scales, quats = covariance_to_scale_rotation(covs)
+    order = torch.argsort(-(scales.prod(-1) * opacity))  # biggest visible mass first
+    rows["pos"] = means[order].numpy()
     rows["scale"] = scales[order].numpy()
-    rgba = torch.cat([s["rgb"], s["opacity"][:, None]], 1)[order]
+    rgba = torch.cat([dc_rgb(s.sh[0, :, 0, :]), opacity[:, None]], 1)[order]
     rows["rgba"] = (rgba * 255.0).round().clamp(0, 255).to(torch.uint8).numpy()
     rows["quat"] = (quats[order] * 128.0 + 128.0).round().clamp(0, 255).to(torch.uint8).numpy()
     return rows.tobytes()
 
 
-def save_splat(g: Any, time: float, path: PathLike, cull_threshold: float = 0.05) -> Path:
+def save_splat(g: Gaussians4D, time: float, path: PathLike, cull_threshold: float = CULL_THRESHOLD) -> Path:
     """Write the slice at ``time`` to ``path`` atomically."""
     data = splat_bytes(g, time, cull_threshold)
     path = Path(path)
@@ -75,8 +65,8 @@ def save_splat(g: Any, time: float, path: PathLike, cull_threshold: float = 0.05
     return path
 
 
-def save_splat_sequence(g: Any, times: Sequence[float], folder: PathLike, prefix: str = "frame",
-                        cull_threshold: float = 0.05, callback: Optional[ProgressCallback] = None) -> list[Path]:
+def save_splat_sequence(g: Gaussians4D, times: Sequence[float], folder: PathLike, prefix: str = "frame",
+                        cull_threshold: float = CULL_THRESHOLD, callback: Optional[ProgressCallback] = None) -> list[Path]:
     """One ``.splat`` per time: ``folder/{prefix}_{i:04d}.splat``; each file is written atomically.
 
     Args:

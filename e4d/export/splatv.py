@@ -11,8 +11,8 @@ Gaussian is exactly of that kind (paper eq. 5-6), so the mapping is exact up to 
 * trbf_center     = mu_t, trbf_scale = sqrt(2 Sigma_44), so exp(-(dt/scale)^2) = exp(-1/2 dt^2 / Sigma_44),
 * colour          = degree 0 at the Gaussian's temporal centre; alpha = sigmoid(opacity_logit).
 
-Differences that remain: splaTV culls at a marginal of 0.02 (ours 0.05), plays t in [0, 1] as
-``sin(now)/2 + 1/2`` and has no view-dependent colour.
+Differences that remain: splaTV culls at a marginal of 0.02 (ours: :data:`~e4d.slicing.CULL_THRESHOLD`), plays t
+in [0, 1] as ``sin(now)/2 + 1/2`` and has no view-dependent colour.
 
 File layout (little-endian)::
 
@@ -40,10 +40,11 @@ from typing import Any, Union
 import numpy as np
 import torch
 
-from e4d.atomic import atomic_path
-
+from ..atomic import atomic_path
+from ..gaussians4d import Gaussians4D
+from .common import check_gaussians
 from .compact4d import condition_on_time, gaussian_covariances, rgb_and_opacity
-from .splat import covariance_to_scale_rotation
+from .factor3d import covariance_to_scale_rotation
 
 MAGIC = 0x674B
 TEX_WIDTH = 4096
@@ -80,7 +81,7 @@ def _half2(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return lo | (hi << 16)
 
 
-def splatv_texture(g: Any) -> tuple[np.ndarray, int]:
+def splatv_texture(g: Gaussians4D) -> tuple[np.ndarray, int]:
     """The splaTV texture words ``[H * 1024, 16]`` (uint32) of 4D Gaussians ``g`` and the texture height H."""
     n = int(g.means.shape[0])
     cov4 = gaussian_covariances(g)
@@ -106,12 +107,10 @@ def splatv_texture(g: Any) -> tuple[np.ndarray, int]:
     return words, height
 
 
-def splatv_bytes(g: Any, cameras=None) -> bytes:
+def splatv_bytes(g: Gaussians4D, cameras=None) -> bytes:
     """Encode 4D Gaussians ``g`` as a ``.splatv`` file (see the module docstring); ``cameras`` default to
     :func:`default_cameras`."""
-    from .compact4d import check_gaussians
-
-    check_gaussians(g)
+    check_gaussians(g, "splatv export")
     words, height = splatv_texture(g)
     body = words.astype("<u4").tobytes()
     cams = splatv_cameras(cameras if cameras is not None else default_cameras())
@@ -120,7 +119,7 @@ def splatv_bytes(g: Any, cameras=None) -> bytes:
     return struct.pack("<II", MAGIC, len(header)) + header + body
 
 
-def save_splatv(g: Any, path: PathLike, cameras=None) -> Path:
+def save_splatv(g: Gaussians4D, path: PathLike, cameras=None) -> Path:
     """Write :func:`splatv_bytes` to ``path`` atomically."""
     data = splatv_bytes(g, cameras)
     path = Path(path)
