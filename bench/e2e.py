@@ -1,132 +1,125 @@
-"""End-to-end benchmark of the whole Efficient4D chain through the Python API (no ComfyUI), stage by stage.
+"""End-to-end benchmark of the product's Python path: ``e4d.pipeline.video_to_4d`` / ``image_to_4d`` +
+``save_outputs``, stage by stage (no ComfyUI).
 
-video-to-4D: 32 RGBA input frames -> preprocess (alpha box, 256² on white) -> K = 16 key frames -> SyncDreamer-T
-(16 views, 50 DDIM steps, decomposed guidance) -> RIFE 4.7 x4 in time (61 frames) -> confidence maps -> 500-step
-4DGS fit with Zero123 SDS -> orbit render (60 frames, 512²) -> export (native + PLY sequence + mp4).
-``--image`` = image-to-4D: one input frame -> SVD-XT image-to-video (256², 25 frames, 16 kept) -> the same chain.
+video-to-4D: 32 RGBA input frames -> prepare (256² on white) -> SyncDreamer-T (K = 16 x 16 views, 50 DDIM steps)
+-> RIFE 4.7 x4 in time (61 frames) -> confidence maps -> 500-step fit with Zero123 SDS -> orbit (60 frames, 512²)
+-> export (native + PLY sequence + video). ``--image``: SVD-XT (256², 25 frames, 16 kept) on the first frame first.
+Every setting is the pipeline's default (``PipelineConfig()``) unless a flag says otherwise.
 
-All models are FULL-SIZE with RANDOM weights (real shapes and FLOPs; no real weights can be downloaded here), fp16 on
-CUDA. Each stage prints one JSON line (wall time, CUDA-synchronized; peak ``max_memory_allocated`` /
-``max_memory_reserved`` since the stage began, resident weights included); the last line is the summary. Model
-creation (random init, standing in for loading a checkpoint) is timed apart as ``load_s``.
+Models are FULL-SIZE with RANDOM weights built in memory (real shapes and FLOPs), SyncDreamer in the loader's
+``auto`` dtype (bf16 where the card supports it), or, with ``--models DIR``, official-format files loaded through
+``e4d.model_folder.load_models`` (e.g. the folder ``bench/e2e_comfy.py`` writes). Per stage one JSON line (the
+pipeline's ``StageTimer`` hook: CUDA-synchronized wall time, peak ``max_memory_allocated`` / ``reserved`` since the
+stage began, resident weights included); model building is timed apart (``load`` lines); the last line is the
+summary.
 
-    python bench/e2e.py                      # video-to-4D, all models resident on the GPU (offloading off)
-    python bench/e2e.py --offload            # each stage's models live on the GPU only during that stage
+    python bench/e2e.py                      # video-to-4D, all models resident on the GPU
+    python bench/e2e.py --offload            # each stage's models on the GPU only during that stage
     python bench/e2e.py --image --offload    # image-to-4D (adds SVD)
     python bench/e2e.py --warmup --view-batch 32 --compile --vae-dtype bf16 --sds-every 2   # fastest measured
+    python bench/e2e.py --cudnn-benchmark    # with cuDNN autotuning (its workspace trials raise the peak)
     python bench/e2e.py --quick              # few steps / iterations: smoke run of the whole chain on a GPU
     python bench/e2e.py --tiny               # tiny random models on the CPU (CI smoke, tests/test_e2e_smoke.py)
-
-Targets (issue 8, one H100, video-to-4D): <= 60 s and <= 20 GB peak; the chain must fit 24 GB with offloading.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 
 BENCH = Path(__file__).resolve().parent
 if str(BENCH) not in sys.path:  # siblings by plain name (also when loaded by file path, as the tests do)
     sys.path.insert(0, str(BENCH))
-from common import DTYPES, cesium_data  # noqa: E402  (common also puts the repo on sys.path)
-from e2e_stages import Run, StageFailed, StageUnavailable, need  # noqa: E402
+from common import DTYPES, REPO, cesium_data, env_info  # noqa: E402  (common also puts the repo on sys.path)
+
+from e4d.fit import reduced_for_cpu  # noqa: E402
+from e4d.pipeline import (InterpolationConfig, PipelineConfig, PipelineModels, image_to_4d,  # noqa: E402
+                          save_outputs, video_to_4d)
+from e4d.pipeline_hooks import Offload, StageTimer, move_model  # noqa: E402
 
 
-@dataclass
-class Settings:
-    """Sizes of one run (full, --quick or --tiny)."""
-
-    keyframes: int = 16
-    size: int = 256
-    crop: int = 200
-    steps: int = 50
-    view_batch: int = 16
-    multiplier: int = 4
-    rife_batch: int = 256
-    iterations: int = 500
-    points: int = 50_000
-    sds: bool = True
-    sds_size: int = 256
-    orbit_frames: int = 60
-    orbit_res: int = 512
-    ply_frames: int = 16
-    svd_size: int = 256
-    svd_frames: int = 25
-    svd_steps: int = 25
-    sds_every: int = 1
-
-
-def settings(args: argparse.Namespace) -> Settings:
+def pipeline_config(args: argparse.Namespace) -> PipelineConfig:
+    """The pipeline's defaults, sized down by --quick / --tiny, then the explicit flags."""
+    c = PipelineConfig()
+    c.orbit = dataclasses.replace(c.orbit, frames=60, resolution=512)
+    c.export = dataclasses.replace(c.export, ply_times=16)
+    c.svd = dataclasses.replace(c.svd, width=256, height=256, num_frames=25)
     if args.tiny:
-        s = Settings(keyframes=3, size=64, crop=50, steps=2, view_batch=16, multiplier=2, rife_batch=16, iterations=3,
-                     points=300, sds_size=64, orbit_frames=2, orbit_res=32, ply_frames=2, svd_size=64, svd_frames=4,
-                     svd_steps=2)
+        c.prepare = dataclasses.replace(c.prepare, size=64, crop_size=50)
+        c.keyframes = 3
+        c.sampler = dataclasses.replace(c.sampler, steps=2)
+        c.interpolation = InterpolationConfig(multiplier=2, batch=16)
+        c.fit = reduced_for_cpu(c.fit, iterations=3, num_points=300)
+        c.sds = dataclasses.replace(c.sds, render_size=64)
+        c.orbit = dataclasses.replace(c.orbit, frames=2, resolution=32)
+        c.export = dataclasses.replace(c.export, ply_times=2)
+        c.svd = dataclasses.replace(c.svd, width=64, height=64, num_frames=4, steps=2)
     elif args.quick:
-        s = Settings(steps=5, iterations=50, orbit_frames=12, orbit_res=256, ply_frames=4, svd_steps=3)
-    else:
-        s = Settings()
-    for k in ("keyframes", "steps", "view_batch", "iterations", "points", "orbit_frames", "orbit_res"):
-        v = getattr(args, k, None)
-        if v is not None:
-            setattr(s, k, v)
-    if args.no_sds:
-        s.sds = False
-    s.sds_every = args.sds_every
-    return s
+        c.sampler = dataclasses.replace(c.sampler, steps=5)
+        c.fit = c.fit.replace(iterations=50)
+        c.orbit = dataclasses.replace(c.orbit, frames=12, resolution=256)
+        c.export = dataclasses.replace(c.export, ply_times=4)
+        c.svd = dataclasses.replace(c.svd, steps=3)
+    flags = lambda **kv: {k: v for k, v in kv.items() if v is not None}  # noqa: E731
+    c.keyframes = args.keyframes if args.keyframes is not None else c.keyframes
+    c.sampler = dataclasses.replace(c.sampler, **flags(steps=args.steps, view_batch=args.view_batch))
+    c.fit = c.fit.replace(**flags(iterations=args.iterations, num_points=args.points))
+    c.sds = dataclasses.replace(c.sds, every=args.sds_every)
+    c.orbit = dataclasses.replace(c.orbit, **flags(frames=args.orbit_frames, resolution=args.orbit_res))
+    return c
 
 
-# ------------------------------------------------------------------------------------------------------------------
-# models (random weights, real shapes)
-# ------------------------------------------------------------------------------------------------------------------
-def bench_module(name: str):
-    """Another bench script as a module (their random full-size model builders are reused, not copied)."""
-    import importlib
+def random_models(args: argparse.Namespace, dev: torch.device, timed: Callable) -> PipelineModels:
+    """Full-size (or --tiny) random models, built on ``dev`` by the other benches' builders."""
+    import syncdreamer as bsd  # bench/syncdreamer.py
+    from sds import random_zero123
+    from svd import random_svd
 
-    return importlib.import_module(name)
+    from e4d.interp import RifeInterpolator
+    from e4d.model_folder import auto_dtype
+    from e4d.rife.loader import random_model
+
+    half = torch.float16 if dev.type == "cuda" else torch.float32
+    sd_dtype = DTYPES[args.dtype] if args.dtype != "auto" else auto_dtype(dev)
+
+    def syncdreamer():
+        if args.tiny:  # the tests' tiny weights: scaled so a random tiny UNet stays finite over the steps
+            sys.path.insert(0, str(REPO / "tests"))
+            from tiny_syncdreamer import tiny_dims, tiny_state_dict
+
+            from e4d.syncdreamer.model import SyncDreamer
+
+            m = SyncDreamer(tiny_dims())
+            m.load_state_dict(tiny_state_dict())
+            return m.to(dev).eval().requires_grad_(False)
+        m = bsd.build_model(dev, sd_dtype, False, DTYPES[args.vae_dtype] if args.vae_dtype else None)
+        if args.compile:  # as the loader node's ``compile``: compiles lazily at the first step (--warmup absorbs it)
+            from e4d.syncdreamer.speed import accelerate
+
+            accelerate(m, compile_mode=args.compile)
+        return m
+
+    models = PipelineModels(sources={"all": "random weights"})
+    if args.image:  # random SVD draws noise without a white background: WhiteBorder paints one for the crop
+        sys.path.insert(0, str(REPO / "tests"))
+        from tiny_svd import WhiteBorder
+
+        models.svd = timed("svd", lambda: WhiteBorder(random_svd(dev, half, args.tiny)))
+    models.syncdreamer = timed("syncdreamer", syncdreamer)
+    models.interpolator = timed("rife", lambda: RifeInterpolator(random_model("4.7", seed=0), "random 4.7")
+                                .to(dev, half))
+    if not args.no_sds:
+        models.guidance = timed("zero123", lambda: random_zero123(dev, half, args.tiny))
+    return models
 
 
-def build_syncdreamer(dev: torch.device, dtype: torch.dtype, tiny: bool, vae_dtype: Optional[str] = None,
-                      compile_mode: Optional[str] = None):
-    """SyncDreamer with random weights; ``compile_mode`` as the loader node's ``compile`` (lazy: the first sampling
-    step of each view-chunk size compiles, which ``--warmup`` absorbs)."""
-    bsd = need("syncdreamer", "bench/syncdreamer.py build_model", lambda: bench_module("syncdreamer").build_model)
-    model = bsd(dev, dtype, tiny, DTYPES[vae_dtype] if vae_dtype else None)
-    if compile_mode is not None:
-        from e4d.syncdreamer.speed import accelerate
-
-        accelerate(model, compile_mode=compile_mode)
-    return model
-
-
-def build_rife(dev: torch.device, dtype: torch.dtype):
-    def make():
-        from e4d.interp import RifeInterpolator
-        from e4d.rife.loader import random_model
-
-        return RifeInterpolator(random_model("4.7", seed=0), "random 4.7").to(dev, dtype)
-    return need("interpolate", "e4d.rife random 4.7 model", make)
-
-
-def build_zero123(dev: torch.device, dtype: torch.dtype, tiny: bool):
-    rz = need("fit", "bench/sds.py random_zero123 (zero123-xl shapes)", lambda: bench_module("sds").random_zero123)
-    return rz(dev, dtype, tiny)
-
-
-def build_svd(dev: torch.device, dtype: torch.dtype, tiny: bool):
-    """SVD-XT (UNet 1.5 B, temporal VAE, OpenCLIP ViT-H) with random weights, as a diffusers pipeline."""
-    rs = need("svd", "bench/svd.py random_svd (SVD-XT shapes)", lambda: bench_module("svd").random_svd)
-    return rs(dev, dtype, tiny)
-
-
-# ------------------------------------------------------------------------------------------------------------------
-# the chain
-# ------------------------------------------------------------------------------------------------------------------
 def load_frames(data: Path):
     """``[N, H, W, 4]`` uint8 RGBA frames of ``data/input/*.png`` (sorted)."""
     import numpy as np
@@ -139,177 +132,35 @@ def load_frames(data: Path):
     return np.stack([np.asarray(Image.open(f).convert("RGBA")) for f in files])
 
 
-def syncdreamer_views(pipe_mod, samp_mod, model, frames: torch.Tensor, alpha: Optional[torch.Tensor], k: int,
-                      config, notes: List[str]):
-    """K key frames of prepared ``frames [N, S, S, 3]`` -> ViewMatrix ``[K, 16, S, S, 3]``.
-
-    The same public steps as ``syncdreamer_t(..., prepare="none")`` (frame selection, ``sample_latents``,
-    ``decode_views``), split so that non-finite images from random weights are replaced by white (noted) instead
-    of failing the ViewMatrix check: the cost, which is what is measured, does not change.
-    """
-    from e4d.cameras import input_view, syncdreamer16
-    from e4d.viewmatrix import ViewMatrix
-
-    n, size = frames.shape[0], frames.shape[1]
-    idx = pipe_mod.select_frames(n, k)
-    f = frames[idx.to(frames.device)].float()
-    lat = samp_mod.sample_latents(model, f.permute(0, 3, 1, 2) * 2 - 1, config)
-    views = samp_mod.decode_views(model, lat, batch=config.view_batch).cpu()
-    if not bool(torch.isfinite(views).all()):
-        notes.append("SyncDreamer-T output had non-finite values (random weights); replaced by white")
-        views = torch.nan_to_num(views, nan=1.0, posinf=1.0, neginf=0.0).clamp(0, 1)
-    times = idx.float() / max(n - 1, 1)
-    a = None if alpha is None else alpha[idx.to(alpha.device)].float().cpu()
-    return ViewMatrix(images=views, cameras=syncdreamer16(views.shape[-2]), times=times, input_images=f.cpu(),
-                      input_alpha=a, input_camera=input_view(config.elevation, size=size))
-
-
-def run_chain(args: argparse.Namespace, s: Settings, run: Run, out_dir: Path) -> Dict[str, Any]:
-    dev = run.dev
-    dtype = torch.float16 if dev.type == "cuda" else torch.float32
-    prep_mod = need("preprocess", "e4d.preprocess", lambda: __import__("e4d.preprocess", fromlist=["x"]))
-    pipe_mod = need("syncdreamer", "e4d.syncdreamer.pipeline", lambda: __import__("e4d.syncdreamer.pipeline",
-                                                                                    fromlist=["x"]))
-    samp_mod = need("syncdreamer", "e4d.syncdreamer.sampler", lambda: __import__("e4d.syncdreamer.sampler",
-                                                                                   fromlist=["x"]))
-    builders = {"syncdreamer": lambda: build_syncdreamer(dev, dtype, args.tiny, args.vae_dtype, args.compile),
-                "rife": lambda: build_rife(dev, dtype),
-                "zero123": lambda: build_zero123(dev, dtype, args.tiny),
-                "svd": lambda: build_svd(dev, dtype, args.tiny)}
-    wanted = (["svd"] if args.image else []) + ["syncdreamer", "rife"] + (["zero123"] if s.sds else [])
-    load = {n: 0.0 for n in wanted}
-    if not run.offload:  # everything resident from the start: the no-offload peak holds all weights at once
-        for n in wanted:
-            load[n] = run.model(n, builders[n])[1]
-    notes: List[str] = []
+def run_chain(args, cfg: PipelineConfig, models: PipelineModels, hooks: List, dev: torch.device, out: Path):
     rgba = load_frames(args.data)
-
-    pcfg = prep_mod.PrepareConfig(size=s.size, crop_size=s.crop, box="clip")
     if args.image:
-        first = run.stage("preprocess", lambda: prep_mod.prepare_object_frames(rgba[:1], config=pcfg), frames=1)
-        svd, t = run.model("svd", builders["svd"])
-        svd_mod = need("svd", "e4d.svd.pipeline", lambda: __import__("e4d.svd.pipeline", fromlist=["x"]))
-        scfg = svd_mod.SVDConfig(num_frames=s.svd_frames, width=s.svd_size, height=s.svd_size, steps=s.svd_steps,
-                                 keep_frames=s.keyframes, decode_chunk_size=8)
-        res = run.stage("svd", lambda: svd_mod.image_to_video(svd, first.images[0].to(dev), first.alpha[0].to(dev),
-                                                              scfg), load_s=load["svd"] + t, release=("svd",),
-                        frames=s.svd_frames, size=s.svd_size, steps=s.svd_steps, kept=s.keyframes)
-        try:  # the workflow re-prepares SVD's frames with its masks; random weights may give unusable masks
-            prep = prep_mod.prepare_object_frames(res.frames, res.masks, pcfg)
-            frames, alpha = prep.images, prep.alpha
-        except ValueError as e:
-            notes.append(f"SVD masks unusable with random weights ({str(e)[:80]}...): its frames go to SyncDreamer "
-                         "as they are (256² on white)")
-            frames = torch.nn.functional.interpolate(res.frames.permute(0, 3, 1, 2), size=(s.size, s.size),
-                                                     mode="area").permute(0, 2, 3, 1)
-            alpha = None
-        n_in = frames.shape[0]
+        res = image_to_4d(torch.from_numpy(rgba[0]).float() / 255, models, cfg, hooks=hooks, device=dev)
     else:
-        prep = run.stage("preprocess", lambda: prep_mod.prepare_object_frames(rgba, config=pcfg), frames=len(rgba))
-        frames, alpha = prep.images, prep.alpha
-        n_in = frames.shape[0]
-
-    sd, t = run.model("syncdreamer", builders["syncdreamer"])
-    scfg = samp_mod.SamplerConfig(steps=s.steps, view_batch=s.view_batch, guidance="decomposed", scales=(2.0, 1.0))
-    vm = run.stage("syncdreamer", lambda: syncdreamer_views(pipe_mod, samp_mod, sd, frames.to(dev), alpha, s.keyframes,
-                                                            scfg, notes),
-                   load_s=load["syncdreamer"] + t, release=("syncdreamer",), frames_in=n_in, keyframes=s.keyframes,
-                   views=16, steps=s.steps, view_batch=s.view_batch, guidance="decomposed",
-                   compile=args.compile, vae_dtype=args.vae_dtype or "fp32")
-
-    interp_mod = need("interpolate", "e4d.interp.sequences", lambda: __import__("e4d.interp.sequences", fromlist=["x"]))
-    rife, t = run.model("rife", builders["rife"])
-    vm_dev = vm.to(dev)
-    vm61 = run.stage("interpolate", lambda: interp_mod.interpolate_view_matrix(vm_dev, rife, multiplier=s.multiplier,
-                                                                               batch=s.rife_batch),
-                     load_s=load["rife"] + t, model="rife 4.7 (random)", multiplier=s.multiplier)
-    conf_mod = need("confidence", "e4d.confidence_maps", lambda: __import__("e4d.confidence_maps", fromlist=["x"]))
-    conf = run.stage("confidence", lambda: conf_mod.compute_confidence(vm61.images, rife,
-                                                                      conf_mod.ConfidenceConfig(batch=s.rife_batch)),
-                     release=("rife",), frames=vm61.T, views=vm61.V)
-    vm_dev = None  # noqa: F841 -- frees the 16-frame copy (the lambdas above already ran)
-
-    fit_mod = need("fit", "e4d.fit", lambda: __import__("e4d.fit", fromlist=["x"]))
-    guidance, t = None, 0.0
-    if s.sds:
-        comps, t = run.model("zero123", builders["zero123"])
-        z_mod = need("fit", "e4d.guidance.zero123", lambda: __import__("e4d.guidance.zero123", fromlist=["x"]))
-        guidance = z_mod.Zero123Guidance(comps, z_mod.SDSConfig(render_size=s.sds_size,
-                                                                         every=s.sds_every), device=dev)
-    if args.tiny:
-        fcfg = fit_mod.reduced_for_cpu(iterations=s.iterations, num_points=s.points)
-    else:
-        fcfg = fit_mod.preset("recommended", iterations=s.iterations, num_points=s.points)
-    fres = run.stage("fit", lambda: fit_mod.fit(vm61, conf, config=fcfg, guidance=guidance),
-                     load_s=(load["zero123"] if s.sds else 0.0) + t, release=("zero123",) if s.sds else (),
-                     iterations=s.iterations, points=s.points, sds=s.sds, sds_every=s.sds_every, T=vm61.T,
-                     V=vm61.V)
-    if guidance is not None:
-        guidance.cache = None  # per-frame CLIP/VAE references of the SDS (small) go with the fit
-    vm61 = conf = None  # noqa: F841 -- the 61-frame matrix and its confidence are not needed past the fit
-    g = fres.gaussians
-
-    orbit_mod = need("orbit", "e4d.orbit", lambda: __import__("e4d.orbit", fromlist=["x"]))
-    orbit = run.stage("orbit", lambda: orbit_mod.orbit_render(g, orbit_mod.OrbitConfig(
-        frames=s.orbit_frames, resolution=s.orbit_res)), frames=s.orbit_frames, resolution=s.orbit_res)
-
-    exp_mod = need("export", "e4d.export", lambda: __import__("e4d.export", fromlist=["x"]))
-
-    def export() -> Dict[str, Any]:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        files = {"native": str(exp_mod.save_native(g, out_dir / "object.e4d.safetensors"))}
-        seq = exp_mod.save_ply_sequence(g, torch.linspace(0, 1, s.ply_frames), out_dir / "ply")
-        files["ply"] = len(seq) if isinstance(seq, (list, tuple)) else str(seq)
-        try:  # a video writer missing on the machine must not fail the benchmark
-            from e4d.video_io import write_video
-
-            files["video"] = str(write_video(orbit.frames, out_dir / "orbit.mp4", fps=24.0))
-        except Exception as e:  # noqa: BLE001
-            notes.append(f"orbit video not written: {type(e).__name__}: {str(e)[:120]}")
-        return files
-    files = run.stage("export", export, ply_frames=s.ply_frames)
-    return {"files": files, "notes": notes, "gaussians": int(g.means.shape[0]), "vm_T": vm.T}
-
-
-def summary(run: Run, args: argparse.Namespace, s: Settings, extra: Dict[str, Any]) -> Dict[str, Any]:
-    recs = run.records
-    total = round(sum(r["s"] for r in recs), 3)
-    loads = round(sum(r["load_s"] + r.get("offload_s", 0.0) for r in recs), 3)
-    out: Dict[str, Any] = {"bench": "e2e", "summary": True, "mode": "image" if args.image else "video",
-                           "offload": run.offload, "quick": args.quick, "tiny": args.tiny, "total_s": total,
-                           "load_and_offload_s": loads, "total_with_loads_s": round(total + loads, 3),
-                           "stages_s": {r["stage"]: r["s"] for r in recs}, "settings": s.__dict__}
-    if run.dev.type == "cuda":
-        out["peak_alloc_gb"] = max(r["peak_alloc_gb"] for r in recs)
-        out["peak_reserved_gb"] = max(r["peak_reserved_gb"] for r in recs)
-        out["stages_peak_alloc_gb"] = {r["stage"]: r["peak_alloc_gb"] for r in recs}
-        out["gpu"] = torch.cuda.get_device_name(run.dev)
-        if not args.image and not args.quick:
-            out["target_60s_met"] = total <= 60.0
-            out["target_20gb_met"] = out["peak_alloc_gb"] <= 20.0
-        out["fits_24gb"] = out["peak_reserved_gb"] <= 22.0  # leave ~2 GB for the CUDA context and other processes
-    try:  # versions of torch / gsplat and the GPU name, as the other benches record them
-        out["env"] = bench_module("common").env_info(run.dev)
-    except Exception as e:  # noqa: BLE001 -- the environment line must never fail the benchmark
-        out["env"] = {"torch": torch.__version__, "device": str(run.dev), "error": repr(e)[:200]}
-    out.update(**extra)
-    return out
+        res = video_to_4d(rgba, models, cfg, hooks=hooks, device=dev)
+    files = save_outputs(res, out, cfg, hooks=hooks, models=models)
+    return {"files": files, "gaussians": res.gaussians.num, "frames_in": len(rgba), "keyframes": res.view_matrix.T}
 
 
 def parse(argv: Optional[List[str]] = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, default=None, help="folder with input/*.png (default: cesium_man_walk)")
+    ap.add_argument("--models", type=Path, default=None, help="load official-format files from this models folder "
+                                                              "(e4d.model_folder layout) instead of random weights")
     ap.add_argument("--image", action="store_true", help="image-to-4D: SVD on the first input frame first")
     ap.add_argument("--offload", action="store_true", help="models on the GPU only during their stage")
     ap.add_argument("--quick", action="store_true", help="few steps/iterations (GPU smoke run)")
     ap.add_argument("--tiny", action="store_true", help="tiny random models on the CPU (CI smoke)")
     ap.add_argument("--no-sds", action="store_true", help="fit without the Zero123 SDS guidance")
-    ap.add_argument("--warmup", action="store_true", help="run the chain once with --quick-like sizes first")
+    ap.add_argument("--warmup", action="store_true", help="run the chain once with few steps first (not reported)")
     ap.add_argument("--compile", nargs="?", const="default", default=None,
-                    help="torch.compile SyncDreamer's UNet + frustum net (mode, default 'default'); use with --warmup, "
-                         "which absorbs the one-off compile")
+                    help="torch.compile SyncDreamer's UNet + frustum net (mode, default 'default'); use with --warmup")
+    ap.add_argument("--dtype", default="auto", choices=["auto", "fp16", "bf16", "fp32"],
+                    help="SyncDreamer weights (auto: bf16 where supported, else fp16; as load_models)")
     ap.add_argument("--vae-dtype", default=None, choices=["fp16", "bf16", "fp32"],
-                    help="SyncDreamer VAE dtype (default fp32 under fp16 weights, as the loader)")
+                    help="SyncDreamer VAE dtype (default: as the loader, fp32 under fp16 weights)")
+    ap.add_argument("--cudnn-benchmark", action="store_true",
+                    help="torch.backends.cudnn.benchmark = True (off in the product and in ComfyUI by default)")
     ap.add_argument("--sds-every", type=int, default=1, help="SDS on every k-th fit step only (SDSConfig.every)")
     for k in ("keyframes", "steps", "view_batch", "iterations", "points", "orbit_frames", "orbit_res"):
         ap.add_argument("--" + k.replace("_", "-"), dest=k, type=int, default=None)
@@ -317,15 +168,13 @@ def parse(argv: Optional[List[str]] = None) -> argparse.Namespace:
     ap.add_argument("--out", type=Path, default=None, help="export folder (default: a temporary folder)")
     ap.add_argument("--json-out", type=Path, default=None, help="also append every JSON line to this file")
     args = ap.parse_args(argv)
-    if args.data is None:
-        args.data = cesium_data("input")
+    args.data = args.data or cesium_data("input")
     return args
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse(argv)
-    name = args.device or ("cpu" if args.tiny or not torch.cuda.is_available() else "cuda")
-    dev = torch.device(name)
+    dev = torch.device(args.device or ("cpu" if args.tiny or not torch.cuda.is_available() else "cuda"))
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device; run on the GPU machine or use --tiny (CPU)")
     if dev.type == "cpu" and not args.tiny:
@@ -333,31 +182,73 @@ def main(argv: Optional[List[str]] = None) -> int:
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True
-    s = settings(args)
-    run = Run(dev, args.offload, json_out=args.json_out)
-    t0 = time.perf_counter()
-    try:
-        with tempfile.TemporaryDirectory(prefix="e4d_e2e_") as tmp:
-            if args.warmup:  # kernels, cuDNN autotune, allocator: on the same (already built) models
-                ws = Settings(**{**s.__dict__, "steps": 2, "iterations": 5, "orbit_frames": 4, "svd_steps": 1})
-                warm = Run(dev, args.offload, models=run.models)
-                warm.emit = lambda rec: None  # type: ignore[method-assign]
-                run_chain(args, ws, warm, Path(tmp) / "warmup")
-                run.models = warm.models
-            out_dir = args.out or Path(tmp) / "export"
-            out_dir.mkdir(parents=True, exist_ok=True)
-            extra = run_chain(args, s, run, out_dir)
-    except (StageUnavailable, StageFailed) as e:
-        import traceback
+        torch.backends.cudnn.benchmark = args.cudnn_benchmark
 
-        traceback.print_exc()
-        run.emit({"bench": "e2e", "summary": True, "error": str(e)[:1000], "stages_s": {r["stage"]: r["s"]
-                                                                                      for r in run.records}})
-        print(f"e2e: {e}", file=sys.stderr)
-        return 2
-    extra["wall_s"] = round(time.perf_counter() - t0, 2)
-    run.emit(summary(run, args, s, extra))
+    def emit(rec: Dict[str, Any]) -> None:
+        line = json.dumps({"bench": "e2e", **rec}, default=str)
+        print(line, flush=True)
+        if args.json_out is not None:
+            with open(args.json_out, "a") as f:
+                f.write(line + "\n")
+
+    loads: Dict[str, float] = {}
+
+    def timed(name: str, build: Callable):
+        t0 = time.perf_counter()
+        m = build()
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        loads[name] = round(time.perf_counter() - t0, 3)
+        emit({"load": name, "s": loads[name]})
+        return m
+
+    t_start = time.perf_counter()
+    cfg = pipeline_config(args)
+    if args.models is not None:
+        from e4d.model_folder import load_models
+
+        need = (["svd"] if args.image else []) + ["syncdreamer", "interpolator"] + ([] if args.no_sds else ["guidance"])
+        models = timed("all", lambda: load_models(args.models, need, dev, None if args.dtype == "auto"
+                                                  else DTYPES[args.dtype], to_device=not args.offload))
+    else:
+        models = random_models(args, dev, timed)
+        if args.offload:  # built on the GPU: start where offloading keeps them
+            for name in ("svd", "syncdreamer", "interpolator", "guidance"):
+                move_model(getattr(models, name), torch.device("cpu"))
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
+    offload = Offload(dev) if args.offload else None
+    with tempfile.TemporaryDirectory(prefix="e4d_e2e_") as tmp:
+        if args.warmup:  # kernels, cuDNN, allocator, compile: on the same models, nothing reported
+            warm = argparse.Namespace(**{**vars(args), "quick": True})
+            wcfg = pipeline_config(warm)
+            wcfg.sampler = dataclasses.replace(wcfg.sampler, steps=2)
+            wcfg.fit = wcfg.fit.replace(iterations=5)
+            wcfg.orbit = dataclasses.replace(wcfg.orbit, frames=4)
+            run_chain(args, wcfg, models, [offload] if offload else [], dev, Path(tmp) / "warmup")
+        timer = StageTimer(dev, sink=emit)
+        hooks = [timer] + ([offload] if offload else [])
+        moved0 = offload.seconds if offload else 0.0
+        try:
+            extra = run_chain(args, cfg, models, hooks, dev, args.out or Path(tmp) / "export")
+        except Exception as e:  # noqa: BLE001 -- the stage line (with its error) is out; sum up and fail
+            emit({"summary": True, "error": f"{type(e).__name__}: {str(e)[:1000]}",
+                  "stages_s": {r["stage"]: r["s"] for r in timer.records}})
+            raise
+    recs = timer.records
+    out: Dict[str, Any] = {"summary": True, "mode": "image" if args.image else "video", "offload": args.offload,
+                           "quick": args.quick, "tiny": args.tiny, "total_s": round(sum(r["s"] for r in recs), 3),
+                           "load_s": round(sum(loads.values()), 3),
+                           "offload_s": round((offload.seconds - moved0) if offload else 0.0, 3),
+                           "stages_s": {r["stage"]: r["s"] for r in recs},
+                           "wall_s": round(time.perf_counter() - t_start, 2),
+                           "cudnn_benchmark": args.cudnn_benchmark, "config": cfg.to_dict(), **extra}
+    if dev.type == "cuda":
+        out["peak_alloc_gb"] = max(r["peak_alloc_gb"] for r in recs)
+        out["peak_reserved_gb"] = max(r["peak_reserved_gb"] for r in recs)
+        out["stages_peak_alloc_gb"] = {r["stage"]: r["peak_alloc_gb"] for r in recs}
+    out["env"] = env_info(dev)
+    emit(out)
     return 0
 
 

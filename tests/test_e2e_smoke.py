@@ -1,9 +1,10 @@
-"""CPU smoke test of ``bench/e2e.py --tiny``: the whole video-to-4D chain (preprocess -> SyncDreamer-T -> RIFE ->
-confidence -> fit with SDS -> orbit -> export) on tiny random models, through the public Python API.
+"""CPU smoke test of ``bench/e2e.py --tiny``: the product's pipeline (``e4d.pipeline.video_to_4d`` +
+``save_outputs``: prepare -> SyncDreamer-T -> RIFE -> confidence -> fit with SDS -> orbit -> export) on tiny random
+models, timed stage by stage by the pipeline's hooks.
 
-The benchmark runs as a subprocess: it puts ``bench/`` on ``sys.path`` (to reuse the random full-size model builders
-of ``bench/syncdreamer.py`` and ``bench/sds.py``), which must not leak into the test session. The input is the
-bundled 64 px demo clip (8 RGBA frames), so the test does not depend on ``../shared``.
+The benchmark runs as a subprocess: it puts ``bench/`` on ``sys.path`` (to reuse the random model builders of
+``bench/syncdreamer.py``, ``bench/sds.py`` and ``bench/svd.py``), which must not leak into the test session. The
+input is the bundled 64 px demo clip (8 RGBA frames), so the test does not depend on ``../shared``.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ DEMO = REPO / "e4d" / "data" / "cesium_man_demo"
 STAGES = ["preprocess", "syncdreamer", "interpolate", "confidence", "fit", "orbit", "export"]
 
 
-def _run(*args: str, timeout: float = 120.0) -> tuple[int, list[dict], str]:
+def _run(*args: str, timeout: float = 180.0) -> tuple[int, list[dict], str]:
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     r = subprocess.run([sys.executable, str(REPO / "bench" / "e2e.py"), *args], cwd=str(REPO), env=env,
                        capture_output=True, text=True, timeout=timeout)
@@ -34,24 +35,26 @@ def test_tiny_chain_runs_every_stage_and_exports(tmp_path):
     log = tmp_path / "e2e.jsonl"
     rc, recs, err = _run("--tiny", "--data", str(DEMO), "--out", str(out), "--json-out", str(log))
     assert rc == 0, err[-3000:]
-    stages = [r["stage"] for r in recs if "stage" in r]
-    assert stages == STAGES
+    assert [r["load"] for r in recs if "load" in r] == ["syncdreamer", "rife", "zero123"]
+    stages = [r for r in recs if "stage" in r]
+    assert [r["stage"] for r in stages] == STAGES and not any("error" in r for r in stages)
     summ = recs[-1]
     assert summ["summary"] is True and summ["mode"] == "video" and summ["offload"] is False
-    assert set(summ["stages_s"]) == set(STAGES)
+    assert summ["stages_s"] == {r["stage"]: r["s"] for r in stages}
     assert summ["total_s"] == pytest.approx(sum(summ["stages_s"].values()), abs=0.01)
-    assert all(r["s"] >= 0 for r in recs if "stage" in r)
-    sd = next(r for r in recs if r.get("stage") == "syncdreamer")
-    assert sd["keyframes"] == 3 and sd["frames_in"] == 8 and sd["guidance"] == "decomposed"
-    fit = next(r for r in recs if r.get("stage") == "fit")
-    assert fit["sds"] is True and fit["T"] == 5  # 3 key frames x2 in time -> 5 frames, fitted with SDS
+    # the stages are timed inside the process's wall time, and the two model stages did measurable work
+    assert summ["total_s"] + summ["load_s"] <= summ["wall_s"]
+    assert summ["stages_s"]["syncdreamer"] > 0.01 and summ["stages_s"]["fit"] > 0.01
+    assert summ["frames_in"] == 8 and summ["keyframes"] == 3  # 3 of the 8 demo frames through SyncDreamer-T
+    assert summ["config"]["fit"]["iterations"] == 3 and summ["config"]["interpolation"]["multiplier"] == 2
     # exports exist and load back
     from e4d.export import load_native, read_ply
 
-    g = load_native(out / "object.e4d.safetensors")
+    g = load_native(out / "model.safetensors")
     assert g.means.shape == (summ["gaussians"], 4) and torch.isfinite(g.means).all()
     plys = sorted((out / "ply").glob("*.ply"))
     assert len(plys) == 2 and len(read_ply(plys[0])["x"]) > 0
+    assert Path(summ["files"]["video"]).stat().st_size > 0
     # --json-out mirrors stdout
     assert [json.loads(x) for x in log.read_text().splitlines()] == recs
 
@@ -72,16 +75,16 @@ def test_missing_input_names_the_fix(e2e, tmp_path):
         e2e.load_frames(tmp_path)
 
 
-def test_missing_stage_api_names_the_stage(e2e):
-    with pytest.raises(e2e.StageUnavailable, match="stage 'orbit'.*e4d.orbit"):
-        e2e.need("orbit", "e4d.orbit", lambda: __import__("e4d.no_such_module_orbit"))
-    with pytest.raises(e2e.StageUnavailable, match="stage 'fit'"):
-        e2e.need("fit", "bench/sds.py random_zero123", lambda: object().random_zero123)
-
-
 def test_full_size_needs_a_gpu(e2e):
     with pytest.raises(SystemExit, match="need a GPU"):
         e2e.main(["--quick", "--device", "cpu"])
+
+
+def test_flags_reach_the_pipeline_config(e2e):
+    args = e2e.parse(["--view-batch", "32", "--sds-every", "2", "--iterations", "7", "--orbit-res", "64"])
+    c = e2e.pipeline_config(args)
+    assert (c.sampler.view_batch, c.sds.every, c.fit.iterations, c.orbit.resolution) == (32, 2, 7, 64)
+    assert (c.keyframes, c.sampler.steps, c.interpolation.multiplier) == (16, 50, 4)  # the pipeline's defaults
 
 
 @pytest.mark.gpu
