@@ -1,7 +1,8 @@
 """The pack's ComfyExtension: collects ``NODES`` from every topic module, one import guard per module.
 
 A topic module that fails to import (an optional dependency missing, a bug) is logged as a warning with its
-traceback and only its nodes are disabled; a module that does not exist (yet) is skipped quietly.
+traceback and only its nodes are disabled; a module named in :data:`TOPIC_MODULES` that does not exist is logged
+as an error (a typo or a file missing from the install must show), and the other modules still load.
 """
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ TOPIC_MODULES = ("video", "prepare", "viewmatrix", "fit", "render", "export",
 def _module_nodes(name: str) -> list[type[io.ComfyNode]]:
     full = f"{__name__}.{name}"
     if importlib.util.find_spec(full) is None:
-        log.debug("Efficient4D: node module %s not present, skipped", full)
+        log.error("Efficient4D: node module %s does not exist (listed in TOPIC_MODULES of %s); its nodes are "
+                  "missing: fix the name or reinstall the pack", full, __name__)
         return []
     try:
         module = importlib.import_module(full)
@@ -64,7 +66,7 @@ class Efficient4DExtension(ComfyExtension):
 
 
 def _register_folders() -> None:
-    from ._common import register_model_folders
+    from ._models import register_model_folders
 
     try:
         register_model_folders()

@@ -1,15 +1,18 @@
 """Tensor conversions between ComfyUI types (IMAGE ``[B, H, W, C]`` / MASK ``[B, H, W]``, float 0..1) and the core.
 
-Re-exported by :mod:`nodes._common`, which nodes use as ``C.image_in`` etc.
+Nodes use them as ``T.image_in`` etc. (``from . import _tensors as T``).
 """
 from __future__ import annotations
 
+import logging
 from typing import Optional
 
 import torch
 from torch import Tensor
 
-from . import _common  # looked up at call time, so tests and ComfyUI patches of _common apply
+from . import _devices
+
+log = logging.getLogger("efficient4d")
 
 
 def image_in(image: Tensor, name: str = "image") -> tuple[Tensor, Optional[Tensor]]:
@@ -66,7 +69,7 @@ def image_out(rgb: Tensor, alpha: Optional[Tensor] = None) -> Tensor:
     x = rgb.detach().float().clamp(0, 1)
     if alpha is not None:
         x = torch.cat([x, alpha.detach().float().clamp(0, 1).reshape(*x.shape[:3], 1)], -1)
-    return x.to(_common.intermediate_device()).contiguous()
+    return x.to(_devices.intermediate_device()).contiguous()
 
 
 def mask_out(mask: Tensor) -> Tensor:
@@ -77,7 +80,7 @@ def mask_out(mask: Tensor) -> Tensor:
         mask = mask[None]
     if mask.ndim != 3:
         raise ValueError(f"mask_out expects [B, H, W], got {tuple(mask.shape)}")
-    return mask.detach().float().clamp(0, 1).to(_common.intermediate_device()).contiguous()
+    return mask.detach().float().clamp(0, 1).to(_devices.intermediate_device()).contiguous()
 
 
 def parse_floats(text: str, name: str) -> list[float]:
@@ -94,5 +97,18 @@ def informative_alpha(alpha: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     that as coverage would teach the fit an opaque block (and hide the white-background fallback)."""
     if alpha is None or not bool((alpha > 0.999).all()):
         return alpha
-    _common.log.info("Efficient4D: the mask is all ones (no alpha in the source); treating it as absent")
+    log.info("Efficient4D: the mask is all ones (no alpha in the source); treating it as absent")
     return None
+
+
+def object_alpha(rgb: Tensor, alpha: Optional[Tensor], mask: Optional[Tensor], invert: bool = False,
+                 name: str = "mask") -> Optional[Tensor]:
+    """The object coverage ``[B, H, W]`` of frames ``rgb [B, H, W, 3]``: the MASK input when connected, else the
+    RGBA ``alpha``; ``1 - x`` with ``invert``; None when there is none or it carries no information
+    (:func:`informative_alpha`). Every node taking frames + mask decides it here, once."""
+    m = mask_in(mask, rgb.shape[0], rgb.shape[1], rgb.shape[2], name)
+    if m is not None:
+        alpha = m
+    if alpha is not None and invert:
+        alpha = 1.0 - alpha
+    return informative_alpha(alpha)

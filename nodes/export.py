@@ -8,7 +8,9 @@ import torch
 from comfy_api.latest import io
 
 from . import _common as C
+from . import _devices as D
 from . import _paths as P
+from . import _tensors as T
 from .types import E4D_GAUSSIANS4D
 
 CATEGORY = "Efficient4D/export"
@@ -66,6 +68,9 @@ class Export4D(io.ComfyNode):
                                          "(ComfyUI's own 3D viewer, frontend >= 1.36, opens .splat files)."),
                 io.Image.Input("frames", optional=True,
                                tooltip="Optional frames for the video (e.g. from Orbit Render 4D)."),
+                io.Float.Input("preview_time", default=0.0, min=0.0, max=1.0, step=0.01, optional=True,
+                               tooltip="Normalized time whose PLY the 'ply_preview' output names (the nearest "
+                                       "time step of the PLY sequence)."),
             ],
             outputs=[
                 io.String.Output(display_name="native_path", tooltip="Path of the native file ('' if not written)."),
@@ -74,13 +79,20 @@ class Export4D(io.ComfyNode):
                 io.String.Output(display_name="video_path", tooltip="Path of the mp4 ('' if not written)."),
                 io.String.Output(display_name="splat_folder",
                                  tooltip="Folder of the per-time .splat files ('' if not written)."),
+                io.String.Output(display_name="ply_preview",
+                                 tooltip="The PLY at preview_time, relative to the output folder: connect it to core "
+                                         "Preview 3D's model_file ('' without the PLY sequence). The PLY keeps our "
+                                         "+Z-up axes."),
             ],
         )
 
     @classmethod
     def execute(cls, gaussians, filename_prefix: str = "efficient4d/object", native: bool = True,
                 ply_sequence: bool = True, ply_frames: int = 16, splatv: bool = False, video: bool = True,
-                fps: float = 24.0, splat_sequence: bool = False, frames=None) -> io.NodeOutput:
+                fps: float = 24.0, splat_sequence: bool = False, frames=None,
+                preview_time: float = 0.0) -> io.NodeOutput:
+        import folder_paths
+
         from e4d.atomic import atomic_dir
         from e4d.export import save_native, save_ply_sequence
 
@@ -90,6 +102,7 @@ class Export4D(io.ComfyNode):
         steps = 4 if ply_sequence else 0
         cb = C.progress_callback(steps)
         paths = {"native": "", "ply": "", "splatv": "", "video": "", "splat": ""}
+        preview = ""
         if native:
             paths["native"] = str(save_native(g, stem.with_name(stem.name + NATIVE_SUFFIX),
                                               meta={"source": "ComfyUI E4D_Export4D"}))
@@ -98,8 +111,11 @@ class Export4D(io.ComfyNode):
             times = torch.linspace(0.0, 1.0, int(ply_frames)) if ply_frames > 1 else torch.zeros(1)
             ply_dir = stem.with_name(stem.name + "ply")
             with atomic_dir(ply_dir) as tmp:  # never leave a half-written sequence
-                save_ply_sequence(g, times, tmp)
+                names = [p.name for p in save_ply_sequence(g, times, tmp)]
             paths["ply"] = str(ply_dir)
+            nearest = int((times - float(preview_time)).abs().argmin())
+            out_dir = folder_paths.get_output_directory()
+            preview = os.path.relpath(ply_dir / names[nearest], out_dir).replace(os.sep, "/")
         if splat_sequence:
             from e4d.export.splat import save_splat_sequence
 
@@ -116,7 +132,7 @@ class Export4D(io.ComfyNode):
             paths["video"] = str(_write_video(g, frames, stem.with_name(stem.name + ".mp4"), float(fps)))
         cb(4, 4, {})
         written = [p for p in paths.values() if p]
-        return io.NodeOutput(paths["native"], paths["ply"], paths["splatv"], paths["video"], paths["splat"],
+        return io.NodeOutput(paths["native"], paths["ply"], paths["splatv"], paths["video"], paths["splat"], preview,
                              ui={"text": written})
 
 
@@ -134,11 +150,10 @@ def _write_video(g, frames, path: Path, fps: float) -> Path:
     if frames is None:
         from e4d.orbit import OrbitConfig, orbit_render
 
-        out = orbit_render(g.to(C.get_torch_device()), OrbitConfig(frames=48, resolution=256, time_loops=2),
-                           callback=C.progress_callback())
+        out = orbit_render(g.to(D.get_torch_device()), OrbitConfig(), callback=C.progress_callback())
         frames = out.frames
     else:
-        frames, _ = C.image_in(frames, "frames")
+        frames, _ = T.image_in(frames, "frames")
     return write_mp4(frames, path, fps)
 
 
@@ -185,7 +200,7 @@ class Load4DGaussians(io.ComfyNode):
         from e4d.export import load_native
 
         path = _native_path(file, path_override)
-        return io.NodeOutput(load_native(path, device=C.intermediate_device()))
+        return io.NodeOutput(load_native(path, device=D.intermediate_device()))
 
 
 def _native_path(file, path_override: str) -> Path:

@@ -9,11 +9,13 @@ import torch
 from comfy_api.latest import io
 
 from . import _common as C
+from . import _devices as D
+from . import _models as M
+from ._widgets import field_input
 from .types import E4D_CONFIDENCE, E4D_GAUSSIANS4D, E4D_GUIDANCE, E4D_VIEW_MATRIX
 
 CATEGORY = "Efficient4D/fit"
-PRESETS = ("recommended", "paper", "official-release")  # = e4d.fit.config.PRESETS
-BACKENDS = ("auto", "gsplat", "reference")
+DENSIFY_CHOICES = ("preset", "on", "off")
 
 
 def parse_overrides(text: str) -> dict[str, Any]:
@@ -51,9 +53,22 @@ def parse_overrides(text: str) -> dict[str, Any]:
     return out
 
 
+def _fit_bytes(view_matrix, config) -> int:
+    """Memory the fit needs on the device, for ComfyUI to make room: the view matrix with its alpha and confidence,
+    the Gaussians with gradients and Adam moments (at most ``max_points`` of about 64 floats each, four copies),
+    and a generous allowance for one batch of renders and their autograd buffers."""
+    images = view_matrix.images.numel() * 4
+    batch = config.times_per_batch * config.views_per_batch * view_matrix.H * view_matrix.W * 4
+    points = max(config.num_points, config.max_points if config.densify else 0)
+    return 3 * images + points * 64 * 4 * 4 + 64 * batch
+
+
 class Fit4DGS(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
+        from e4d.fit import PRESETS, FitConfig as F
+        from e4d.render import BACKENDS
+
         return io.Schema(
             node_id="E4D_Fit4DGS",
             display_name="Fit 4D Gaussians (Efficient4D)",
@@ -64,32 +79,23 @@ class Fit4DGS(io.ComfyNode):
             inputs=[
                 E4D_VIEW_MATRIX.Input("view_matrix", tooltip="T times x V views of the object (SyncDreamer-T, "
                                                              "interpolated, assembled or loaded)."),
-                io.Combo.Input("preset", options=list(PRESETS), default="recommended",
+                io.Combo.Input("preset", options=list(PRESETS), default=PRESETS[0],
                                tooltip="recommended: the paper's loss + an alpha (coverage) term + densification "
-                                       "(35.4 dB vs 29.7 dB held-out on CesiumMan, docs/benchmarks.md); paper: L1 "
-                                       "(8000) + SSIM (2000) weighted by confidence, exactly eq. 11-14; "
-                                       "official-release: MSE on colour and alpha as in fudan-zvg/4d-gaussian-splatting."),
-                io.Int.Input("iterations", default=500, min=1, max=100_000,
-                             tooltip="Adam steps (paper: 500)."),
-                io.Int.Input("num_points", default=50_000, min=16, max=2_000_000, step=1000,
-                             tooltip="Gaussians of the random init inside the sphere of radius 0.5 (paper: 50,000)."),
-                io.Int.Input("times_per_batch", default=4, min=1, max=256,
-                             tooltip="Distinct times rendered per step."),
-                io.Int.Input("views_per_batch", default=8, min=1, max=256,
-                             tooltip="Views rendered per sampled time and step."),
-                io.Int.Input("sh_degree", default=0, min=0, max=3,
-                             tooltip="Spherical-harmonics degree of the colour (paper: 0)."),
-                io.Combo.Input("densify", options=["preset", "on", "off"], default="preset",
+                                       "(best held-out quality, docs/benchmarks.md); paper: L1 (8000) + SSIM "
+                                       "(2000) weighted by confidence, exactly eq. 11-14; official-release: MSE on "
+                                       "colour and alpha as in fudan-zvg/4d-gaussian-splatting."),
+                field_input(F, "iterations", min=1, max=100_000),
+                field_input(F, "num_points", min=16, max=2_000_000, step=1000),
+                field_input(F, "times_per_batch", min=1, max=256),
+                field_input(F, "views_per_batch", min=1, max=256),
+                field_input(F, "sh_degree", min=0, max=3),
+                io.Combo.Input("densify", options=list(DENSIFY_CHOICES), default="preset",
                                tooltip="Split/prune Gaussians during the fit: 'preset' keeps the preset's choice "
                                        "(recommended: on; paper, official-release: off)."),
-                io.Boolean.Input("use_input_view", default=True,
-                                 tooltip="Also train on the input video frames with their camera when present."),
-                io.Float.Input("lambda_sds", default=1.0, min=0.0, max=100.0, step=0.01,
-                               tooltip="Multiplier of the guidance loss (paper eq. 14); used only with guidance."),
-                io.Int.Input("seed", default=0, min=0, max=2**31 - 1, control_after_generate=True,
-                             tooltip="Seed of the init and of the (time, view) sampling."),
-                io.Combo.Input("backend", options=list(BACKENDS), default="auto",
-                               tooltip="auto: gsplat on CUDA, the pure-torch reference renderer on CPU."),
+                field_input(F, "use_input_view"),
+                field_input(F, "lambda_sds", min=0.0, max=100.0, step=0.01),
+                field_input(F, "seed", min=0, max=2**31 - 1, control_after_generate=True),
+                field_input(F, "backend", options=BACKENDS),
                 io.String.Input("overrides", default="", multiline=True,
                                 tooltip="Any other FitConfig field, one 'field = value' per line (e.g. "
                                         "'lr_xyz = 0.005'); see e4d/fit/config.py."),
@@ -117,19 +123,19 @@ class Fit4DGS(io.ComfyNode):
         if densify != "preset":
             widgets["densify"] = densify == "on"
         config = make_preset(preset, **{**widgets, **parse_overrides(overrides)})
-        C.free_between_stages()  # the generators before us are done: give the fit the whole GPU
-        device = C.get_torch_device()
+        M.reserve_memory(_fit_bytes(view_matrix, config))
+        device = D.get_torch_device()
         # ComfyUI executes nodes under torch.inference_mode(); the fit needs autograd and normal tensors.
         with torch.inference_mode(False), torch.enable_grad():
             vm = C.normal_tensors(view_matrix.to(device))
             conf = C.normal_tensors(confidence.to(device)) if confidence is not None else None
             try:
                 result = fit(vm, conf, config, guidance=guidance, callback=C.progress_callback(config.iterations))
-            finally:  # the guidance model (GBs) is outside ComfyUI's memory manager: free it; it reloads lazily
+            finally:  # drop the guidance's per-fit caches; its weights stay with ComfyUI's memory manager
                 release = getattr(guidance, "release", None)
                 if callable(release):
                     release()
-        g = result.gaussians.to(C.intermediate_device())
+        g = result.gaussians.to(D.intermediate_device())
         C.log.info("Efficient4D: fitted %d Gaussians in %.1f s", g.num, result.seconds)
         return io.NodeOutput(g)
 

@@ -1,14 +1,27 @@
 """RIFE / flow frame interpolation nodes: loader, view-matrix time interpolation, plain IMAGE interpolation,
-confidence maps (paper eq. 13, 16, 17). Thin adapters over e4d.rife, e4d.interpolate and e4d.confidence_maps."""
+confidence maps (paper eq. 13, 16, 17). Thin adapters over e4d.interp and e4d.confidence_maps.
+
+Core ComfyUI's INTERP_MODEL (its RIFE 4.25/4.26 and FILM loader) is not accepted here: those models return the
+blended frame only, while our view-matrix interpolation moves each image's alpha (coverage) with the same flow
+and blend weights as its colour (``Interpolator.interpolate_with_extra``). For a plain video, core's 'Run Frame
+Interpolation Model' node does what 'Interpolate Frames' does.
+"""
 from __future__ import annotations
+
+import contextlib
+from dataclasses import replace
 
 import torch
 from comfy_api.latest import io
 
 from . import _common as C
+from . import _devices as D
+from . import _models as M
+from . import _tensors as T
 from .types import E4D_CONFIDENCE, E4D_INTERPOLATOR, E4D_VIEW_MATRIX
 
 CATEGORY = "Efficient4D/interpolation"
+LOADER = "Load Frame Interpolator (RIFE / flow)"
 FLOW_CHOICE = "flow (no weights)"
 """Always the first loader option: the OpenCV DIS fallback, which needs no download."""
 SCALES = ["1.0", "0.5", "0.25", "2.0", "4.0"]
@@ -17,16 +30,25 @@ WHERE = ("RIFE weights: rife47.pth / rife49.pth (ComfyUI-Frame-Interpolation's c
 
 
 def _checkpoints() -> list[str]:
-    return [FLOW_CHOICE] + C.list_models("rife", placeholder=False)
+    return [FLOW_CHOICE] + M.list_models("rife", placeholder=False)
 
 
-def _ready(interp, scale: str, fp16: bool):
-    """A copy of the interpolator on ComfyUI's device with the node's precision and scale."""
-    from e4d.interp import configure
+@contextlib.contextmanager
+def _ready(interpolator, scale: str, fp16: bool):
+    """The interpolator to run: the flow fallback as it is; a RIFE loader output loaded by ComfyUI's memory
+    manager, with the node's flow scale, under fp16 autocast on CUDA when ``fp16`` (the managed weights stay
+    float32, so no second copy exists)."""
+    from e4d.interp import Interpolator, RifeInterpolator
 
-    device = C.get_torch_device()
-    dtype = torch.float16 if fp16 and device.type == "cuda" else torch.float32
-    return configure(interp, device=device, dtype=dtype, scale=float(scale))
+    if isinstance(interpolator, Interpolator):  # the weights-free flow fallback
+        yield interpolator
+        return
+    M.check_managed(interpolator, "interpolator", LOADER)
+    rife = M.load_managed(interpolator)
+    interp = RifeInterpolator(rife.net, "", replace(rife.config, scale=float(scale)))
+    interp.name = rife.name
+    with torch.autocast("cuda", dtype=torch.float16, enabled=bool(fp16) and interp.device.type == "cuda"):
+        yield interp
 
 
 def _common_inputs(default_batch: int) -> list:
@@ -51,8 +73,9 @@ class RIFELoader(io.ComfyNode):
             category=CATEGORY,
             description="Load a RIFE frame interpolator (HD v3.6 = Efficient4D's flownet.pkl, or 4.x: rife47.pth, "
                         "rife49.pth, flownet.pkl of 4.6/4.17/4.22/4.25/4.26). The version is detected from the "
-                        "weights, not the file name. 'flow (no weights)' uses OpenCV DIS optical flow and works "
-                        "without any download.",
+                        "weights, not the file name; a FILM file is refused with a pointer to core ComfyUI's "
+                        "frame-interpolation nodes. 'flow (no weights)' uses OpenCV DIS optical flow and works "
+                        "without any download. RIFE weights are handed to ComfyUI's memory manager.",
             inputs=[
                 io.Combo.Input("checkpoint", options=_checkpoints(), default=FLOW_CHOICE,
                                tooltip="File in ComfyUI/models/rife (also lists ComfyUI-Frame-Interpolation's "
@@ -64,7 +87,8 @@ class RIFELoader(io.ComfyNode):
             ],
             outputs=[
                 E4D_INTERPOLATOR.Output(display_name="interpolator",
-                                        tooltip="The loaded interpolator (CPU; moved to the GPU when it runs)."),
+                                        tooltip="The loaded interpolator (RIFE: managed by ComfyUI's memory "
+                                                "manager)."),
                 io.String.Output(display_name="name", tooltip="Which interpolator was loaded, e.g. 'rife 4.7 "
                                                               "(rife47.pth)' or 'flow (no weights, OpenCV DIS ...)'."),
             ],
@@ -74,7 +98,7 @@ class RIFELoader(io.ComfyNode):
     def validate_inputs(cls, checkpoint: str = FLOW_CHOICE, ensemble: bool = False) -> bool | str:
         if checkpoint == FLOW_CHOICE:
             return True
-        return C.validate_model_choice("rife", checkpoint, WHERE)
+        return M.validate_model_choice("rife", checkpoint, WHERE)
 
     @classmethod
     def execute(cls, checkpoint: str, ensemble: bool = False) -> io.NodeOutput:
@@ -82,11 +106,11 @@ class RIFELoader(io.ComfyNode):
 
         if checkpoint == FLOW_CHOICE:
             interp = load_interpolator(None)
-        else:
-            path = C.resolve_model("rife", checkpoint, WHERE)
-            interp = load_interpolator(path, RifeConfig(ensemble=ensemble))
+            return io.NodeOutput(interp, interp.name)
+        path = M.resolve_model("rife", checkpoint, WHERE)
+        interp = load_interpolator(path, RifeConfig(ensemble=ensemble), device=D.offload_device(), dtype=torch.float32)
         C.log.info("Efficient4D: frame interpolator %s", interp.name)
-        return io.NodeOutput(interp, interp.name)
+        return io.NodeOutput(M.manage(interp, {"net": interp.net}, interp.name, torch.float32), interp.name)
 
 
 class InterpolateViews(io.ComfyNode):
@@ -120,11 +144,10 @@ class InterpolateViews(io.ComfyNode):
                 fp16: bool = True, batch: int = 64) -> io.NodeOutput:
         from e4d.interp.sequences import interpolate_view_matrix
 
-        interp = _ready(interpolator, scale, fp16)
-        vm = view_matrix.to(interp.device) if hasattr(interp, "net") else view_matrix
-        out = interpolate_view_matrix(vm, interp, multiplier=multiplier, method=method, batch=batch,
-                                      callback=C.progress_callback())
-        out = out.to(C.intermediate_device())
+        with _ready(interpolator, scale, fp16) as interp:
+            out = interpolate_view_matrix(view_matrix.to(interp.device), interp, multiplier=multiplier,
+                                          method=method, batch=batch, callback=C.progress_callback())
+        out = out.to(D.intermediate_device())
         info = f"{interp.name}: {view_matrix.T} -> {out.T} times x {out.V} views"
         return io.NodeOutput(out, info)
 
@@ -155,13 +178,13 @@ class InterpolateFrames(io.ComfyNode):
                 fp16: bool = True, batch: int = 16) -> io.NodeOutput:
         from e4d.interp.sequences import interpolate_frames
 
-        rgb, alpha = C.image_in(images, "images")
+        rgb, alpha = T.image_in(images, "images")
         if rgb.shape[0] < 2:
             raise ValueError(f"images must hold at least 2 frames to interpolate between, got {rgb.shape[0]}")
         x = rgb if alpha is None else torch.cat((rgb, alpha[..., None]), -1)
-        interp = _ready(interpolator, scale, fp16)
-        out = interpolate_frames(x, interp, multiplier, method, batch, callback=C.progress_callback())
-        return io.NodeOutput(C.image_out(out[..., :3], None if alpha is None else out[..., 3]))
+        with _ready(interpolator, scale, fp16) as interp:
+            out = interpolate_frames(x, interp, multiplier, method, batch, callback=C.progress_callback())
+        return io.NodeOutput(T.image_out(out[..., :3], None if alpha is None else out[..., 3]))
 
 
 class ConfidenceMaps(io.ComfyNode):
@@ -193,12 +216,11 @@ class ConfidenceMaps(io.ComfyNode):
                 batch: int = 64) -> io.NodeOutput:
         from e4d.confidence_maps import ConfidenceConfig, compute_confidence, confidence_preview
 
-        interp = _ready(interpolator, scale, fp16)
-        images = view_matrix.images.to(interp.device) if hasattr(interp, "net") else view_matrix.images
-        conf = compute_confidence(images, interp, ConfidenceConfig(mode=mode, batch=batch),
-                                  callback=C.progress_callback())
-        conf = conf.to(C.intermediate_device())
-        return io.NodeOutput(conf, C.image_out(confidence_preview(conf)))
+        with _ready(interpolator, scale, fp16) as interp:
+            conf = compute_confidence(view_matrix.images.to(interp.device), interp,
+                                      ConfidenceConfig(mode=mode, batch=batch), callback=C.progress_callback())
+        conf = conf.to(D.intermediate_device())
+        return io.NodeOutput(conf, T.image_out(confidence_preview(conf)))
 
 
 NODES = [RIFELoader, InterpolateViews, InterpolateFrames, ConfidenceMaps]

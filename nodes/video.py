@@ -9,6 +9,7 @@ from comfy_api.latest import io
 
 from . import _common as C
 from . import _paths as P
+from . import _tensors as T
 
 CATEGORY = "Efficient4D/input"
 
@@ -114,14 +115,14 @@ class LoadVideo(io.ComfyNode):
                 comp = video_in.get_components()
                 rgb = _select_components(comp.images, sel)
                 src_fps = float(comp.frame_rate or fps_if_unknown)
-                return io.NodeOutput(C.image_out(rgb), C.mask_out(torch.ones(rgb.shape[:3])), src_fps / sel.stride)
+                return io.NodeOutput(T.image_out(rgb), T.mask_out(torch.ones(rgb.shape[:3])), src_fps / sel.stride)
             decoded = decode_video(video_in.get_stream_source(), sel, float(fps_if_unknown), callback=cb)
         else:
             if not video:
                 raise ValueError("no video: choose a file in 'video' (upload one) or connect 'video_in'")
             decoded = decode_video(P.input_path(video, "any", "video"), sel, float(fps_if_unknown), callback=cb)
         mask = decoded.alpha if decoded.alpha is not None else torch.ones(decoded.frames.shape[:3])
-        return io.NodeOutput(C.image_out(decoded.frames), C.mask_out(mask), float(decoded.fps))
+        return io.NodeOutput(T.image_out(decoded.frames), T.mask_out(mask), float(decoded.fps))
 
 
 NODES = [LoadVideo]

@@ -9,6 +9,7 @@ from comfy_api.latest import io
 
 from . import _common as C
 from . import _paths as P
+from . import _tensors
 from .types import E4D_VIEW_MATRIX
 
 CATEGORY = "Efficient4D/view matrix"
@@ -75,7 +76,7 @@ class LoadViewMatrix(io.ComfyNode):
             raise FileNotFoundError(f"no view matrix in {folder!r} (cameras.json missing); give a folder inside "
                                     "ComfyUI's input folder in the views/vVV/tTT.png + cameras.json layout")
         vm = load_view_matrix(path, parse_index_list(views, "views"), with_input=bool(with_input_video))
-        return io.NodeOutput(vm, C.image_out(vm_images(vm)))
+        return io.NodeOutput(vm, _tensors.image_out(vm_images(vm)))
 
 
 class SaveViewMatrix(io.ComfyNode):
@@ -153,16 +154,15 @@ class AssembleViewMatrix(io.ComfyNode):
         from e4d.cameras import camera_preset as make_preset, input_view
         from e4d.viewmatrix import ViewMatrix
 
-        rgb, alpha = C.image_in(images, "images")
+        rgb, alpha = _tensors.image_in(images, "images")
         B, H, W, _ = rgb.shape
         if H != W:
             raise ValueError(f"view images must be square (the presets' cameras are), got {W}x{H}; crop or pad them")
-        m = C.mask_in(mask, B, H, W, "mask")
-        alpha = C.informative_alpha(m if m is not None else alpha)
+        alpha = _tensors.object_alpha(rgb, alpha, mask)
         custom = camera_preset == "custom"
         cams = make_preset(camera_preset, size=W, elevation_deg=float(elevation),
-                           azimuths=C.parse_floats(azimuths, "azimuths") if custom else None,
-                           elevations=C.parse_floats(elevations, "elevations") if custom else None)
+                           azimuths=_tensors.parse_floats(azimuths, "azimuths") if custom else None,
+                           elevations=_tensors.parse_floats(elevations, "elevations") if custom else None)
         V = len(cams)
         if B % V:
             raise ValueError(f"images hold {B} views, not a multiple of the {V} views of preset {camera_preset!r}; "
@@ -182,7 +182,7 @@ class AssembleViewMatrix(io.ComfyNode):
         times = torch.linspace(0.0, 1.0, T) if T > 1 else torch.zeros(1)
         extra = {}
         if input_frames is not None:
-            in_rgb, in_alpha = C.image_in(input_frames, "input_frames")
+            in_rgb, in_alpha = _tensors.image_in(input_frames, "input_frames")
             if in_rgb.shape[0] != T:
                 raise ValueError(f"input_frames has {in_rgb.shape[0]} frames but the views cover T={T} times")
             if in_rgb.shape[1] != in_rgb.shape[2]:

@@ -170,7 +170,7 @@ def comfy_dirs(comfy, tmp_path, monkeypatch):
     for name in ("checkpoints", "diffusers", "clip_vision"):
         folder_paths.folder_names_and_paths[name] = ([str(dirs["models"] / name)], saved[name][1])
     folder_paths.filename_list_cache.clear()
-    from nodes._common import register_model_folders
+    from nodes._models import register_model_folders
 
     register_model_folders()
     try:

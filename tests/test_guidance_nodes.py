@@ -7,6 +7,10 @@ from comfy_env import comfy, comfy_dirs, require_comfy  # noqa: F401
 
 require_comfy()
 
+from test_nodes_memory import import_model_patcher, loaded_patchers, user_model  # noqa: E402,F401
+
+import_model_patcher()
+
 from nodes import guidance as N  # noqa: E402
 from tiny_zero123 import write_tiny_zero123, write_tiny_zero123_single_file  # noqa: E402
 from tiny_zero123 import hide_torchvision_stub  # noqa: E402
@@ -23,21 +27,27 @@ def test_schema():
     assert all(i.tooltip for i in s.inputs) and all(o.tooltip for o in s.outputs)
 
 
-def test_loader_is_lazy_and_follows_protocol(comfy_dirs):
+def test_loader_is_lazy_and_follows_protocol(comfy_dirs, user_model):
     import folder_paths
 
     from e4d.fit.guidance_api import check_guidance
     from e4d.guidance.refine import RefineGuidance
     from e4d.guidance.zero123 import Zero123Guidance
 
-    assert N._zero123_choices() == [N.C.NO_MODELS]
+    assert N._zero123_choices() == [N.M.NO_MODELS]
     assert "ashawkey/zero123-xl-diffusers" in N.Zero123GuidanceLoader.validate_inputs("diffusers/none")
     write_tiny_zero123(comfy_dirs["models"] / "diffusers" / "zero123-xl-tiny")
     write_tiny_zero123_single_file(comfy_dirs["models"] / "checkpoints" / "stable_zero123.ckpt")
     folder_paths.filename_list_cache.clear()
     assert N._zero123_choices() == ["diffusers/zero123-xl-tiny", "checkpoints/stable_zero123.ckpt"]
     guid, info = N.Zero123GuidanceLoader.execute("checkpoints/stable_zero123.ckpt", weight=0.5).result
-    assert isinstance(guid, Zero123Guidance) and guid._model is None  # nothing loaded yet
+    assert isinstance(guid, Zero123Guidance) and guid._model is None  # nothing on the compute device yet
+    before = set(map(id, loaded_patchers()))
+    comps = guid._loader()  # what the fit's prepare() calls: ComfyUI's memory manager loads the weights
+    (ours,) = [p for p in loaded_patchers() if id(p) not in before]
+    assert ours.model.core is comps and set(ours.model.parts) == {"unet", "vae", "image_encoder",
+                                                                  "camera_projection"}
+    assert user_model in loaded_patchers()
     assert guid.config.variant == "stable-zero123" and "stable-zero123" in info
     check_guidance(guid)
     assert guid.weight == 0.5

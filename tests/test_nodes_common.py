@@ -15,7 +15,7 @@ from comfy_env import comfy, comfy_dirs, require_comfy  # noqa: F401
 require_comfy()
 
 import nodes as pack_nodes  # noqa: E402
-from nodes import _common  # noqa: E402
+from nodes import _common, _devices, _models, _tensors  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -60,23 +60,25 @@ def test_failing_module_disables_only_its_nodes(monkeypatch, caplog):
     monkeypatch.setattr(pack_nodes.importlib.util, "find_spec",
                         lambda name, *a: object() if name.endswith(".video") else real_find(name, *a))
     with caplog.at_level(logging.WARNING, logger="efficient4d"):
-        got = pack_nodes.load_node_classes(("video", "prepare", "not_written_yet"))
+        got = pack_nodes.load_node_classes(("video", "prepare", "prepar"))
     assert "video" in caplog.text and "simulated missing dependency" in caplog.text
-    assert "not_written_yet" not in caplog.text  # missing optional modules are skipped quietly
+    typo = [r for r in caplog.records if "nodes.prepar " in r.getMessage()]
+    assert len(typo) == 1 and typo[0].levelno == logging.ERROR  # a misspelt module name must show
     assert all(c.__module__.split(".")[-1] != "video" for c in got)
+    assert any(c.__module__.split(".")[-1] == "prepare" for c in got)
 
 
 def test_model_folders_registered_listed_and_resolved(comfy_dirs):
     import folder_paths
 
-    _common.register_model_folders()  # idempotent
+    _models.register_model_folders()  # idempotent
     paths, exts = folder_paths.folder_names_and_paths["syncdreamer"]
     assert paths == [str(comfy_dirs["models"] / "syncdreamer")]
     assert {".ckpt", ".safetensors", ".pth", ".pkl", ".pt"} <= exts
-    assert _common.list_models("syncdreamer") == [_common.NO_MODELS]
-    assert _common.list_models("syncdreamer", placeholder=False) == []
+    assert _models.list_models("syncdreamer") == [_models.NO_MODELS]
+    assert _models.list_models("syncdreamer", placeholder=False) == []
     with pytest.raises(FileNotFoundError) as e:
-        _common.resolve_model("syncdreamer", "syncdreamer-pretrain.ckpt")
+        _models.resolve_model("syncdreamer", "syncdreamer-pretrain.ckpt")
     msg = str(e.value)
     assert "syncdreamer-pretrain.ckpt" in msg and str(comfy_dirs["models"] / "syncdreamer") in msg
     assert "huggingface.co/liuyuan-pal/SyncDreamer" in msg
@@ -85,18 +87,18 @@ def test_model_folders_registered_listed_and_resolved(comfy_dirs):
     (d / "tiny.ckpt").write_bytes(b"x")
     (d / "readme.txt").write_text("not a model")
     folder_paths.filename_list_cache.clear()
-    assert _common.list_models("syncdreamer") == ["tiny.ckpt"]
-    assert _common.resolve_model("syncdreamer", "tiny.ckpt") == d / "tiny.ckpt"
-    assert _common.validate_model_choice("syncdreamer", "tiny.ckpt") is True
-    assert "not found" in _common.validate_model_choice("syncdreamer", "other.ckpt")
+    assert _models.list_models("syncdreamer") == ["tiny.ckpt"]
+    assert _models.resolve_model("syncdreamer", "tiny.ckpt") == d / "tiny.ckpt"
+    assert _models.validate_model_choice("syncdreamer", "tiny.ckpt") is True
+    assert "not found" in _models.validate_model_choice("syncdreamer", "other.ckpt")
     (comfy_dirs["models"] / "secret.ckpt").write_bytes(b"x")
     with pytest.raises(FileNotFoundError):
-        _common.resolve_model("syncdreamer", "../secret.ckpt")
+        _models.resolve_model("syncdreamer", "../secret.ckpt")
     svd = comfy_dirs["models"] / "diffusers" / "svd-tiny"
     svd.mkdir(parents=True)
     (svd / "model_index.json").write_text("{}")
-    assert _common.list_models("diffusers", kind="dirs") == ["svd-tiny"]
-    assert _common.resolve_model("diffusers", "svd-tiny") == svd
+    assert _models.list_models("diffusers", kind="dirs") == ["svd-tiny"]
+    assert _models.resolve_model("diffusers", "svd-tiny") == svd
 
 
 def test_progress_callback_drives_bar_and_cancels(monkeypatch):
@@ -119,23 +121,23 @@ def test_progress_callback_drives_bar_and_cancels(monkeypatch):
 
 def test_image_and_mask_conversions():
     rgba = torch.rand(2, 8, 6, 4)
-    rgb, alpha = _common.image_in(rgba)
+    rgb, alpha = _tensors.image_in(rgba)
     assert rgb.shape == (2, 8, 6, 3) and alpha.shape == (2, 8, 6)
-    assert _common.image_in(torch.rand(8, 6, 3))[0].shape == (1, 8, 6, 3)
+    assert _tensors.image_in(torch.rand(8, 6, 3))[0].shape == (1, 8, 6, 3)
     with pytest.raises(ValueError, match=r"\[B, H, W, 3 or 4\]"):
-        _common.image_in(torch.rand(2, 3, 8, 6))
+        _tensors.image_in(torch.rand(2, 3, 8, 6))
     bad = torch.rand(1, 4, 4, 3)
     bad[0, 0, 0, 0] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
-        _common.image_in(bad)
-    assert _common.mask_in(torch.ones(8, 6), 2, 8, 6).shape == (2, 8, 6)
+        _tensors.image_in(bad)
+    assert _tensors.mask_in(torch.ones(8, 6), 2, 8, 6).shape == (2, 8, 6)
     with pytest.raises(ValueError, match="6x8"):
-        _common.mask_in(torch.ones(1, 6, 8), 2, 8, 6)
+        _tensors.mask_in(torch.ones(1, 6, 8), 2, 8, 6)
     with pytest.raises(ValueError, match="3 masks for 2 images"):
-        _common.mask_in(torch.ones(3, 8, 6), 2, 8, 6)
-    out = _common.image_out(rgb, alpha)
-    assert out.shape == (2, 8, 6, 4) and out.device == _common.intermediate_device()
-    assert _common.mask_out(alpha[..., None]).shape == (2, 8, 6)
-    assert _common.parse_floats("0, 90;180 270", "azimuths") == [0, 90, 180, 270]
+        _tensors.mask_in(torch.ones(3, 8, 6), 2, 8, 6)
+    out = _tensors.image_out(rgb, alpha)
+    assert out.shape == (2, 8, 6, 4) and out.device == _devices.intermediate_device()
+    assert _tensors.mask_out(alpha[..., None]).shape == (2, 8, 6)
+    assert _tensors.parse_floats("0, 90;180 270", "azimuths") == [0, 90, 180, 270]
     with pytest.raises(ValueError, match="azimuths"):
-        _common.parse_floats("0, north", "azimuths")
+        _tensors.parse_floats("0, north", "azimuths")

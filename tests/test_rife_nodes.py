@@ -7,6 +7,10 @@ from comfy_env import comfy, comfy_dirs, require_comfy  # noqa: F401
 
 require_comfy()
 
+from test_nodes_memory import import_model_patcher, loaded_patchers, spy_loaded, user_model  # noqa: E402,F401
+
+import_model_patcher()
+
 from nodes import rife as N  # noqa: E402
 from test_interpolate import _vm  # noqa: E402
 from tiny_rife import write_tiny_rife  # noqa: E402
@@ -32,19 +36,23 @@ def test_loader_lists_flow_first_and_loads_rife(comfy_dirs):
     msg = N.RIFELoader.validate_inputs("rife49.pth")
     assert isinstance(msg, str) and "rife49.pth" in msg and "models/rife" in msg
     interp, name = N.RIFELoader.execute("rife47.pth").result
-    assert name == "rife 4.7 (rife47.pth)" and interp.name == name
+    assert name == "rife 4.7 (rife47.pth)" and interp.model.core.name == name and interp.model.name == name
     flow, fname = N.RIFELoader.execute(N.FLOW_CHOICE).result
     assert "no weights" in fname
 
 
-def test_interpolate_frames_node_keeps_alpha_and_order(comfy_dirs):
+def test_interpolate_frames_node_keeps_alpha_and_order(comfy_dirs, user_model, monkeypatch):
+    import e4d.interp.sequences as sequences
+
+    seen = spy_loaded(monkeypatch, sequences, "interpolate_frames")
     write_tiny_rife(comfy_dirs["models"] / "rife", "4.7")
     interp, _ = N.RIFELoader.execute("rife47.pth").result
     frames = torch.rand(3, 32, 32, 4)
     (out,) = N.InterpolateFrames.execute(frames, interp, multiplier=3, scale="1.0", fp16=True, batch=2).result
     assert out.shape == (7, 32, 32, 4) and out.device.type == "cpu" and out.dtype == torch.float32
     torch.testing.assert_close(out[::3], frames)
-    assert next(interp.net.parameters()).device.type == "cpu"  # the loader's model was not moved or cast
+    assert len(seen) == 1 and interp in seen[0] and user_model in loaded_patchers()
+    assert next(interp.model.core.net.parameters()).dtype == torch.float32  # the managed model was not cast
 
 
 def test_views_and_confidence_nodes_with_fallback(comfy_dirs):

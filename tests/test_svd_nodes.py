@@ -8,6 +8,10 @@ from comfy_env import comfy, comfy_dirs, require_comfy  # noqa: F401
 
 require_comfy()
 
+from test_nodes_memory import import_model_patcher, loaded_patchers, spy_loaded, user_model  # noqa: E402,F401
+
+import_model_patcher()
+
 from nodes import svd as N  # noqa: E402
 from tiny_svd import write_tiny_svd, write_tiny_svd_single_file  # noqa: E402
 from tiny_zero123 import hide_torchvision_stub  # noqa: E402
@@ -26,11 +30,13 @@ def test_schemas():
         assert all(i.tooltip for i in s.inputs) and all(o.tooltip for o in s.outputs)
 
 
-def test_loader_and_image_to_video(comfy_dirs):
+def test_loader_and_image_to_video(comfy_dirs, user_model, monkeypatch):
     import folder_paths
 
-    assert N._svd_choices() == [N.C.NO_MODELS]
-    msg = N.SVDLoader.validate_inputs(N.C.NO_MODELS)
+    import e4d.svd.pipeline as pipeline
+
+    assert N._svd_choices() == [N.M.NO_MODELS]
+    msg = N.SVDLoader.validate_inputs(N.M.NO_MODELS)
     assert isinstance(msg, str) and "stable-video-diffusion-img2vid-xt" in msg
     write_tiny_svd(comfy_dirs["models"] / "diffusers" / "svd-tiny")
     write_tiny_svd_single_file(comfy_dirs["models"] / "checkpoints" / "svd_tiny.safetensors")
@@ -40,7 +46,9 @@ def test_loader_and_image_to_video(comfy_dirs):
     assert N.SVDLoader.validate_inputs("diffusers/svd-tiny") is True
     (pipe,) = N.SVDLoader.execute("diffusers/svd-tiny", "fp32").result
     (pipe2,) = N.SVDLoader.execute("checkpoints/svd_tiny.safetensors", "auto").result
-    assert pipe2.unet.dtype == torch.float32  # auto on CPU
+    assert pipe2.model.core.unet.dtype == torch.float32 and pipe2.model.get_dtype() == torch.float32  # auto on CPU
+    assert set(pipe.model.parts) == {"unet", "vae", "image_encoder"}  # one managed model for the whole pipeline
+    seen = spy_loaded(monkeypatch, pipeline, "image_to_video")
     img = torch.ones(1, 40, 40, 4)
     img[0, 10:30, 10:30, :3] = 0.2
     img[0, ..., 3] = 0
@@ -49,3 +57,4 @@ def test_loader_and_image_to_video(comfy_dirs):
                                               keep_frames=2).result
     assert frames.shape == (2, 64, 64, 3) and masks.shape == (2, 64, 64)
     assert frames.device.type == "cpu" and masks.dtype == torch.float32
+    assert len(seen) == 1 and pipe in seen[0] and user_model in loaded_patchers()
