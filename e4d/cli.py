@@ -127,11 +127,14 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------------------------- export
 def cmd_export(args: argparse.Namespace) -> int:
+    from .atomic import atomic_dir
     from .export import load_native, save_ply_sequence
 
     g = load_native(args.model)
     times = args.times if args.times else _model_times(Path(args.model), args.count)
-    paths = save_ply_sequence(g, times, args.out, prefix=args.prefix, sh_degree_out=args.sh_degree_out)
+    with atomic_dir(args.out, overwrite=True) as tmp:  # a re-export replaces the old sequence as a whole
+        paths = save_ply_sequence(g, times, tmp, prefix=args.prefix, sh_degree_out=args.sh_degree_out)
+    paths = [Path(args.out) / p.name for p in paths]
     print(json.dumps({"folder": str(args.out), "files": len(paths), "times": times}))
     return 0
 
@@ -200,17 +203,31 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+OUT_KINDS = {"fit": "file", "render": "file"}
+"""What each command's --out is; every other command writes a folder."""
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point; returns the exit code. User errors print one line (no traceback) and return 2."""
+    """Entry point; returns the exit code: 0, 2 for user errors (one line naming the file, the rule and the fix; see
+    :mod:`e4d.cli_errors`), 130 on Ctrl-C (atomic outputs: nothing partial left)."""
     import logging
+
+    from .cli_errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, check_out_target, user_error_message
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     try:
+        check_out_target(args.command, getattr(args, "out", None), OUT_KINDS.get(args.command, "folder"))
         return int(args.func(args) or 0)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"e4d {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:  # outputs are atomic: nothing partial is left under the final names
+        print(f"e4d {args.command}: interrupted; nothing was written under the final names", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as e:
+        msg = user_error_message(e)
+        if msg is None:
+            raise
+        print(f"e4d {args.command}: error: {msg}", file=sys.stderr)
+        return EXIT_USER_ERROR
 
 
 __all__ = ["main", "build_parser"]
