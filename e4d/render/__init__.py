@@ -108,7 +108,7 @@ def render(g: Gaussians4D, times: TimesLike, w2c: Tensor, K: Tensor, width: int,
         packed: gsplat's packed layout (memory/speed trade-off; ignored by the other backends). gsplat 1.5.3 renders
             wrong images in packed mode when there is a leading batch of times (B > 1, measured on an H100), so it
             is honoured only for B == 1; unpacked is the default and was faster in bench/render.py anyway.
-        return_meta: keep gsplat's meta dict (gsplat backend only; None otherwise) (e.g. to ``retain_grad`` ``means2d`` for densification).
+        return_meta: keep gsplat's meta dict (e.g. to ``retain_grad`` ``means2d``; gsplat backend only, else None).
     Returns:
         :class:`RenderOutput` with ``rgb [B, C, H, W, 3]`` and ``alpha [B, C, H, W, 1]``.
 

@@ -96,7 +96,8 @@ def conic_and_box(mean2d: Tensor, cov2d: Tensor, opacities: Tensor, width: int,
     """
     det = cov2d[..., 0, 0] * cov2d[..., 1, 1] - cov2d[..., 0, 1] * cov2d[..., 1, 0]
     with torch.no_grad():
-        extend = torch.sqrt(2.0 * torch.log(opacities.clamp_min(ALPHA_THRESHOLD) / ALPHA_THRESHOLD)).clamp(max=BOX_SIGMAS)
+        extend = torch.sqrt(2.0 * torch.log(opacities.clamp_min(ALPHA_THRESHOLD) / ALPHA_THRESHOLD))
+        extend = extend.clamp(max=BOX_SIGMAS)
         rx = torch.ceil(extend * cov2d[..., 0, 0].clamp_min(0).sqrt())
         ry = torch.ceil(extend * cov2d[..., 1, 1].clamp_min(0).sqrt())
         on = ((det > 0) & (mean2d[..., 0] + rx > 0) & (mean2d[..., 0] - rx < width)

@@ -65,14 +65,15 @@ def _tile_chunk(pix: Tensor, T_in: Tensor, probe_in: Tensor, mean2d: Tensor, con
     return composite_chunk(_chunk_alpha(pix, mean2d, conic, opac), colors, T_in, probe_in)
 
 
-def _composite_tile(pix: Tensor, mean2d: Tensor, conic: Tensor, opac: Tensor, colors: Tensor,
-                    chunk: int) -> Tuple[Tensor, Tensor]:
-    """Colour ``[P, D]`` and transmittance ``[P]`` of one tile's pixels over its depth-sorted Gaussians."""
+def _composite_tile(pix: Tensor, mean2d: Tensor, conic: Tensor, opac: Tensor, colors: Tensor, chunk: int,
+                    recompute: bool) -> Tuple[Tensor, Tensor]:
+    """Colour ``[P, D]`` and transmittance ``[P]`` of one tile's pixels over its depth-sorted Gaussians;
+    ``recompute``: checkpoint every chunk (keep nothing pixels x Gaussians for the backward)."""
     P, D = pix.shape[0], colors.shape[1]
     rgb = pix.new_zeros(P, D)
     T = pix.new_ones(P)
     probe = pix.new_ones(P)
-    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (mean2d, conic, opac, colors))
+    grad = recompute and torch.is_grad_enabled() and any(t.requires_grad for t in (mean2d, conic, opac, colors))
     for start in range(0, mean2d.shape[0], chunk):
         sl = slice(start, start + chunk)
         args = (pix, T, probe, mean2d[sl], conic[sl], opac[sl], colors[sl])
@@ -103,6 +104,8 @@ def rasterize_image(means: Tensor, covs: Tensor, opacities: Tensor, colors: Tens
     mean2d, conic, opac, col = mean2d[sel], conic[sel], opac[sel], col[sel]
     ts = int(settings.tile_size)
     chunk = max(1, int(settings.max_elements) // (ts * ts))
+    # an image whose whole pixels x Gaussians block fits the bound keeps its intermediates (no recompute)
+    recompute = width * height * sel.numel() > int(settings.max_elements)
     dev, dt = means.device, means.dtype
     D = col.shape[1]
     rgb_rows, T_rows = [], []
@@ -115,7 +118,8 @@ def rasterize_image(means: Tensor, covs: Tensor, opacities: Tensor, colors: Tens
             pix = torch.stack([xs.reshape(-1), ys.reshape(-1)], -1)  # [P, 2]
             with torch.no_grad():  # Gaussians whose box overlaps the tile, still in depth order
                 t_sel = ((hi[:, 0] > x0) & (lo[:, 0] < x1) & (hi[:, 1] > y0) & (lo[:, 1] < y1)).nonzero().squeeze(-1)
-            tile_rgb, tile_T = _composite_tile(pix, mean2d[t_sel], conic[t_sel], opac[t_sel], col[t_sel], chunk)
+            tile_rgb, tile_T = _composite_tile(pix, mean2d[t_sel], conic[t_sel], opac[t_sel], col[t_sel], chunk,
+                                              recompute)
             rgb_row.append(tile_rgb.reshape(y1 - y0, x1 - x0, D))
             T_row.append(tile_T.reshape(y1 - y0, x1 - x0))
         rgb_rows.append(torch.cat(rgb_row, 1))
@@ -160,4 +164,5 @@ def render_reference(means: Tensor, covs: Tensor, opacities: Tensor, sh: Tensor,
     return torch.stack(rgb_rows), torch.stack(alpha_rows)
 
 
-__all__ = ["RasterSettings", "composite", "composite_chunk", "rasterize_image", "sh_colors", "view_colors", "render_reference"]
+__all__ = ["RasterSettings", "composite", "composite_chunk", "rasterize_image", "sh_colors", "view_colors",
+           "render_reference"]
