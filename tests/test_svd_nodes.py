@@ -44,7 +44,12 @@ def test_loader_and_image_to_video(comfy_dirs, user_model, monkeypatch):
     folder_paths.filename_list_cache.clear()
     assert N._svd_choices() == ["diffusers/svd-tiny", "checkpoints/svd_tiny.safetensors"]
     assert N.SVDLoader.validate_inputs("diffusers/svd-tiny") is True
-    (pipe,) = N.SVDLoader.execute("diffusers/svd-tiny", "fp32").result
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        (pipe,) = N.SVDLoader.execute("diffusers/svd-tiny", "fp32").result
+    assert not [w for w in caught if "torch_dtype" in str(w.message)]  # dtype= where diffusers knows it
     (pipe2,) = N.SVDLoader.execute("checkpoints/svd_tiny.safetensors", "auto").result
     assert pipe2.model.core.unet.dtype == torch.float32 and pipe2.model.get_dtype() == torch.float32  # auto on CPU
     assert set(pipe.model.parts) == {"unet", "vae", "image_encoder"}  # one managed model for the whole pipeline

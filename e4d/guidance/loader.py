@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from ..checkpoints import read_checkpoint
-from ..ldm.convert import default_image_processor, weights_variant
+from ..ldm.convert import default_image_processor, from_pretrained_dtype, weights_variant
 from .components import (SD_SCHEDULER, WHERE_TO_GET, CameraProjection, Zero123Components,
                          camera_projection_from_state_dict, check_zero123_shapes, freeze)
 from .convert import load_zero123_single_file
@@ -46,9 +46,9 @@ def load_zero123_folder(folder, dtype: torch.dtype = torch.float32, device=None)
     if missing:
         raise FileNotFoundError(f"{folder} lacks {missing} (each needs config.json + weights); {WHERE_TO_GET}")
     try:
-        unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=dtype,
+        unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", **from_pretrained_dtype(dtype),
                                                     variant=weights_variant(folder / "unet", dtype))
-        vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=dtype,
+        vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", **from_pretrained_dtype(dtype),
                                             variant=weights_variant(folder / "vae", dtype))
         enc = CLIPVisionModelWithProjection.from_pretrained(folder, subfolder="image_encoder", dtype=dtype)
     except OSError as e:

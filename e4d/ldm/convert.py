@@ -195,3 +195,13 @@ def weights_variant(component_dir: Path, dtype: torch.dtype) -> Optional[str]:
     if has_fp16 and (not has_plain or dtype == torch.float16):
         return "fp16"
     return None
+
+
+def from_pretrained_dtype(dtype: torch.dtype) -> dict:
+    """The dtype keyword of diffusers' ``from_pretrained`` for the installed diffusers: ``dtype=`` where it is
+    understood (diffusers deprecated ``torch_dtype`` with a FutureWarning when it added ``dtype``), else
+    ``torch_dtype=`` (older releases do not know ``dtype``)."""
+    from diffusers.utils import deprecation_utils
+
+    knows_dtype = hasattr(deprecation_utils, "_resolve_dtype")  # the resolver that came with ``dtype=``
+    return {"dtype": dtype} if knows_dtype else {"torch_dtype": dtype}

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from ..checkpoints import read_checkpoint
-from ..ldm.convert import default_image_processor, weights_variant
+from ..ldm.convert import default_image_processor, from_pretrained_dtype, weights_variant
 from ..ldm.keymap import SVD_CLIP_PREFIX, UNET_PREFIX, VAE_PREFIX
 from ..masks import composite_on_white, masks_from_white, pad_to_aspect, subsample_indices
 from ..progress import ProgressCallback, report
@@ -88,7 +88,7 @@ def load_svd(path, dtype: torch.dtype = torch.float32, device=None):
                                     f"_class_name StableVideoDiffusionPipeline is missing); {SVD_WHERE}")
         variant = weights_variant(p / "unet", dtype)
         try:
-            pipe = StableVideoDiffusionPipeline.from_pretrained(p, torch_dtype=dtype, variant=variant)
+            pipe = StableVideoDiffusionPipeline.from_pretrained(p, **from_pretrained_dtype(dtype), variant=variant)
         except OSError as e:
             raise FileNotFoundError(f"cannot load SVD from {p}: {e}; {SVD_WHERE}") from e
     elif p.is_file():
