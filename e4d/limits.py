@@ -80,6 +80,20 @@ def check_finite(owner: str, values: dict[str, Any]) -> None:
                 raise ValueError(f"{owner}.{name} must be a finite number, got {v!r}; give a real value")
 
 
+def check_finite_fields(config: Any) -> None:
+    """Raise ValueError naming ``Class.field`` when a float field of the dataclass ``config`` (or a float in a
+    list/tuple field, or in a nested dataclass field) is NaN or inf. Call it first in a config's validate():
+    NaN passes every ``<``/``>`` range check."""
+    import dataclasses
+
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            check_finite_fields(value)
+        else:
+            check_finite(type(config).__name__, {f.name: value})
+
+
 def inside_folder(folder: PathLike, relative: str, what: str) -> Path:
     """``folder / relative`` (normalised); ValueError when its real path leaves ``folder`` (absolute, ``..``,
     symlinks).

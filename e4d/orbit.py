@@ -21,7 +21,7 @@ from torch import Tensor
 
 from .cameras import SYNCDREAMER_ELEVATION, SYNCDREAMER_RADIUS, Cameras, orbit_cameras
 from .gaussians4d import Gaussians4D
-from .limits import check_frames_budget
+from .limits import check_finite_fields, check_frames_budget
 from .progress import ProgressCallback, report
 from .render import render
 
@@ -67,6 +67,7 @@ class OrbitConfig:
     :data:`CHUNK_SECONDS`, so cancel is checked about once a second."""
 
     def check(self) -> "OrbitConfig":
+        check_finite_fields(self)  # NaN passes every range check below
         if self.mode not in ORBIT_MODES:
             raise ValueError(f"unknown orbit mode {self.mode!r}; choose one of {ORBIT_MODES}")
         if self.frames < 1 or self.resolution < 1 or self.chunk < 1 or self.time_loops < 1:

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .limits import check_finite_fields
 from .masks import composite_on_white
 
 ArrayLike = Union[Tensor, np.ndarray]
@@ -48,6 +49,7 @@ class PrepareConfig:
     (0 = the official ``alpha > 0``)."""
 
     def check(self) -> None:
+        check_finite_fields(self)  # NaN passes every range check below
         if self.box not in ("clip", "frame"):
             raise ValueError(f"PrepareConfig.box must be 'clip' or 'frame', got {self.box!r}")
         if self.size < 8:

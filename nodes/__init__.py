@@ -20,6 +20,8 @@ TOPIC_MODULES = ("video", "prepare", "viewmatrix", "fit", "render", "export",
 
 
 def _module_nodes(name: str) -> list[type[io.ComfyNode]]:
+    from ._guards import guard_float_inputs
+
     full = f"{__name__}.{name}"
     if importlib.util.find_spec(full) is None:
         log.error("Efficient4D: node module %s does not exist (listed in TOPIC_MODULES of %s); its nodes are "
@@ -32,6 +34,7 @@ def _module_nodes(name: str) -> list[type[io.ComfyNode]]:
             if not (isinstance(cls, type) and issubclass(cls, io.ComfyNode)):
                 raise TypeError(f"{full}.NODES holds {cls!r}, which is not an io.ComfyNode subclass")
             cls.GET_SCHEMA()  # a broken schema disables this module here, not the whole pack later
+            guard_float_inputs(cls)  # every FLOAT input finite and in range before execute (nodes/_guards.py)
         return nodes
     except Exception:
         log.warning("Efficient4D: nodes of %s are disabled because the module failed to load", full, exc_info=True)

@@ -5,6 +5,7 @@ Nodes use them as ``T.image_in`` etc. (``from . import _tensors as T``).
 from __future__ import annotations
 
 import logging
+import math
 from typing import Optional
 
 import torch
@@ -87,9 +88,12 @@ def parse_floats(text: str, name: str) -> list[float]:
     """Parse a widget like ``"0, 90, 180"`` into floats, with an error naming the widget."""
     items = [s for s in str(text).replace(";", ",").replace(" ", ",").split(",") if s.strip()]
     try:
-        return [float(s) for s in items]
+        values = [float(s) for s in items]
     except ValueError as e:
         raise ValueError(f"{name} must be numbers separated by commas, e.g. '0, 90, 180', got {text!r}") from e
+    if not all(math.isfinite(v) for v in values):  # float() accepts 'nan' and 'inf'
+        raise ValueError(f"{name} must be finite numbers, e.g. '0, 90, 180', got {text!r}")
+    return values
 
 
 def informative_alpha(alpha: Optional[torch.Tensor]) -> Optional[torch.Tensor]:

@@ -11,6 +11,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Optional
 
+from ..limits import check_finite_fields
+
 PRESETS = ("recommended", "paper", "official-release")
 
 
@@ -117,6 +119,7 @@ class FitConfig:
 
     def validate(self) -> None:
         """Raise ValueError naming the field, the rule and the value."""
+        check_finite_fields(self)  # NaN passes every range check below
         positive_int = ("iterations", "num_points", "times_per_batch", "views_per_batch", "log_every",
                         "lr_xyz_steps", "densify_every", "max_points")
         for name in positive_int:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..limits import check_finite_fields
 from ..rife.warp import warp
 from .base import Interpolator, TimeArg, check_pair, time_vector
 
@@ -31,6 +32,7 @@ class FlowConfig:
 
     def validate(self) -> None:
         """Raise ValueError naming the field, its rule, the value and the fix."""
+        check_finite_fields(self)  # NaN passes every range check below
         if self.preset not in _PRESETS:
             raise ValueError(f"FlowConfig.preset must be one of {sorted(_PRESETS)}, got {self.preset!r}; use 'medium'")
         if self.consistency_sigma <= 0:

@@ -14,6 +14,7 @@ from torch import Tensor
 
 from ..rife.ifnet4 import IFNet4
 from ..rife.ifnet36 import IFNet36
+from ..limits import check_finite_fields
 from ..rife.warp import warp
 from .base import Interpolator, TimeArg, check_pair, time_vector
 
@@ -41,6 +42,7 @@ class RifeConfig:
 
     def validate(self) -> None:
         """Raise ValueError naming the field, its rule, the value and the fix."""
+        check_finite_fields(self)  # NaN passes every range check below
         if self.scale <= 0:
             raise ValueError(f"RifeConfig.scale must be > 0, got {self.scale}; use 1.0 (0.5 for 4K frames)")
         if self.pad_multiple is not None and self.pad_multiple < 1:

@@ -14,6 +14,7 @@ from typing import Callable, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from ..limits import check_finite_fields
 from ..progress import ProgressCallback, report
 from .attention import profile_range
 from .model import Condition, SyncDreamer
@@ -51,6 +52,7 @@ class SamplerConfig:
     """Run under ``torch.autocast`` with this dtype on CUDA (for fp32 weights); None = the weights' dtype."""
 
     def check(self) -> None:
+        check_finite_fields(self)  # NaN passes every range check below
         if self.guidance not in ("decomposed", "cfg", "none"):
             raise ValueError(f"guidance must be 'decomposed', 'cfg' or 'none', got {self.guidance!r}")
         need = 2 if self.guidance == "decomposed" else 1
