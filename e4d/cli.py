@@ -1,4 +1,4 @@
-"""Command line: ``python -m e4d fit|render|export|demo``.
+"""Command line: ``python -m e4d fit|render|export|demo|run``.
 
 * ``fit --views DIR [--holdout 16,17,18,19] [--iterations N] [--preset recommended|paper|official-release] [--device cpu|cuda]
   --out FILE.safetensors``: fit a view-matrix folder (the ``shared/data/cesium_man_walk`` layout), report PSNR/SSIM
@@ -6,6 +6,8 @@
 * ``render --model FILE --out VIDEO.mp4|.gif``: orbit video of a native file.
 * ``export --model FILE --out DIR``: per-time 3DGS PLY sequence of a native file.
 * ``demo [--out DIR]``: fit the bundled example and write all of the above (see :mod:`e4d.demo`).
+* ``run --video FILE|DIR | --image FILE --models DIR --out DIR``: the whole chain (:mod:`e4d.pipeline`) from a video
+  or one image, with weights from a ComfyUI-style ``models`` folder; writes the native file, orbit video and PLYs.
 """
 from __future__ import annotations
 
@@ -150,8 +152,90 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------------ run
+def _run_config(args: argparse.Namespace, dev: torch.device):
+    """PipelineConfig with the flags that were given (every other field keeps its dataclass default)."""
+    import dataclasses
+
+    from .pipeline import PipelineConfig
+
+    cfg = PipelineConfig(white_background_masks=args.white_background)
+    if args.size is not None:  # object size keeps the official 200/256 ratio
+        cfg.prepare = dataclasses.replace(cfg.prepare, size=args.size, crop_size=round(args.size * 200 / 256))
+    if args.keyframes is not None:
+        cfg.keyframes = args.keyframes
+    samp = {k: v for k, v in {"steps": args.steps, "view_batch": args.view_batch, "seed": args.seed}.items()
+            if v is not None}
+    cfg.sampler = dataclasses.replace(cfg.sampler, **samp)
+    fit = {k: v for k, v in {"iterations": args.iterations, "num_points": args.points, "seed": args.seed}.items()
+           if v is not None}
+    if dev.type == "cpu":  # the reference rasterizer on the CPU: a small fit, stated in the log
+        from .fit import reduced_for_cpu
+
+        cfg.fit = reduced_for_cpu(cfg.fit, **fit)
+    elif fit:
+        cfg.fit = cfg.fit.replace(**fit)
+    orbit = {k: v for k, v in {"frames": args.orbit_frames, "resolution": args.orbit_size}.items() if v is not None}
+    cfg.orbit = dataclasses.replace(cfg.orbit, **orbit)
+    if args.sds_every is not None:
+        cfg.sds = dataclasses.replace(cfg.sds, every=args.sds_every)
+    return cfg
+
+
+def _read_image(path: Path) -> torch.Tensor:
+    import numpy as np
+    from PIL import Image
+
+    if not path.is_file():
+        raise FileNotFoundError(f"--image {path}: file not found")
+    with Image.open(path) as im:
+        return torch.from_numpy(np.asarray(im.convert("RGBA"))).float() / 255.0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from .model_folder import load_models, sds_variant
+    from .pipeline import image_to_4d, save_outputs, video_to_4d
+    from .pipeline_hooks import Offload, StageTimer
+
+    dev = _device(args.device)
+    need = ["syncdreamer"] + ([] if args.flow else ["interpolator"]) + ([] if args.no_sds else ["guidance"])
+    if args.image is not None:
+        need.insert(0, "svd")
+    models = load_models(args.models, need=need, device=dev, to_device=not args.offload)
+    cfg = _run_config(args, dev)
+    if models.guidance is not None:
+        cfg.sds = dataclasses.replace(cfg.sds, variant=sds_variant(models))
+
+    def log(msg: str) -> None:
+        if not args.quiet:
+            print(f"[e4d run] {msg}", file=sys.stderr, flush=True)
+
+    def progress(step: int, total: int, info: dict) -> None:
+        if info.get("event") == "start":
+            log(f"stage {step}/{total}: {info['stage']}")
+
+    timer = StageTimer(dev, sink=lambda r: log(json.dumps(r)))
+    hooks = [timer] + ([Offload(dev)] if args.offload else [])
+    log(f"device {dev}; models: {json.dumps(models.sources)}; fit {cfg.fit.iterations} steps, "
+        f"{cfg.fit.num_points} Gaussians{' (reduced CPU config)' if dev.type == 'cpu' else ''}")
+    if args.image is not None:
+        result = image_to_4d(_read_image(args.image), models, cfg, progress, hooks, device=dev)
+    else:
+        from .video_decode import FrameSelection, decode_video
+
+        video = decode_video(args.video, FrameSelection(max_frames=args.max_frames))
+        result = video_to_4d(video.frames, models, cfg, progress, hooks, alpha=video.alpha, device=dev)
+    source = str(args.image if args.image is not None else args.video)
+    files = save_outputs(result, args.out, cfg, progress, [timer], meta={"source": source, "models": models.sources})
+    print(json.dumps({**files, "num_gaussians": result.gaussians.num, "stages": timer.records}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m e4d", description="Efficient4D core: fit, render and export 4D Gaussians.")
+    ap = argparse.ArgumentParser(prog="python -m e4d",
+                                 description="Efficient4D core: run the chain, fit, render and export 4D Gaussians.")
     sub = ap.add_subparsers(dest="command", required=True)
 
     f = sub.add_parser("fit", help="fit a view-matrix folder to 4D Gaussians")
@@ -200,6 +284,48 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--orbit-size", type=int, default=None, help="orbit video size (default 256 GPU / 64 CPU)")
     d.add_argument("--data", type=Path, default=None, help=argparse.SUPPRESS)
     d.set_defaults(func=cmd_demo)
+
+    from .fit import FitConfig
+    from .guidance.zero123 import SDSConfig
+    from .orbit import OrbitConfig
+    from .pipeline import PipelineConfig
+    from .preprocess import PrepareConfig
+    from .syncdreamer.sampler import SamplerConfig
+
+    u = sub.add_parser("run", help="the whole chain: video or image -> 4D Gaussians, orbit video and PLYs",
+                       description="Efficient4D end to end (e4d.pipeline): prepare -> SyncDreamer-T -> RIFE -> "
+                                   "confidence -> fit (+ Zero123 SDS). Weights come from --models, a folder laid "
+                                   "out like ComfyUI's models/ (syncdreamer/, rife/, diffusers/, checkpoints/).")
+    src = u.add_mutually_exclusive_group(required=True)
+    src.add_argument("--video", type=Path, help="video file (mp4, webm with alpha, gif ...) or a folder of frames")
+    src.add_argument("--image", type=Path, help="one image (RGBA or on white): image-to-4D through SVD")
+    u.add_argument("--models", required=True, type=Path, help="models folder (e.g. ComfyUI/models)")
+    u.add_argument("--out", required=True, type=Path, help="output folder")
+    u.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
+    u.add_argument("--offload", action="store_true", help="keep each model on the GPU only during its stage")
+    u.add_argument("--flow", action="store_true", help="interpolate with the OpenCV flow fallback (no RIFE weights)")
+    u.add_argument("--no-sds", action="store_true", help="fit without Zero123 SDS (no Zero123 weights)")
+    u.add_argument("--white-background", action="store_true",
+                   help="input without alpha: take the object mask from its white background")
+    u.add_argument("--max-frames", type=int, default=0, help="frames decoded from the video (default 0 = all)")
+    u.add_argument("--size", type=int, default=None,
+                   help=f"prepared frame size (default {PrepareConfig.size}, the model's; smaller only for tests)")
+    u.add_argument("--keyframes", type=int, default=None,
+                   help=f"K frames given to SyncDreamer-T (default {PipelineConfig().keyframes})")
+    u.add_argument("--steps", type=int, default=None, help=f"DDIM steps (default {SamplerConfig.steps})")
+    u.add_argument("--view-batch", type=int, default=None,
+                   help=f"(frame, view) pairs per UNet call (default {SamplerConfig.view_batch})")
+    u.add_argument("--iterations", type=int, default=None, help=f"fit steps (default {FitConfig.iterations})")
+    u.add_argument("--points", type=int, default=None, help=f"Gaussians (default {FitConfig.num_points})")
+    u.add_argument("--sds-every", type=int, default=None,
+                   help=f"SDS on every k-th fit step (default {SDSConfig.every})")
+    u.add_argument("--seed", type=int, default=None,
+                   help=f"seed of the sampler and the fit (default {SamplerConfig.seed})")
+    u.add_argument("--orbit-frames", type=int, default=None, help=f"orbit video frames (default {OrbitConfig.frames})")
+    u.add_argument("--orbit-size", type=int, default=None,
+                   help=f"orbit video size in pixels (default {OrbitConfig.resolution})")
+    u.add_argument("--quiet", action="store_true", help="no stage lines on stderr")
+    u.set_defaults(func=cmd_run)
     return ap
 
 

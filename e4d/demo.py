@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import logging
 import shutil
 import time
 from pathlib import Path
@@ -43,8 +42,6 @@ Layout: `cameras.json` (intrinsics scaled to 64 px: fx = fy = 70, cx = cy = 32; 
 Views 00-15: ring at elevation 30 deg, azimuth 22.5 deg * i. Views 16-19: held out, (az, el) = (56.25, 0),
 (146.25, 15), (236.25, 0), (326.25, 15). Rebuild: `python -m e4d.demo --build-data ../shared/data/cesium_man_walk`.
 """
-
-log = logging.getLogger(__name__)
 
 
 def downscale_view_matrix(vm, size: int):
@@ -118,12 +115,11 @@ def demo_config(device: torch.device, iterations: Optional[int] = None, points: 
 def run_demo(out_dir="e4d_demo_out", device: str = "auto", data=DEMO_DATA, iterations: Optional[int] = None,
              orbit_frames: Optional[int] = None, orbit_size: Optional[int] = None, points: Optional[int] = None,
              cpu_threads: Optional[int] = 1, print_fn: Callable[[str], None] = print) -> Dict[str, object]:
-    """Fit the bundled example and write ``model.safetensors``, ``orbit.mp4`` and ``ply/frame_*.ply`` into
-    ``out_dir``; returns a summary dict (held-out PSNR/SSIM, timings, paths, config)."""
-    from .export import save_native, save_ply_sequence
-    from .fit import evaluate, fit
-    from .orbit import OrbitConfig, orbit_render
-    from .video_io import write_video
+    """Fit the bundled example with :func:`e4d.pipeline.views_to_4d` (ground-truth views: no confidence maps) and
+    write ``model.safetensors``, ``orbit.mp4`` and ``ply/frame_*.ply`` into ``out_dir`` with
+    :func:`e4d.pipeline.save_outputs`; returns a summary dict (held-out PSNR/SSIM, timings, paths, config)."""
+    from .fit import evaluate
+    from .pipeline import ExportConfig, PipelineConfig, PipelineModels, save_outputs, views_to_4d
     from .viewmatrix import load_view_matrix
 
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
@@ -134,17 +130,17 @@ def run_demo(out_dir="e4d_demo_out", device: str = "auto", data=DEMO_DATA, itera
     if not (data / "cameras.json").is_file():
         raise FileNotFoundError(f"demo data not found at {data}; reinstall the package or rebuild it with "
                                 "`python -m e4d.demo --build-data ../shared/data/cesium_man_walk`")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     cfg = demo_config(dev, iterations, points)
+    pcfg = PipelineConfig(confidence=None, fit=cfg, export=ExportConfig(video_fps=16))
+    pcfg.orbit = dataclasses.replace(pcfg.orbit, frames=orbit_frames or (96 if dev.type == "cuda" else 24),
+                                     resolution=orbit_size or (256 if dev.type == "cuda" else 64))
     mode = "full paper config" if dev.type == "cuda" else f"REDUCED CPU config ({CPU_FIT_SIZE} px)"
     print_fn(f"[e4d demo] device {dev}: {mode}: {cfg.num_points} Gaussians, {cfg.iterations} iterations, "
              f"{cfg.times_per_batch} times x {cfg.views_per_batch} views per step")
     vm = load_view_matrix(data)
     if dev.type == "cpu":
         vm = downscale_view_matrix(vm, CPU_FIT_SIZE)
-    vm = vm.to(dev)
-    train, test = _split(vm)
+    train, test = _split(vm.to(dev))
     print_fn(f"[e4d demo] data {data.name}: {train.T} times x {train.V} train views (+input view) at "
              f"{train.W}x{train.H}, held-out views {TEST_VIEWS}")
 
@@ -159,34 +155,19 @@ def run_demo(out_dir="e4d_demo_out", device: str = "auto", data=DEMO_DATA, itera
         # is ~10x faster than two contending ones (measured: 25 s vs > 4 min for this fit).
         torch.set_num_threads(cpu_threads)
     try:
-        res = fit(train, config=cfg, callback=progress)
+        res = views_to_4d(train, PipelineModels(), pcfg, callback=progress)
         held = evaluate(res.gaussians, test, view_ids=TEST_VIEWS)
-        tr = (float(train.times.min()), float(train.times.max()))
-        native = save_native(res.gaussians, out / "model.safetensors", time_range=tr,
-                             meta={"source": "e4d demo", "times": train.times.tolist(), "fit": cfg.to_dict(),
-                                   "heldout_psnr": held["psnr"]})
-        plys = save_ply_sequence(res.gaussians, train.times, out / "ply", prefix="frame")
-        size = orbit_size or (256 if dev.type == "cuda" else 64)
-        frames = orbit_frames or (96 if dev.type == "cuda" else 24)
-        orb = orbit_render(res.gaussians, OrbitConfig(frames=frames, resolution=size, time_start=tr[0],
-                                                      time_end=tr[1]))
+        files = save_outputs(res, out_dir, pcfg, meta={"source": "e4d demo", "heldout_psnr": held["psnr"]})
     finally:
         torch.set_num_threads(threads)
-    video = out / "orbit.mp4"
-    try:
-        write_video(orb.frames, video, fps=16)
-    except (OSError, RuntimeError, ValueError) as e:  # no mp4 encoder on this machine: fall back to a gif
-        log.warning("mp4 writing failed (%s); writing a gif instead", e)
-        video = write_video(orb.frames, out / "orbit.gif", fps=16)
     summary = {"heldout_psnr": round(held["psnr"], 3), "heldout_ssim": round(held["ssim"], 4),
                "per_view_psnr": {str(p["view"]): round(p["psnr"], 2) for p in held["per_view"]},
-               "fit_seconds": round(res.seconds, 2), "total_seconds": round(time.perf_counter() - t0, 2),
-               "device": str(dev), "config": mode, "native": str(native), "video": str(video),
-               "ply": str(out / "ply"), "num_ply": len(plys)}
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+               "fit_seconds": round(res.fit.seconds, 2), "total_seconds": round(time.perf_counter() - t0, 2),
+               "device": str(dev), "config": mode, **files}
+    (Path(out_dir) / "summary.json").write_text(json.dumps(summary, indent=1))
     print_fn(f"[e4d demo] held-out PSNR {held['psnr']:.2f} dB, SSIM {held['ssim']:.4f} (views {TEST_VIEWS}, on white); "
-             f"fit {res.seconds:.1f} s")
-    print_fn(f"[e4d demo] wrote {native}, {video}, {len(plys)} PLY files in {out / 'ply'}")
+             f"fit {res.fit.seconds:.1f} s")
+    print_fn(f"[e4d demo] wrote {files['native']}, {files['video']}, {files['num_ply']} PLY files in {files['ply']}")
     return summary
 
 
