@@ -116,3 +116,14 @@ def object_alpha(rgb: Tensor, alpha: Optional[Tensor], mask: Optional[Tensor], i
     if alpha is not None and invert:
         alpha = 1.0 - alpha
     return informative_alpha(alpha)
+
+
+ZUP_TO_YUP = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]], dtype=torch.float64)
+"""Our world (right-handed, +Z up) into ComfyUI's 3D world (three.js: right-handed, +Y up): (x, y, z) ->
+(x, z, -y), a rotation by -90 degrees about +X. Core SPLAT outputs use it; core cameras come back through its
+transpose."""
+
+
+def yup_to_zup(v: Tensor) -> Tensor:
+    """Vectors ``[..., 3]`` of ComfyUI's +Y-up 3D world in our +Z-up world (inverse of :data:`ZUP_TO_YUP`)."""
+    return v @ ZUP_TO_YUP.to(v.dtype)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 from typing import Optional
 
+import torch
 from comfy_api.latest import io
 
 from . import _common as C
@@ -13,13 +14,6 @@ from ._widgets import field_input
 from .types import E4D_GAUSSIANS4D
 
 CATEGORY = "Efficient4D/render"
-
-
-def yup_to_zup(v: tuple[float, float, float]) -> tuple[float, float, float]:
-    """A vector of ComfyUI's 3D world (three.js: right-handed, +Y up) in ours (right-handed, +Z up): the inverse
-    of the (x, y, z) -> (x, z, -y) rotation our SPLAT output applies."""
-    x, y, z = v
-    return x, -z, y
 
 
 def camera_info_to_orbit(info: dict, resolution: int) -> dict:
@@ -35,7 +29,8 @@ def camera_info_to_orbit(info: dict, resolution: int) -> dict:
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"camera_info must hold position {{x, y, z}} (and target) as core Load 3D gives it; got "
                          f"{info!r}") from e
-    dx, dy, dz = yup_to_zup(tuple(p - t for p, t in zip(pos, tgt)))
+    offset = torch.tensor(pos, dtype=torch.float64) - torch.tensor(tgt, dtype=torch.float64)
+    dx, dy, dz = T.yup_to_zup(offset).tolist()
     radius = math.sqrt(dx * dx + dy * dy + dz * dz)
     if radius <= 1e-9:
         raise ValueError("camera_info places the camera on its target (distance 0); move the camera in the 3D view")

@@ -170,3 +170,25 @@ def test_viewmatrix_types_are_our_custom_types():
     types = {i.id: i.get_io_type() for i in s.inputs}
     assert types["view_matrix"] == "E4D_VIEW_MATRIX" and types["confidence"] == "E4D_CONFIDENCE"
     assert json.dumps(Fit4DGS.GET_NODE_INFO_V1())  # serializable for /object_info
+
+
+def test_orbit_render_starts_from_a_core_camera():
+    from nodes.render import camera_info_to_orbit
+
+    # three.js camera on +Z (Y-up) looking at the origin = our -Y side; a camera straight above = elevation 90
+    front = {"position": {"x": 0.0, "y": 0.0, "z": 2.0}, "target": {"x": 0, "y": 0, "z": 0}, "zoom": 1,
+             "cameraType": "perspective", "fov": 90.0}
+    got = camera_info_to_orbit(front, 64)
+    assert got["azimuth_start"] == pytest.approx(-90.0) and got["elevation"] == pytest.approx(0.0)
+    assert got["radius"] == pytest.approx(2.0) and got["focal"] == pytest.approx(32.0)
+    above = {"position": {"x": 1.0, "y": 3.0, "z": 0.0}, "target": {"x": 1.0, "y": 1.0, "z": 0.0}}
+    assert camera_info_to_orbit(above, 64)["elevation"] == pytest.approx(90.0)
+    with pytest.raises(ValueError, match="position"):
+        camera_info_to_orbit({"target": {}}, 64)
+    if "camera_info" in [i.id for i in OrbitRender.GET_SCHEMA().inputs]:
+        g = init_random(16)
+        side = {"position": {"x": 1.5, "y": 0.0, "z": 0.0}, "target": {"x": 0, "y": 0, "z": 0}, "fov": None}
+        a, _ = OrbitRender.execute(g, "fixed_view", 1, 16, 30.0, 9.0, 123.0, backend="reference",
+                                   camera_info=side).result
+        b, _ = OrbitRender.execute(g, "fixed_view", 1, 16, 0.0, 1.5, 0.0, backend="reference").result
+        torch.testing.assert_close(a, b)  # +X of ComfyUI's world is our +X: azimuth 0, elevation 0
