@@ -74,11 +74,11 @@ def sync(device: torch.device) -> None:
 
 
 def run_config(model, device, k: int, view_batch: int, steps: int, guidance: str, size: int,
-               tags: dict = None) -> dict:
+               tags: dict = None, cuda_graphs: bool = True) -> dict:
     from e4d.syncdreamer.sampler import SamplerConfig, decode_views, sample_latents
 
     cfg = SamplerConfig(steps=steps, view_batch=view_batch, guidance=guidance,
-                        scales=(2.0, 1.0) if guidance == "decomposed" else (2.0,))
+                        scales=(2.0, 1.0) if guidance == "decomposed" else (2.0,), cuda_graphs=cuda_graphs)
     imgs = frames(k, size).permute(0, 3, 1, 2).to(device) * 2 - 1
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -158,6 +158,12 @@ def main(argv=None) -> int:
     ap.add_argument("--compile", nargs="?", const="default", default=None,
                     help="torch.compile the UNet with this mode (default 'default'; e.g. max-autotune-no-cudagraphs);"
                          " compile time is reported as compile_s (the untimed warm-up step)")
+    ap.add_argument("--no-cuda-graphs", action="store_true",
+                    help="eager chunks (SamplerConfig.cuda_graphs=False) instead of the default graph replay")
+    ap.add_argument("--cache-dir", default=None,
+                    help="with --compile: folder of the compile cache file (read if present, written after step 1)")
+    ap.add_argument("--cudnn-benchmark", action="store_true",
+                    help="torch.backends.cudnn.benchmark = True (off in the product and in ComfyUI by default)")
     ap.add_argument("--literal-depth-attn", action="store_true",
                     help="official-order depth attention (materialised k/v, chunked fp32 softmax) instead of fused")
     ap.add_argument("--profile", action="store_true",
@@ -167,7 +173,7 @@ def main(argv=None) -> int:
     device = torch.device(a.device)
     dtype = DTYPES[a.dtype]
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.benchmark = a.cudnn_benchmark
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     size = 64 if a.tiny else 256
@@ -176,7 +182,7 @@ def main(argv=None) -> int:
     from e4d.syncdreamer.speed import accelerate
 
     accelerate(model, channels_last=a.channels_last, compile_mode=a.compile,
-               literal_depth_attention=a.literal_depth_attn)
+               literal_depth_attention=a.literal_depth_attn, cache_dir=a.cache_dir)
     sync(device)
     params = sum(p.numel() for p in model.parameters())
     weights_gb = (torch.cuda.memory_allocated(device) / 2 ** 30) if device.type == "cuda" else None
@@ -191,12 +197,14 @@ def main(argv=None) -> int:
             continue
         try:
             tw = time.perf_counter()
+            graphs = not a.no_cuda_graphs
             if not a.no_warmup:  # 1 step with the same shapes: cudnn autotuning / compilation is not timed
-                run_config(model, device, k, vb, 1, a.guidance, size)
+                run_config(model, device, k, vb, 1, a.guidance, size, cuda_graphs=graphs)
             tags = {"channels_last": a.channels_last, "compile": a.compile, "warmup_s": round(time.perf_counter() - tw, 1),
-                    "depth_attn": "literal" if a.literal_depth_attn else "fused",
+                    "depth_attn": "literal" if a.literal_depth_attn else "fused", "cuda_graphs": graphs,
+                    "cudnn_benchmark": a.cudnn_benchmark,
                     "vae_dtype": str(model.first_stage_model.post_quant_conv.weight.dtype).replace("torch.", "")}
-            print(json.dumps(run_config(model, device, k, vb, a.steps, a.guidance, size, tags)), flush=True)
+            print(json.dumps(run_config(model, device, k, vb, a.steps, a.guidance, size, tags, graphs)), flush=True)
         except torch.cuda.OutOfMemoryError as e:
             print(json.dumps({"bench": "syncdreamer", "frames": k, "view_batch": vb, "error": "OOM",
                               "detail": str(e)[:300]}), flush=True)

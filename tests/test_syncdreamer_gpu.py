@@ -79,3 +79,58 @@ def test_real_checkpoint_smoke(shared_dir):
     assert vm.images.shape == (1, 16, 256, 256, 3) and torch.isfinite(vm.images).all()
     corners = vm.images[0, :, :8, :8].mean()
     assert corners > 0.8, f"background should be white-ish, corner mean {corners:.3f}"
+
+
+def test_cuda_graphs_match_eager(tmp_path):
+    """The default CUDA-graph replay gives the eager path's latents (two chunk sizes: 7 and the remainder 6)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from tiny_syncdreamer import write_tiny_syncdreamer
+
+    from e4d.syncdreamer.loader import load_syncdreamer
+    from e4d.syncdreamer.sampler import SamplerConfig, sample_latents
+
+    m = load_syncdreamer(write_tiny_syncdreamer(tmp_path), dtype=torch.float16, device="cuda")
+    imgs = torch.rand(3, 3, 64, 64, device="cuda") * 2 - 1
+    eager = sample_latents(m, imgs, SamplerConfig(steps=3, view_batch=7, cuda_graphs=False))
+    graphed = sample_latents(m, imgs, SamplerConfig(steps=3, view_batch=7))
+    torch.testing.assert_close(graphed, eager, rtol=1e-3, atol=1e-3)
+
+
+FAST_EPS_REL = 0.01
+"""Fast path (fp16 UNet, bf16 VAE, CUDA graphs) vs fp32: eps max|diff| / max|eps| on the fixture step."""
+FAST_DECODE_ABS = 0.03
+"""bf16 VAE decode vs fp32: max|diff| of the image in [-1, 1] on the fixture latent."""
+
+
+def test_fast_path_matches_fp32_on_fixture(shared_dir, ref):
+    from e4d.syncdreamer.chunks import ChunkRunner
+    from e4d.syncdreamer.loader import load_syncdreamer
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    path = shared_dir / "reference" / "syncdreamer" / "weights.safetensors"
+    m32 = load_syncdreamer(path, dtype=torch.float32, device="cuda")
+    _, e32 = _eps(m32, ref, torch.device("cuda"))
+    fast = load_syncdreamer(path, dtype=torch.float16, device="cuda", vae_dtype=torch.bfloat16)
+    r = {k: v.cuda() for k, v in ref.items()}
+    with torch.no_grad():
+        v = fast.viewpoint_embedding(r["input/elevation_rad"])
+        t = fast.embed_time(r["step/timestep"])
+        vol = fast.spatial_volume_for(r["step/x_t"].half(), t, v)
+        runner = ChunkRunner(fast, Condition(r["clip/embed"], r["cond/x_input"], v), "decomposed", (2.0, 1.0),
+                             use_graphs=True)
+        assert runner.use_graphs
+        runner.set_step(vol, t, r["step/timestep"].reshape(1))
+        f, views = torch.zeros(4, dtype=torch.long, device="cuda"), torch.arange(4, device="cuda")
+        first = runner(r["step/x_t"][0, :4], f, views)  # captures
+        again = runner(r["step/x_t"][0, :4], f, views)  # replays
+        z = r["vae/decode_in_z_scaled"]
+        d32, d16 = m32.decode_latent(z).float(), fast.decode_latent(z).float()
+    assert len(runner.graphs) == 1 and torch.equal(first, again)
+    err = ((again.cpu() - e32).abs().max() / e32.abs().max()).item()
+    derr = (d16 - d32).abs().max().item()
+    print(f"fast path vs fp32: eps rel {err:.4f} (< {FAST_EPS_REL}), bf16 VAE decode abs {derr:.4f}")
+    assert err < FAST_EPS_REL and derr < FAST_DECODE_ABS

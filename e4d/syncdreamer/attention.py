@@ -13,6 +13,7 @@ class CrossAttention(nn.Module):
     """Multi-head attention (q/k/v without bias, out with bias) through fused ``scaled_dot_product_attention``.
 
     With 1024 latent tokens per view the probability tensor would be [B, 8, 1024, 1024]; SDPA never builds it.
+    A one-token context (the UNet's cross-attention) needs no attention at all: the output is its projected value.
     """
 
     def __init__(self, query_dim: int, context_dim: Optional[int], heads: int, dim_head: int):
@@ -27,6 +28,10 @@ class CrossAttention(nn.Module):
     def forward(self, x: Tensor, context: Optional[Tensor] = None) -> Tensor:  # x [B, N, C], context [B, M, Cc]
         ctx = x if context is None else context
         b, n, _ = x.shape
+        if context is not None and context.shape[1] == 1:
+            # one key: softmax over it is exactly 1, so every query reads the single value (SyncDreamer's context
+            # is one CLIP+camera token); skips the query projection and the attention kernel, same result
+            return self.to_out(self.to_v(ctx)).expand(b, n, -1)
         q, k, v = self.to_q(x), self.to_k(ctx), self.to_v(ctx)
         split = lambda t: t.reshape(b, t.shape[1], self.heads, -1).transpose(1, 2)  # noqa: E731
         o = F.scaled_dot_product_attention(split(q), split(k), split(v))

@@ -168,17 +168,29 @@ class SpatialVolumeNet(nn.Module):
     def __init__(self, d: VolumeDims):
         super().__init__()
         self.d = d
+        self._geometry: Dict[tuple, Tensor] = {}  # sampling grids per camera set and size (constant over steps)
         self.target_encoder = NoisyTargetViewEncoder(d.time_dim, d.view_dim, d.encoder_run_dim, d.encoder_out_dim)
         self.spatial_volume_feats = SpatialTime3DNet(d.time_dim, d.encoder_out_dim * d.view_num, d.spatial_dims)
         self.frustum_volume_feats = FrustumTV3DNet(d.frustum_in_dim, d.time_dim, d.view_dim, d.frustum_dims)
+
+    def _cached(self, kind: str, poses: Tensor, Ks: Tensor, size: int, build) -> Tensor:
+        """``build()`` once per camera set, size and device: the grids depend only on the cameras, so every DDIM
+        step and chunk reuses them (no per-chunk matrix inverse, nothing to sync inside a captured CUDA graph)."""
+        key = (kind, size, poses.device, poses.data_ptr(), Ks.data_ptr(),
+               *(getattr(t, "_version", 0) if not t.is_inference() else 0 for t in (poses, Ks)))
+        if key not in self._geometry:
+            self._geometry = {k: v for k, v in self._geometry.items() if k[0] != kind}  # one entry per kind
+            self._geometry[key] = build()
+        return self._geometry[key]
 
     def unproject(self, x: Tensor, t_embed: Tensor, v_embed: Tensor, poses: Tensor, Ks: Tensor) -> Tensor:
         """Noisy latents ``[B, N, 4, h, w]`` -> unprojected features ``[B, N*C, V, V, V]`` (view-major channels)."""
         B, N, _, h, w = x.shape
         V = self.d.spatial_size
-        P = projection_matrices(Ks, poses, w / self.d.input_image_size)
-        pts = voxel_grid(V, self.d.spatial_length, x.device).reshape(-1, 3)
-        grid = project_to_grid(pts, P, w)  # [N, V^3, 2] float32: fp16 coordinates would shift samples
+        grid = self._cached("unproject", poses, Ks, w, lambda: project_to_grid(
+            voxel_grid(V, self.d.spatial_length, x.device).reshape(-1, 3),
+            projection_matrices(Ks, poses, w / self.d.input_image_size), w))  # [N, V^3, 2] float32, as fp16
+        # coordinates would shift samples
         feats = self.target_encoder(x.reshape(B * N, *x.shape[2:]), t_embed.repeat_interleave(N, 0),
                                     v_embed.reshape(B * N, -1).to(x.dtype))  # [B*N, C, h, w]
         C = feats.shape[1]
@@ -201,8 +213,9 @@ class SpatialVolumeNet(nn.Module):
         B, TN = target.shape
         size = size or d.input_image_size // 8
         idx = target.reshape(-1)
-        P = projection_matrices(Ks[idx], poses[idx], size / d.input_image_size)
-        xyz = frustum_points(P, size, d.frustum_depth, d.camera_distance, d.frustum_length) / d.spatial_length  # [B*TN, D, H, W, 3]
+        xyz = self._cached("frustum", poses, Ks, size, lambda: frustum_points(
+            projection_matrices(Ks, poses, size / d.input_image_size), size, d.frustum_depth, d.camera_distance,
+            d.frustum_length) / d.spatial_length)[idx]  # [B*TN, D, H, W, 3]
         vol = volume.repeat_interleave(TN, 0)
         feats = F.grid_sample(vol.float(), xyz, mode="bilinear", padding_mode="zeros",
                               align_corners=True).to(vol.dtype)  # sampled in float32, like autocast does
