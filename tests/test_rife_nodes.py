@@ -1,6 +1,7 @@
 """RIFE node adapters, called directly (no server): schema, dropdown, loading, outputs and their order."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from comfy_env import comfy, comfy_dirs, require_comfy  # noqa: F401
@@ -63,3 +64,16 @@ def test_views_and_confidence_nodes_with_fallback(comfy_dirs):
     conf, preview = N.ConfidenceMaps.execute(out, interp, mode="official", batch=8).result
     assert conf.shape == (9, 2, 32, 32)
     assert preview.shape == (9, 64, 64, 3) and preview.device.type == "cpu"
+
+
+def test_loader_refuses_a_film_file_clearly(comfy_dirs):
+    import folder_paths
+
+    d = comfy_dirs["models"] / "rife"
+    d.mkdir(exist_ok=True)
+    film = {"extract.extract_sublevels.convs.0.0.conv.weight": torch.zeros(64, 3, 3, 3),
+            "predict_flow.0.convs.0.conv.weight": torch.zeros(32, 128, 3, 3)}  # core FILM's sentinel key and more
+    torch.save(film, d / "film_net_fp32.pt")
+    folder_paths.filename_list_cache.clear()
+    with pytest.raises(ValueError, match="FILM.*models/frame_interpolation.*Load Frame Interpolation Model"):
+        N.RIFELoader.execute("film_net_fp32.pt")

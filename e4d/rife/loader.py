@@ -54,8 +54,9 @@ def detect_version(sd: StateDict) -> Union[str, IFNet4Config]:
         raise ValueError("this is a RIFE 4.0-4.4 checkpoint (block0.lastconv without '.0'); those need the "
                          "contextnet/unet refinement and are not supported: use rife47.pth or rife49.pth")
     if any(k.startswith("extract.extract_sublevels") for k in sd):
-        raise ValueError("this is a FILM frame-interpolation model, not RIFE; use ComfyUI's core 'Frame Interpolate' "
-                         "node for it, or pick a RIFE file (rife47.pth, rife49.pth, flownet.pkl)")
+        raise ValueError("this is a FILM frame-interpolation model, not RIFE; core ComfyUI runs FILM (put it in "
+                         "models/frame_interpolation, load it with 'Load Frame Interpolation Model' and run 'Run "
+                         "Frame Interpolation Model'), or pick a RIFE file here (rife47.pth, rife49.pth, flownet.pkl)")
     if "block0.convblock.0.beta" not in sd or "block0.lastconv.0.weight" not in sd:
         raise ValueError("not a RIFE state dict: none of the sentinel keys block0.conv1.2.weight (HD v3.6) or "
                          f"block0.convblock.0.beta (4.5+) found; first keys: {sorted(sd)[:5]}")
