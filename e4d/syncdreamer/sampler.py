@@ -17,8 +17,10 @@ from torch import Tensor
 from ..limits import check_finite_fields
 from ..progress import ProgressCallback, report
 from .attention import profile_range
+from .chunks import ChunkRunner
 from .model import Condition, SyncDreamer
 from .schedule import ddim_schedule, ddim_step
+from .speed import save_compile_cache
 from .temporal import parse_kernel, smooth_volumes
 
 log = logging.getLogger(__name__)
@@ -50,6 +52,10 @@ class SamplerConfig:
     """Start every frame from the same x_T (Efficient4D); False draws one per frame."""
     autocast_dtype: Optional[torch.dtype] = None
     """Run under ``torch.autocast`` with this dtype on CUDA (for fp32 weights); None = the weights' dtype."""
+    cuda_graphs: bool = True
+    """On CUDA, capture each chunk's frustum-net + UNet pass once per chunk size and replay it at every later step
+    (same kernels, same results; removes the per-step launch overhead). Ignored on CPU, under ``autocast_dtype``
+    and for ``torch.compile``d models; costs one extra eager pass per chunk size at the first step."""
 
     def check(self) -> None:
         check_finite_fields(self)  # NaN passes every range check below
@@ -87,23 +93,21 @@ def _autocast(device: torch.device, dtype: Optional[torch.dtype]):
 
 
 def predict_all_views(model: SyncDreamer, x: Tensor, t: int, cond: Condition, volumes: Tensor,
-                      t_embed: Tensor, cfg: SamplerConfig) -> Tensor:
-    """Guided eps for every (frame, view): ``x [K, N, 4, h, w]``, ``volumes [K, C, V, V, V]`` -> ``[K, N, 4, h, w]``."""
+                      t_embed: Tensor, cfg: SamplerConfig, runner: Optional[ChunkRunner] = None) -> Tensor:
+    """Guided eps for every (frame, view): ``x [K, N, 4, h, w]``, ``volumes [K, C, V, V, V]`` -> ``[K, N, 4, h, w]``.
+
+    ``runner``: the run's :class:`~.chunks.ChunkRunner` (keeps its CUDA graphs across steps); None = an eager one.
+    """
     K, N = x.shape[:2]
+    if runner is None:
+        runner = ChunkRunner(model, cond, cfg.guidance, cfg.scales, use_graphs=False)
+    runner.set_step(volumes, t_embed, torch.full((1,), t, device=x.device, dtype=torch.long))
     eps = torch.empty_like(x)
     pairs = torch.arange(K * N, device=x.device)
-    wdt = model.cc_projection.weight.dtype
     for start in range(0, K * N, cfg.view_batch):
         idx = pairs[start:start + cfg.view_batch]
         f, v = idx // N, idx % N
-        M = idx.numel()
-        sub = Condition(cond.clip_embed[f], cond.x_input[f], cond.v_embed[f])
-        with profile_range("sd/frustum"):
-            ctx, vols = model.target_view_feats(sub, volumes[f], t_embed[f], v[:, None])
-        tt = torch.full((M,), t, device=x.device, dtype=torch.long)
-        with profile_range("sd/unet"):
-            e = model.predict_eps(x[f, v].to(wdt), tt, ctx, vols, sub.x_input.to(wdt), cfg.guidance, cfg.scales)
-        eps[f, v] = e.float()
+        eps[f, v] = runner(x[f, v], f, v)
     return eps
 
 
@@ -142,6 +146,8 @@ def sample_latents(model: SyncDreamer, images: Tensor, config: SamplerConfig = S
         else:
             x = _randn((1 if config.shared_noise else K, N, 4, h, h), gen, images).expand(K, -1, -1, -1, -1).clone()
         total = len(sched.timesteps)
+        runner = ChunkRunner(model, cond, config.guidance, config.scales,
+                             use_graphs=config.cuda_graphs and config.autocast_dtype is None)
         for i in range(total):
             index = total - 1 - i
             t = int(sched.timesteps[index])
@@ -149,13 +155,15 @@ def sample_latents(model: SyncDreamer, images: Tensor, config: SamplerConfig = S
             with profile_range("sd/volume"):
                 volumes = model.spatial_volume_for(x.to(wdt), t_embed, cond.v_embed)
                 volumes = smooth_volumes(volumes, kernel, config.cyclic)  # SyncDreamer-T (eq. 10 / 15)
-            eps = predict_all_views(model, x, t, cond, volumes, t_embed, config)
+            eps = predict_all_views(model, x, t, cond, volumes, t_embed, config, runner)
             z = None
             if index > 0:
                 z = noise.step(index) if noise.step is not None else _randn(x.shape, gen, x)
                 z = z.to(dev, torch.float32)
             x = ddim_step(x, eps, float(sched.alphas[index]), float(sched.alphas_prev[index]),
                           float(sched.sigmas[index]), z)
+            if i == 0 and getattr(model, "compiled", False):
+                save_compile_cache(model)
             report(callback, i + 1, total, timestep=t)
     return x
 
