@@ -18,6 +18,7 @@ from . import _common as C
 from . import _devices as D
 from . import _models as M
 from . import _tensors as T
+from ._widgets import field_default, field_input, param_default
 from .types import E4D_CONFIDENCE, E4D_INTERPOLATOR, E4D_VIEW_MATRIX
 
 CATEGORY = "Efficient4D/interpolation"
@@ -52,13 +53,15 @@ def _ready(interpolator, scale: str, fp16: bool):
 
 
 def _common_inputs(default_batch: int) -> list:
+    from e4d.interp import RifeConfig
+
     return [
-        io.Combo.Input("scale", options=SCALES, default="1.0",
+        io.Combo.Input("scale", options=SCALES, default=str(field_default(RifeConfig, "scale")),
                        tooltip="RIFE flow scale: 0.5 / 0.25 estimate flow on a coarser grid (large images, fast "
                                "motion), 2 / 4 on a finer one. Ignored by the flow fallback."),
         io.Boolean.Input("fp16", default=True,
-                         tooltip="Run RIFE in half precision on CUDA (about 2x faster, tiny differences). "
-                                 "Ignored on CPU and by the flow fallback."),
+                         tooltip="Run RIFE under fp16 autocast on CUDA (faster, tiny differences; the weights "
+                                 "stay float32). Ignored on CPU and by the flow fallback."),
         io.Int.Input("batch", default=default_batch, min=1, max=1024,
                      tooltip="Images per interpolator call; lower it if you run out of GPU memory."),
     ]
@@ -67,6 +70,8 @@ def _common_inputs(default_batch: int) -> list:
 class RIFELoader(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
+        from e4d.interp import RifeConfig
+
         return io.Schema(
             node_id="E4D_RIFELoader",
             display_name="Load Frame Interpolator (RIFE / flow)",
@@ -80,10 +85,7 @@ class RIFELoader(io.ComfyNode):
                 io.Combo.Input("checkpoint", options=_checkpoints(), default=FLOW_CHOICE,
                                tooltip="File in ComfyUI/models/rife (also lists ComfyUI-Frame-Interpolation's "
                                        "ckpts/rife). " + WHERE + "."),
-                io.Boolean.Input("ensemble", default=False,
-                                 tooltip="RIFE 4.6/4.7/4.17 official ensemble (also runs the reversed pair; 2x "
-                                         "slower). ComfyUI-Frame-Interpolation never actually enables it. "
-                                         "HD v3.6 always does it; 4.22+ cannot."),
+                field_input(RifeConfig, "ensemble", note="Also runs the reversed pair (slower); 4.22+ cannot."),
             ],
             outputs=[
                 E4D_INTERPOLATOR.Output(display_name="interpolator",
@@ -116,6 +118,8 @@ class RIFELoader(io.ComfyNode):
 class InterpolateViews(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
+        from e4d.interp.sequences import METHODS, interpolate_view_matrix
+
         return io.Schema(
             node_id="E4D_InterpolateViews",
             display_name="Interpolate View Matrix in Time",
@@ -128,11 +132,12 @@ class InterpolateViews(io.ComfyNode):
                 E4D_INTERPOLATOR.Input("interpolator", tooltip="From 'Load Frame Interpolator'."),
                 io.Int.Input("multiplier", default=4, min=1, max=16,
                              tooltip="m: T frames become (T-1)*m+1. Paper: 4 (midpoints applied twice)."),
-                io.Combo.Input("method", options=["auto", "recursive", "direct"], default="auto",
+                io.Combo.Input("method", options=list(METHODS),
+                               default=param_default(interpolate_view_matrix, "method"),
                                tooltip="recursive: repeated midpoints (paper; m must be 2, 4, 8, 16). direct: one "
                                        "call per in-between at t=k/m (RIFE 4.x, flow). auto: direct when the model "
                                        "takes a timestep, recursive for HD v3.6."),
-            ] + _common_inputs(64),
+            ] + _common_inputs(param_default(interpolate_view_matrix, "batch")),
             outputs=[
                 E4D_VIEW_MATRIX.Output(display_name="view_matrix", tooltip="The view matrix with (T-1)*m+1 times."),
                 io.String.Output(display_name="info", tooltip="Interpolator used and the frame counts."),
@@ -155,6 +160,8 @@ class InterpolateViews(io.ComfyNode):
 class InterpolateFrames(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
+        from e4d.interp.sequences import METHODS, interpolate_frames
+
         return io.Schema(
             node_id="E4D_InterpolateFrames",
             display_name="Interpolate Frames (RIFE / flow)",
@@ -166,10 +173,10 @@ class InterpolateFrames(io.ComfyNode):
                 io.Image.Input("images", tooltip="Frames [N, H, W, 3 or 4], N >= 2."),
                 E4D_INTERPOLATOR.Input("interpolator", tooltip="From 'Load Frame Interpolator'."),
                 io.Int.Input("multiplier", default=2, min=1, max=16, tooltip="m: N frames become (N-1)*m+1."),
-                io.Combo.Input("method", options=["auto", "direct", "recursive"], default="auto",
+                io.Combo.Input("method", options=list(METHODS), default=param_default(interpolate_frames, "method"),
                                tooltip="direct: t=k/m calls; recursive: repeated midpoints (m power of 2); "
                                        "auto: direct unless the model only makes midpoints."),
-            ] + _common_inputs(16),
+            ] + _common_inputs(param_default(interpolate_frames, "batch")),
             outputs=[io.Image.Output(display_name="IMAGE", tooltip="Interpolated frames.")],
         )
 
@@ -190,6 +197,8 @@ class InterpolateFrames(io.ComfyNode):
 class ConfidenceMaps(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
+        from e4d.confidence_maps import ConfidenceConfig
+
         return io.Schema(
             node_id="E4D_ConfidenceMaps",
             display_name="Confidence Maps (interpolation consistency)",
@@ -200,10 +209,8 @@ class ConfidenceMaps(io.ComfyNode):
             inputs=[
                 E4D_VIEW_MATRIX.Input("view_matrix", tooltip="Usually the time-interpolated view matrix."),
                 E4D_INTERPOLATOR.Input("interpolator", tooltip="From 'Load Frame Interpolator'."),
-                io.Combo.Input("mode", options=["paper", "official"], default="paper",
-                               tooltip="paper: C = 1 - mean error (eq. 17 / 13). official: Efficient4D's released "
-                                       "code (channel-sum error, normalised per image by its maximum)."),
-            ] + _common_inputs(64),
+                field_input(ConfidenceConfig, "mode", options=("paper", "official")),
+            ] + _common_inputs(field_default(ConfidenceConfig, "batch")),
             outputs=[
                 E4D_CONFIDENCE.Output(display_name="confidence", tooltip="c_rgb and c_ssim maps [T, V, H, W]."),
                 io.Image.Output(display_name="preview",
