@@ -179,7 +179,10 @@ def render_triton(means: Tensor, covs: Tensor, opacities: Tensor, sh: Tensor, sh
     campos = torch.linalg.inv(flat_w2c)[:, :3, 3] if sh_degree > 0 else None
     colors = sh_colors(means[b, n], sh[b, n], sh_degree, campos[image] if campos is not None else None)
     ids, offsets = bin_tiles(mean2d.detach(), radii, on, mc[:, 2].detach(), image, images, width, height, k.TILE)
-    feat = torch.cat([mean2d, conic, op[:, None], colors], 1).contiguous()  # [G, 9]
+    feat = torch.cat([mean2d, conic, op[:, None], colors], 1)  # [G, 9]
+    if feat.shape[0] == 0:  # nothing kept: one inert row, so the kernels get a real pointer
+        feat = torch.cat([feat, feat.new_zeros(1, 9)])
+    feat = feat.contiguous()
     color, trans = _Composite.apply(feat, ids, offsets, images, int(width), int(height), launch)
     color = color.reshape(B, C, height, width, 3)
     trans = trans.reshape(B, C, height, width, 1)
