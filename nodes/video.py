@@ -10,6 +10,7 @@ from comfy_api.latest import io
 from . import _common as C
 from . import _paths as P
 from . import _tensors as T
+from ._widgets import field_default, param_default
 
 CATEGORY = "Efficient4D/input"
 
@@ -40,6 +41,8 @@ def _select_components(images: torch.Tensor, sel) -> torch.Tensor:
 class LoadVideo(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
+        from e4d.video_decode import FrameSelection as F, decode_video
+
         return io.Schema(
             node_id="E4D_LoadVideo",
             display_name="Load Video (Efficient4D)",
@@ -53,18 +56,19 @@ class LoadVideo(io.ComfyNode):
                                tooltip="File or frame folder (name ending in '/') in ComfyUI's input folder; "
                                        "ignored when 'video_in' is connected. Paths outside ComfyUI's "
                                        "input/output/temp folders are refused (see SECURITY.md)."),
-                io.Int.Input("start_frame", default=0, min=0, max=1_000_000,
+                io.Int.Input("start_frame", default=field_default(F, "start"), min=0, max=1_000_000,
                              tooltip="Index of the first frame to keep (0 = the first frame)."),
-                io.Int.Input("stride", default=1, min=1, max=1000,
+                io.Int.Input("stride", default=field_default(F, "stride"), min=1, max=1000,
                              tooltip="Keep every n-th frame from start_frame (2 halves the frame rate)."),
-                io.Int.Input("max_frames", default=0, min=0, max=100_000,
+                io.Int.Input("max_frames", default=field_default(F, "max_frames"), min=0, max=100_000,
                              tooltip="Most frames to keep; 0 = up to 1024 (the default cap; the server's owner can "
                                      "change it with E4D_MAX_VIDEO_FRAMES), and the log says when it cut the clip. "
                                      "Efficient4D uses 8-32 frames of a clip."),
-                io.Int.Input("max_side", default=0, min=0, max=16384, step=8,
+                io.Int.Input("max_side", default=field_default(F, "max_side"), min=0, max=16384, step=8,
                              tooltip="Downscale frames whose longest side is larger (aspect kept); 0 keeps the size. "
                                      "The object is later cropped to 256 px, so 1024 is plenty."),
-                io.Float.Input("fps_if_unknown", default=8.0, min=0.1, max=240.0, step=0.1,
+                io.Float.Input("fps_if_unknown", default=param_default(decode_video, "default_fps"),
+                               min=0.1, max=240.0, step=0.1,
                                tooltip="Frame rate reported for frame folders and stills, which carry no timing."),
                 io.Video.Input("video_in", optional=True,
                                tooltip="Optional core VIDEO (e.g. from core Load Video); replaces the file widget."),
