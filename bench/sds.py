@@ -7,6 +7,8 @@ Usage (repo root)::
 
     python bench/sds.py                    # ms per SDS step (render-sized leaf -> VAE encoder -> UNet CFG -> backward), B = 1..4
     python bench/sds.py --fit              # + 500-iteration CesiumMan fit without / with SDS every 1st, 2nd step
+    python bench/sds.py --fit --every 1,2,2-    # also SDS every 2nd step without carry_skipped
+    python bench/sds.py --no-cuda-graphs   # eager guided UNet call (the SDSConfig.cuda_graphs=False path)
     python bench/sds.py --device cpu --tiny --steps 2 --batches 1     # CPU smoke run of this script
 
 Each measurement prints one JSON line. Issue 6 target: a 500-iteration fit with SDS <= 30 s on an H100.
@@ -65,10 +67,11 @@ def synthetic_vm(T: int, size: int = 256):
                       input_images=torch.rand(T, size, size, 3, generator=g), input_camera=input_view(0.0, size))
 
 
-def bench_steps(comps, dev: torch.device, batches: List[int], steps: int, warmup: int) -> None:
+def bench_steps(comps, dev: torch.device, batches: List[int], steps: int, warmup: int,
+                cuda_graphs: bool = True) -> None:
     from e4d.guidance.zero123 import SDSConfig, Zero123Guidance
 
-    guid = Zero123Guidance(comps, SDSConfig(), device=dev)
+    guid = Zero123Guidance(comps, SDSConfig(every=1, cuda_graphs=cuda_graphs), device=dev)
     vm = synthetic_vm(16).to(dev)
     t0 = time.perf_counter()
     guid.prepare(vm)
@@ -97,12 +100,19 @@ def bench_steps(comps, dev: torch.device, batches: List[int], steps: int, warmup
         ms = (time.perf_counter() - t0) / steps * 1000
         print_json({"bench": "sds_step", "B": B, "size": 256, "ms_per_step": round(ms, 2),
                     "sds_s_per_500_steps": round(ms * 0.5, 2), "peak_vram_gb": peak_vram_gb(dev),
-                    "prepare_s_16_frames": round(prep, 3), "grad_finite": all(finite), "dtype": str(comps.dtype), "env": env_info(dev),
+                    "prepare_s_16_frames": round(prep, 3), "grad_finite": all(finite), "dtype": str(comps.dtype),
+                    "cuda_graphs": cuda_graphs, "env": env_info(dev),
                     "note": "random weights: cost only, no quality gain can be shown"})
 
 
+def parse_every(spec: str) -> List[tuple]:
+    """``"1,2,2-"`` -> [(1, True), (2, True), (2, False)]: SDS every k-th step; a trailing ``-`` turns off
+    ``SDSConfig.carry_skipped`` (applied steps not weighted by k)."""
+    return [(int(tok.rstrip("-")), not tok.endswith("-")) for tok in spec.split(",") if tok.strip()]
+
+
 def bench_fit(comps, dev: torch.device, data: Path, iterations: int, points: Optional[int] = None,
-              every: List[int] = (1,), preset_name: str = "recommended") -> None:
+              every: List[tuple] = ((1, True),), preset_name: str = "recommended") -> None:
     from e4d.fit import evaluate, fit, preset
     from e4d.guidance.zero123 import SDSConfig, Zero123Guidance
     from e4d.viewmatrix import load_view_matrix
@@ -112,8 +122,9 @@ def bench_fit(comps, dev: torch.device, data: Path, iterations: int, points: Opt
     test = dataclasses.replace(vm.select_views(range(16, 20)), input_images=None, input_alpha=None, input_camera=None)
     cfg = preset(preset_name, iterations=iterations, **({"num_points": points} if points else {}))
     fit(train, config=cfg.replace(iterations=min(20, iterations)))  # warm-up (kernels)
-    variants = [("no_sds", None)] + [(f"sds_every{k}", Zero123Guidance(comps, SDSConfig(every=k), device=dev))
-                                     for k in every]
+    variants = [("no_sds", None)] + [(f"sds_every{k}" + ("" if carry else "_nocarry"),
+                                      Zero123Guidance(comps, SDSConfig(every=k, carry_skipped=carry), device=dev))
+                                     for k, carry in every]
     for name, guid in variants:
         reset_peak(dev)
         try:  # fit.seconds is the loop only; guidance.prepare (16 frames encoded once) runs before it
@@ -124,6 +135,8 @@ def bench_fit(comps, dev: torch.device, data: Path, iterations: int, points: Opt
         held = evaluate(res.gaussians, test, backend=cfg.backend)
         print_json({"bench": "fit_sds", "variant": name, "fit_s": round(res.seconds, 3), "iterations": iterations,
                     "preset": preset_name, "sds_every": guid.config.every if guid else None,
+                    "carry_skipped": guid.config.carry_skipped if guid else None,
+                    "cuda_graphs": guid.config.cuda_graphs if guid else None,
                     "gaussians": int(res.gaussians.means.shape[0]),
                     "sds_views_per_step": cfg.times_per_batch if guid else 0, "psnr_heldout": round(held["psnr"], 3),
                     "peak_vram_gb": peak_vram_gb(dev), "target_30s_met": bool(res.seconds <= 30.0),
@@ -141,7 +154,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--fit", action="store_true", help="also time the 500-iteration CesiumMan fit with/without SDS")
     ap.add_argument("--iterations", type=int, default=500)
     ap.add_argument("--points", type=int, default=None, help="Gaussians of the --fit runs (default: the preset's)")
-    ap.add_argument("--every", default="1,2", help="SDSConfig.every values of the --fit runs")
+    ap.add_argument("--every", default="1,2", help="SDSConfig.every values of the --fit runs; a trailing '-' "
+                                                    "(e.g. '2-') runs that value without carry_skipped")
+    ap.add_argument("--no-cuda-graphs", action="store_true", help="time the SDS steps eagerly (cuda_graphs=False)")
     ap.add_argument("--preset", default="recommended", help="fit preset of the --fit runs")
     ap.add_argument("--data", type=Path, default=None,
                     help="CesiumMan view-matrix folder (default: that of $E4D_SHARED or ../shared)")
@@ -149,10 +164,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     dev = pick_device(args.device)
     dtype = torch.float16 if dev.type == "cuda" and not args.fp32 else torch.float32
     comps = random_zero123(dev, dtype, args.tiny)
-    bench_steps(comps, dev, [int(b) for b in args.batches.split(",")], args.steps, args.warmup)
+    bench_steps(comps, dev, [int(b) for b in args.batches.split(",")], args.steps, args.warmup,
+                cuda_graphs=not args.no_cuda_graphs)
     if args.fit:
         bench_fit(comps, dev, args.data or cesium_data("cameras.json"), args.iterations, args.points,
-                  [int(k) for k in args.every.split(",")], args.preset)
+                  parse_every(args.every), args.preset)
     return 0
 
 

@@ -30,3 +30,25 @@ def test_sds_fp16_cuda(tmp_path):
     loss = guid.loss(rgb, tidx, 0, 10)
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(rgb.grad).all() and rgb.grad.abs().sum() > 0
+
+
+def test_sds_cuda_graph_matches_eager(tmp_path):
+    """The captured guided UNet call gives the eager eps, and a new batch shape gets its own graph."""
+    hide_torchvision_stub()
+    from e4d.guidance.cfg_graph import GraphedCFG
+    from e4d.guidance.loader import load_zero123
+    from e4d.guidance.zero123 import cfg_noise_prediction
+
+    comps = load_zero123(write_tiny_zero123(tmp_path / "z"), dtype=torch.float16, device="cuda")
+    run = GraphedCFG(cfg_noise_prediction)
+    g = torch.Generator(device="cuda").manual_seed(0)
+    d = comps.unet.config.cross_attention_dim
+    for B in (2, 2, 3):
+        z = torch.randn(B, 4, 32, 32, device="cuda", generator=g)
+        ref = torch.randn(B, 4, 32, 32, device="cuda", generator=g)
+        cond = torch.randn(B, 1, d, device="cuda", generator=g).half()
+        t = torch.randint(20, 980, (B,), device="cuda", generator=g)
+        with torch.no_grad():
+            torch.testing.assert_close(run(comps.unet, z, t, cond, ref, 5.0),
+                                       cfg_noise_prediction(comps.unet, z, t, cond, ref, 5.0), rtol=1e-3, atol=1e-3)
+    assert len(run.graphs) == 2

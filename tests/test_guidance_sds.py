@@ -186,6 +186,21 @@ def test_lazy_loader_holds_nothing_until_prepare(tiny_z123):
     assert guid.cache is None and guid._model is None
 
 
+def test_every_k_carries_the_skipped_steps(tiny_z123):
+    """every=k with carry_skipped: an applied step's loss (and gradient) is k times that of carry_skipped=False."""
+    comps = load_zero123(tiny_z123)
+    losses = {}
+    for carry in (True, False):
+        guid = Zero123Guidance(comps, SDSConfig(every=3, carry_skipped=carry))
+        guid.prepare(_vm(T=2))
+        tidx = torch.tensor([0, 1])
+        guid.sample_cameras(tidx, 3, 9, torch.Generator().manual_seed(0))
+        losses[carry] = guid.loss(torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1)), tidx, 3, 9)
+    assert losses[False] > 0
+    torch.testing.assert_close(losses[True], 3 * losses[False])
+    assert Zero123Guidance(comps, SDSConfig(every=1)).step_factor() == 1.0
+
+
 def test_refine_guidance_mse_to_redenoised_render(tiny_z123):
     from diffusers import DDIMScheduler
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .zero123 import SDSConfig, Zero123Guidance, cfg_noise_prediction
+from .zero123 import SDSConfig, Zero123Guidance
 
 
 @dataclass
@@ -61,7 +61,7 @@ class RefineGuidance(Zero123Guidance):
         B = z.shape[0]
         for t in ts:
             tt = torch.full((B,), int(t), device=z.device, dtype=torch.long)
-            eps = cfg_noise_prediction(comps.unet, z, tt, cond, ref, cfg.guidance_scale)
+            eps = self._eps(comps.unet, z, tt, cond, ref, cfg.guidance_scale)
             z = sched.step(eps, int(t), z).prev_sample
         img = comps.vae.decode((z / comps.vae.config.scaling_factor).to(comps.dtype)).sample.float()
         return ((img + 1) / 2).clamp(0, 1)
@@ -78,4 +78,4 @@ class RefineGuidance(Zero123Guidance):
         x = renders if renders.shape[-2:] == (s, s) else F.interpolate(renders, (s, s), mode="bilinear", align_corners=False)
         if self.keep_debug:
             self.last = dict(target=target)
-        return F.mse_loss(x.float(), target.to(x.device))
+        return F.mse_loss(x.float(), target.to(x.device)) * self.step_factor()

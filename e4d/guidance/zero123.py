@@ -21,6 +21,7 @@ from torch import Tensor
 
 from ..cameras import Cameras, orbit_cameras
 from .camera_embed import VARIANTS, orbit_coordinates, sample_relative_views, zero123_camera_embedding
+from .cfg_graph import GraphedCFG
 from .components import Zero123Components
 
 log = logging.getLogger(__name__)
@@ -55,8 +56,14 @@ class SDSConfig:
     seed: int = 0
     """Seed of the SDS noise and VAE posterior samples (the views come from the fit's generator)."""
     every: int = 1
-    """Apply the guidance on every k-th fit step only (other steps return a zero loss); > 1 trades prior
-    strength for speed when the fit's time budget is tight."""
+    """Apply the guidance on every k-th fit step only (other steps return a zero loss and the fit skips their
+    novel-view renders); > 1 trades prior strength for speed (see ``carry_skipped``)."""
+    carry_skipped: bool = True
+    """With ``every = k > 1``, multiply the loss of each applied step by k, so the SDS term summed over the fit
+    is that of ``every = 1`` (fewer but larger steps) instead of k times weaker."""
+    cuda_graphs: bool = True
+    """On CUDA, capture the guided UNet call of an SDS step once per batch shape and replay it (same results,
+    no per-step kernel launch overhead); ignored on CPU."""
 
 
 def sds_timesteps(step: int, total: int, batch: int, t_min: float, t_max: float, anneal: bool,
@@ -176,6 +183,12 @@ class Zero123Guidance:
         self._gen: Optional[torch.Generator] = None
         self.last: dict = {}
         self.keep_debug = False
+        self._graphs = GraphedCFG(cfg_noise_prediction)
+
+    def _eps(self, unet, z_t: Tensor, t: Tensor, cond: Tensor, ref: Tensor, scale: float) -> Tensor:
+        """Guided eps through the captured CUDA graph when enabled (CUDA, no grad), else eagerly."""
+        fn = self._graphs if self.config.cuda_graphs else cfg_noise_prediction
+        return fn(unet, z_t, t, cond, ref, scale)
 
     # -- protocol -------------------------------------------------------------------------------
     @property
@@ -193,6 +206,7 @@ class Zero123Guidance:
             self._model = self._loader()
         dtype = self.dtype or (torch.float16 if device.type == "cuda" else torch.float32)
         if self._model.device != device or self._model.dtype != dtype:
+            self._graphs.clear()
             self._model.to(device=device, dtype=dtype)
         if self._alphas is None:
             self._alphas = self._model.alphas_cumprod()
@@ -236,7 +250,7 @@ class Zero123Guidance:
         if self.skips(step):
             return renders.sum() * 0.0  # keeps the graph, contributes nothing
         z, _, _, g = self._sds_terms(renders, time_idx, step, total)
-        return sds_loss(z, g, self.config.reduction).to(renders.device)
+        return (sds_loss(z, g, self.config.reduction) * self.step_factor()).to(renders.device)
 
     # -- pieces (shared with the refine guidance) -----------------------------------------------
     def skips(self, step: int) -> bool:
@@ -244,6 +258,10 @@ class Zero123Guidance:
         if self.config.every < 1:
             raise ValueError(f"SDSConfig.every must be >= 1, got {self.config.every}")
         return step % self.config.every != 0
+
+    def step_factor(self) -> float:
+        """Loss multiplier of an applied step: ``every`` with :attr:`SDSConfig.carry_skipped`, else 1."""
+        return float(self.config.every) if self.config.carry_skipped else 1.0
 
     def _require_cache(self) -> ReferenceCache:
         if self.cache is None:
@@ -290,7 +308,7 @@ class Zero123Guidance:
             ab = self._alphas[t_cpu].view(-1, 1, 1, 1).to(z.device, non_blocking=True)
             z_t = ab.sqrt() * z.detach().float() + (1 - ab).sqrt() * eps
             ref = c.latents[time_idx.to(c.latents.device).long()]
-            eps_pred = cfg_noise_prediction(comps.unet, z_t, t, cond, ref, cfg.guidance_scale)
+            eps_pred = self._eps(comps.unet, z_t, t, cond, ref, cfg.guidance_scale)
             g = sds_gradient(eps_pred, eps, sds_weight(self._alphas, t_cpu).to(z.device, non_blocking=True))
         if self.keep_debug:
             if z.requires_grad:
@@ -302,6 +320,7 @@ class Zero123Guidance:
         """Drop the model and the caches (frees GPU memory; the next prepare() reloads through the loader)."""
         if self._loader is not None:
             self._model = None
+        self._graphs.clear()
         self.cache, self._pending, self._alphas = None, None, None
 
 
