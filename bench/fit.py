@@ -113,8 +113,9 @@ def step_breakdown(train: ViewMatrix, cfg: FitConfig, dev: torch.device, steps: 
     the real loop; the shares are what matter)."""
     import time as _t
 
-    from e4d.fit.trainer import (_gather, _image_loss, _optimizer, _Params, _prepare_data, frame_spacing,
-                                 initial_gaussians, xyz_learning_rate)
+    from e4d.fit.losses import image_terms, weighted_sum
+    from e4d.fit.trainer import (_gather, _optimizer, _Params, _prepare_data, frame_spacing, initial_gaussians,
+                                 loss_weights, xyz_learning_rate)
     from e4d.fit.sampler import plan_batches
     from e4d.render import render
 
@@ -133,7 +134,8 @@ def step_breakdown(train: ViewMatrix, cfg: FitConfig, dev: torch.device, steps: 
         sync(dev)
         t1 = _t.perf_counter()
         pred = out.rgb.flatten(0, 1).permute(0, 3, 1, 2)
-        loss = _image_loss(cfg, pred, _gather(data.targets, ti, vi), None, None)["loss"]
+        loss = weighted_sum(image_terms(cfg.loss, pred, _gather(data.targets, ti, vi), None, None, cfg.w_ssim > 0),
+                            loss_weights(cfg))
         sync(dev)
         t2 = _t.perf_counter()
         loss.backward()

@@ -26,8 +26,8 @@ from torch import Tensor
 
 from .confidence import Confidence
 from .metrics import ssim_map
-from .progress import ProgressCallback, report
 from .interp.base import Interpolator
+from .progress import ProgressCallback, report
 from .viewmatrix import ViewMatrix
 
 MODES = ("paper", "official")
@@ -138,8 +138,10 @@ def compute_confidence(images: Tensor, interp: Interpolator, config: Optional[Co
 
 def confidence_for_view_matrix(vm: ViewMatrix, interp: Interpolator, config: Optional[ConfidenceConfig] = None,
                                callback: Optional[ProgressCallback] = None) -> Confidence:
-    """:func:`compute_confidence` on ``vm.images``."""
-    return compute_confidence(vm.images, interp, config, callback)
+    """:func:`compute_confidence` on ``vm.images``, tied to ``vm`` (its times), so the fit refuses the maps for
+    another view matrix. The images are read on the interpolator's device; the maps come back there."""
+    conf = compute_confidence(vm.images.to(interp.device), interp, config, callback)
+    return Confidence(conf.c_rgb, conf.c_ssim, vm.times.to(conf.c_rgb.device))
 
 
 def confidence_preview(conf: Confidence, max_views: int = 16) -> Tensor:

@@ -8,6 +8,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+ALL_ONES_LEVEL = 0.999
+"""An alpha whose every value exceeds this is "all ones" (8-bit masks store 1.0 as 255/255; 0.999 leaves room for
+resampling and half precision)."""
+
 
 def composite_on_white(image: Tensor, alpha: Optional[Tensor] = None) -> Tensor:
     """RGB ``[..., 3]`` on white: ``rgb * a + (1 - a)`` (the view-matrix contract and SyncDreamer's recipe).
@@ -89,3 +93,14 @@ def subsample_indices(n: int, k: int) -> list[int]:
     if k == 1:
         return [0]
     return [int(round(i * (n - 1) / (k - 1))) for i in range(k)]
+
+
+def informative_alpha(alpha: Optional[Tensor]) -> Optional[Tensor]:
+    """``alpha`` unless it carries no coverage information, then None: the one all-ones rule of the pack.
+
+    A video without alpha reaches the pipeline with an all-ones mask (ComfyUI's Load Video); treated as coverage
+    it would teach the fit an opaque block around the object and hide the white-background fallback.
+    """
+    if alpha is None or not bool((alpha > ALL_ONES_LEVEL).all()):
+        return alpha
+    return None

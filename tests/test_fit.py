@@ -236,9 +236,66 @@ def test_densify_option_changes_the_set_and_keeps_training(scene):
 
 
 def test_all_ones_alpha_is_not_used_as_coverage(scene, caplog):
-    """A video without alpha yields an all-ones mask; the alpha term must not pull the background to opaque."""
+    """A video without alpha yields an all-ones mask: the fit must run exactly as without alpha (same losses, same
+    Gaussians), while a real alpha does change it."""
     train, _ = scene
+    cfg = tiny(iterations=4, w_alpha=2000.0, log_every=1)
     ones = dataclasses.replace(train, alpha=torch.ones_like(train.images[..., 0]))
     with caplog.at_level("WARNING"):
-        fit(ones, config=tiny(iterations=2, w_alpha=2000.0))
+        res_ones = fit(ones, config=cfg)
+    res_none = fit(dataclasses.replace(train, alpha=None), config=cfg)
+    res_real = fit(train, config=cfg)
+    assert [h["loss"] for h in res_ones.history] == [h["loss"] for h in res_none.history]
+    torch.testing.assert_close(res_ones.gaussians.means, res_none.gaussians.means, rtol=0, atol=0)
+    assert [h["loss"] for h in res_real.history] != [h["loss"] for h in res_none.history]
     assert any("all ones" in r.getMessage() for r in caplog.records)
+
+
+def test_densify_strategy_edits_parameters_and_adam_moments_in_place():
+    """The strategy keeps the optimizer object and its groups, resizes every parameter and carries the Adam moments
+    of the survivors (children start at zero)."""
+    from e4d.fit.densify import DensifyStrategy
+
+    torch.manual_seed(0)
+    n = 10
+    opacity = torch.zeros(n)
+    opacity[0] = -8.0  # sigmoid < prune_opacity: removed
+    params = {"xyz": torch.full((n, 3), 0.5), "log_scales": torch.full((n, 4), -2.0), "opacity_logit": opacity}
+    for t in params.values():
+        t.requires_grad_(True)
+    opt = torch.optim.Adam([{"params": [t], "lr": 0.01, "name": k} for k, t in params.items()])
+    groups = list(opt.param_groups)
+    strategy = DensifyStrategy(start=2, stop=2, every=1, fraction=0.2, prune_opacity=0.005, max_points=100, seed=0)
+    state = strategy.initialize_state()
+    for step in (1, 2):
+        # xyz gradient norm grows with the row index, so rows 8 and 9 are the ones split
+        ((params["xyz"] * torch.arange(n, dtype=torch.float32)[:, None]).square().sum()
+         + params["log_scales"].sum() + params["opacity_logit"].sum()).backward()
+        opt.step()
+        old = {k: (t, opt.state[t]["exp_avg"].clone()) for k, t in params.items()}
+        strategy.step_post_backward(params, opt, state, step)
+        opt.zero_grad(set_to_none=True)
+        if step == 1:  # not a densify step: nothing changes
+            assert all(params[k] is old[k][0] for k in params)
+    # row 0 is pruned; the 2 largest-gradient rows (8, 9) are split into 4 children
+    assert params["xyz"].shape[0] == n - 1 - 2 + 4
+    assert list(opt.param_groups) == groups and all(gr["params"][0] is params[gr["name"]] for gr in groups)
+    survivors = torch.arange(1, 8)
+    for k, t in params.items():
+        m = opt.state[t]["exp_avg"]
+        torch.testing.assert_close(m[:7], old[k][1][survivors])
+        assert not m[7:].any() and t.requires_grad and t.is_leaf
+    assert state.grad_sum is None
+
+
+def test_confidence_is_tied_to_its_view_matrix(scene):
+    from e4d.confidence_maps import confidence_for_view_matrix
+    from e4d.interp import FlowInterpolator
+
+    train, _ = scene
+    conf = confidence_for_view_matrix(train, FlowInterpolator())
+    assert torch.equal(conf.times, train.times)
+    shifted = dataclasses.replace(train, times=train.times * 0.5)
+    with pytest.raises(ValueError, match="computed on a view matrix with times"):
+        fit(shifted, conf, tiny(iterations=1))
+    fit(train, conf, tiny(iterations=1))

@@ -9,7 +9,7 @@ scale of the loss barely matters; the 8000 : 2000 ratio of eq. 14 is what sets t
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Dict, Optional
 
 from torch import Tensor
 
@@ -90,4 +90,29 @@ def total_loss(l_rgb: Tensor, l_ssim: Tensor, l_sds: Optional[Tensor] = None, w_
     return loss
 
 
-__all__ = ["confidence_l1", "confidence_dssim", "mse_loss", "alpha_loss", "total_loss"]
+def image_terms(kind: str, pred: Tensor, target: Tensor, c_rgb: Optional[Tensor], c_ssim: Optional[Tensor],
+                with_ssim: bool) -> Dict[str, Tensor]:
+    """The image terms by name: ``l_rgb`` (confidence L1 for ``kind="l1_ssim"``, weighted MSE for ``"mse"``) and,
+    when ``with_ssim``, ``l_ssim`` (confidence DSSIM). Shapes as :func:`confidence_l1`."""
+    terms = {"l_rgb": mse_loss(pred, target, c_rgb) if kind == "mse" else confidence_l1(pred, target, c_rgb)}
+    if with_ssim:
+        terms["l_ssim"] = confidence_dssim(pred, target, c_ssim)
+    return terms
+
+
+def weighted_sum(terms: Dict[str, Tensor], weights: Dict[str, float]) -> Tensor:
+    """``sum_k weights[k] * terms[k]`` in the order of ``terms`` (eq. 14 when the terms are rgb, ssim, sds)."""
+    missing = [k for k in terms if k not in weights]
+    if missing:
+        raise ValueError(f"loss terms {missing} have no weight; known weights: {sorted(weights)}")
+    loss: Optional[Tensor] = None
+    for name, value in terms.items():
+        part = weights[name] * value
+        loss = part if loss is None else loss + part
+    if loss is None:
+        raise ValueError("weighted_sum needs at least one loss term")
+    return loss
+
+
+__all__ = ["confidence_l1", "confidence_dssim", "mse_loss", "alpha_loss", "total_loss", "image_terms",
+           "weighted_sum"]

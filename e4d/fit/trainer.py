@@ -9,25 +9,25 @@ Speed design (the H100 target is 500 steps in a few seconds):
 """
 from __future__ import annotations
 
-import dataclasses
-
 import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import torch
 from torch import Tensor
 
 from ..confidence import Confidence
 from ..gaussians4d import Gaussians4D, init_random
+from ..masks import informative_alpha
 from ..progress import ProgressCallback, report
 from ..viewmatrix import ViewMatrix
 from .config import FitConfig
+from .densify import DensifyState, DensifyStrategy
 from .guidance_api import check_guidance, check_guidance_cameras, check_guidance_loss, guidance_skips
-from .losses import alpha_loss, confidence_dssim, confidence_l1, mse_loss, total_loss
-from .sampler import plan_batches
+from .losses import alpha_loss, image_terms, weighted_sum
+from .sampler import BatchPlan, plan_batches
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def check_inputs(vm: ViewMatrix, confidence: Optional[Confidence], config: FitCo
     if confidence is not None:
         if not isinstance(confidence, Confidence):
             raise TypeError(f"confidence must be an e4d.confidence.Confidence or None, got {type(confidence).__name__}")
-        confidence.check_matches(vm.T, vm.V, vm.H, vm.W)
+        confidence.check_matches(vm)
     if init is not None:
         if not isinstance(init, Gaussians4D):
             raise TypeError(f"init must be a Gaussians4D or None, got {type(init).__name__}")
@@ -135,14 +135,12 @@ def _prepare_data(vm: ViewMatrix, confidence: Optional[Confidence], config: FitC
         return c.to(store).contiguous()
 
     alpha = valid = None
-    if vm.alpha is not None and bool((vm.alpha > 0.999).all()):
-        # All-ones alpha (e.g. a video without alpha) says nothing about coverage; supervising it would turn the
-        # white background into an opaque block.
+    view_alpha = informative_alpha(vm.alpha)
+    if vm.alpha is not None and view_alpha is None:
         log.warning("the view matrix alpha is all ones (no coverage information); the alpha term ignores it")
-        vm = dataclasses.replace(vm, alpha=None)
-    if config.w_alpha > 0 and (vm.alpha is not None or (use_input and vm.input_alpha is not None)):
-        a = vm.alpha if vm.alpha is not None else torch.zeros(vm.T, vm.V, vm.H, vm.W, device=dev)
-        valid = torch.full((vm.V,), float(vm.alpha is not None), device=dev)
+    if config.w_alpha > 0 and (view_alpha is not None or (use_input and vm.input_alpha is not None)):
+        a = view_alpha if view_alpha is not None else torch.zeros(vm.T, vm.V, vm.H, vm.W, device=dev)
+        valid = torch.full((vm.V,), float(view_alpha is not None), device=dev)
         if use_input:
             ia = vm.input_alpha if vm.input_alpha is not None else torch.zeros(vm.T, vm.H, vm.W, device=dev)
             a = torch.cat([a, ia[:, None]], 1)
@@ -209,23 +207,99 @@ def _gather(x: Optional[Tensor], ti: Tensor, vi: Tensor) -> Optional[Tensor]:
     return x[ti[:, None], vi].flatten(0, 1).float()
 
 
-def _image_loss(config: FitConfig, pred: Tensor, gt: Tensor, c_rgb: Optional[Tensor],
-                c_ssim: Optional[Tensor]) -> Dict[str, Tensor]:
-    if config.loss == "mse":
-        l_rgb = mse_loss(pred, gt, c_rgb)
-        terms = {"l_rgb": l_rgb}
-        loss = config.w_rgb * l_rgb
-        if config.w_ssim > 0:
-            terms["l_ssim"] = confidence_dssim(pred, gt, c_ssim)
-            loss = loss + config.w_ssim * terms["l_ssim"]
-        terms["loss"] = loss
-        return terms
-    l_rgb = confidence_l1(pred, gt, c_rgb)
-    l_ssim = confidence_dssim(pred, gt, c_ssim) if config.w_ssim > 0 else torch.zeros_like(l_rgb)
-    return {"l_rgb": l_rgb, "l_ssim": l_ssim, "loss": total_loss(l_rgb, l_ssim, None, config.w_rgb, config.w_ssim)}
+def loss_weights(config: FitConfig, guidance_weight: float = 0.0) -> Dict[str, float]:
+    """The one weight map of the fit's loss (eq. 14 plus the alpha term): term name -> weight."""
+    return {"l_rgb": config.w_rgb, "l_ssim": config.w_ssim, "l_alpha": config.w_alpha,
+            "l_sds": config.lambda_sds * float(guidance_weight)}
 
 
 # ------------------------------------------------------------------------------------------------- fit
+@dataclass
+class _Run:
+    """Everything the loop reads or updates, built once by :func:`_setup`."""
+
+    config: FitConfig
+    data: _TrainData
+    params: _Params
+    opt: torch.optim.Adam
+    xyz_group: dict                 # the optimizer's xyz param group (its lr is scheduled every step)
+    plan: BatchPlan                 # on the device
+    plan_cpu: BatchPlan             # for the guidance's camera sampling
+    weights: Dict[str, float]
+    render: Callable
+    generator: torch.Generator
+    guidance: Optional[object]
+    strategy: Optional[DensifyStrategy]
+    state: Optional[DensifyState]
+
+
+def _setup(vm: ViewMatrix, confidence: Optional[Confidence], config: FitConfig, guidance: Optional[object],
+           init: Optional[Gaussians4D]) -> _Run:
+    from ..render import render  # heavy backends resolve lazily
+
+    dev = vm.images.device
+    gen = torch.Generator().manual_seed(int(config.seed))
+    g0 = init.to(device=dev, dtype=torch.float32) if init is not None else initial_gaussians(vm, config, gen)
+    data = _prepare_data(vm, confidence, config)
+    params = _Params(g0)
+    opt = _optimizer(params, config, frame_spacing(vm.times), dev)
+    plan_cpu = plan_batches(vm.T, data.targets.shape[1], config.iterations, config.times_per_batch,
+                            config.views_per_batch, gen)
+    strategy = DensifyStrategy.from_config(config) if config.densify else None
+    use_guidance = guidance is not None and guidance.weight > 0 and config.lambda_sds > 0
+    if guidance is not None:
+        guidance.prepare(vm)
+    return _Run(config, data, params, opt, next(gr for gr in opt.param_groups if gr["name"] == "xyz"),
+                plan_cpu.to(dev), plan_cpu, loss_weights(config, guidance.weight if guidance is not None else 0.0),
+                render, gen, guidance if use_guidance else None, strategy,
+                strategy.initialize_state() if strategy is not None else None)
+
+
+def _step_terms(run: _Run, step: int) -> Dict[str, Tensor]:
+    """Render the step's (time, view) batch (and the guidance's cameras) and return every loss term by name."""
+    c, d = run.config, run.data
+    ti, vi = run.plan.time_idx[step], run.plan.view_idx[step]  # [B], [B, C]
+    g = run.params.gaussians()
+    out = run.render(g, d.times[ti], d.w2c[vi], d.K[vi], d.width, d.height, background=float(c.background),
+                     backend=c.backend, packed=c.packed)
+    pred = out.rgb.flatten(0, 1).permute(0, 3, 1, 2)  # [B*C, 3, H, W]
+    terms = image_terms(c.loss, pred, _gather(d.targets, ti, vi), _gather(d.c_rgb, ti, vi),
+                        _gather(d.c_ssim, ti, vi), with_ssim=c.w_ssim > 0)
+    if d.alpha is not None:
+        terms["l_alpha"] = alpha_loss(out.alpha.flatten(0, 1).permute(0, 3, 1, 2), _gather(d.alpha, ti, vi),
+                                      d.alpha_valid[vi].flatten())
+    if run.guidance is not None and not guidance_skips(run.guidance, step):
+        ti_cpu = run.plan_cpu.time_idx[step]
+        cams = check_guidance_cameras(run.guidance.sample_cameras(ti_cpu, step, c.iterations, run.generator),
+                                      len(ti_cpu)).to(g.device)
+        gout = run.render(g, d.times[ti], cams.w2c[:, None], cams.K[:, None], cams.width, cams.height,
+                          background=float(c.background), backend=c.backend, packed=c.packed)
+        terms["l_sds"] = check_guidance_loss(run.guidance.loss(gout.rgb[:, 0].permute(0, 3, 1, 2), ti_cpu, step,
+                                                               c.iterations))
+    return terms
+
+
+def _record(run: _Run, step: int, terms: Dict[str, Tensor], lr: float, history: List[Dict[str, float]]) -> dict:
+    """The loss terms as floats on logged steps (one host sync), appended to ``history``; {} on other steps."""
+    c = run.config
+    if (step + 1) % c.log_every and step + 1 != c.iterations:
+        return {}
+    names = list(terms)
+    values = torch.stack([terms[k].detach().float().reshape(()) for k in names]).tolist()  # one sync
+    info = dict(zip(names, values))
+    if not all(math.isfinite(v) for v in values):
+        raise ValueError(f"the fit diverged at step {step + 1}: {info}; lower the learning rates "
+                         f"(lr_xyz={c.lr_xyz}) or check the input images")
+    info.update(lr_xyz=lr, num=run.params.tensors["xyz"].shape[0])
+    history.append({"step": step + 1, **info})
+    return info
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def fit(vm: ViewMatrix, confidence: Optional[Confidence] = None, config: Optional[FitConfig] = None,
         guidance: Optional[object] = None, callback: Optional[ProgressCallback] = None,
         init: Optional[Gaussians4D] = None) -> FitResult:
@@ -233,8 +307,8 @@ def fit(vm: ViewMatrix, confidence: Optional[Confidence] = None, config: Optiona
 
     Args:
         vm: the view matrix (images ``[T, V, H, W, 3]`` on white, cameras, times). Its device is the fit's device.
-        confidence: optional per-pixel weights ``[T, V, H, W]`` (all ones when ``None``); the input view, when
-            used, always has confidence 1.
+        confidence: optional per-pixel weights of this view matrix (:class:`~e4d.confidence.Confidence`, maps
+            ``[T, V, H, W]``; all ones when ``None``); the input view, when used, always has confidence 1.
         config: :class:`FitConfig` (default: the paper preset).
         guidance: optional object of the :mod:`e4d.fit.guidance_api` protocol adding ``lambda_sds * weight * L``.
         callback: ``callback(step, total, info)`` after every step (``info`` holds the loss terms on logged steps
@@ -246,85 +320,28 @@ def fit(vm: ViewMatrix, confidence: Optional[Confidence] = None, config: Optiona
         TypeError/ValueError on bad inputs (before any work), ValueError if the loss becomes NaN (seen at a
         logged step).
     """
-    from ..render import render  # heavy backends resolve lazily
-
     config = config if config is not None else FitConfig()
     check_inputs(vm, confidence, config, init)
     if guidance is not None:
         check_guidance(guidance)
-    dev = vm.images.device
-    gen = torch.Generator().manual_seed(int(config.seed))
-    dt = frame_spacing(vm.times)
-    g0 = init.to(device=dev, dtype=torch.float32) if init is not None else initial_gaussians(vm, config, gen)
-    data = _prepare_data(vm, confidence, config)
-    params = _Params(g0)
-    opt = _optimizer(params, config, dt, dev)
-    total = config.iterations
-    plan_cpu = plan_batches(vm.T, data.targets.shape[1], total, config.times_per_batch, config.views_per_batch, gen)
-    plan = plan_cpu.to(dev)
-    densifier = None
-    if config.densify:
-        from .densify import Densifier
-        densifier = Densifier(config)
-    if guidance is not None:
-        guidance.prepare(vm)
-    bg = float(config.background)
+    run = _setup(vm, confidence, config, guidance, init)
     history: List[Dict[str, float]] = []
-    xyz_group = next(gr for gr in opt.param_groups if gr["name"] == "xyz")
-
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
+    _synchronize(vm.images.device)
     start = time.perf_counter()
-    for step in range(total):
-        lr = xyz_learning_rate(step, config)
-        xyz_group["lr"] = lr
-        ti, vi = plan.time_idx[step], plan.view_idx[step]  # [B], [B, C]
-        g = params.gaussians()
-        out = render(g, data.times[ti], data.w2c[vi], data.K[vi], data.width, data.height,
-                     background=bg, backend=config.backend, packed=config.packed)
-        pred = out.rgb.flatten(0, 1).permute(0, 3, 1, 2)  # [B*C, 3, H, W]
-        terms = _image_loss(config, pred, _gather(data.targets, ti, vi), _gather(data.c_rgb, ti, vi),
-                            _gather(data.c_ssim, ti, vi))
-        loss = terms["loss"]
-        if data.alpha is not None:
-            valid = data.alpha_valid[vi].flatten()
-            terms["l_alpha"] = alpha_loss(out.alpha.flatten(0, 1).permute(0, 3, 1, 2), _gather(data.alpha, ti, vi),
-                                          valid)
-            loss = loss + config.w_alpha * terms["l_alpha"]
-        if (guidance is not None and guidance.weight > 0 and config.lambda_sds > 0
-                and not guidance_skips(guidance, step)):
-            ti_cpu = plan_cpu.time_idx[step]
-            cams = check_guidance_cameras(guidance.sample_cameras(ti_cpu, step, total, gen), len(ti_cpu)).to(dev)
-            gout = render(g, data.times[ti], cams.w2c[:, None], cams.K[:, None], cams.width, cams.height,
-                          background=bg, backend=config.backend, packed=config.packed)
-            terms["l_sds"] = check_guidance_loss(guidance.loss(gout.rgb[:, 0].permute(0, 3, 1, 2), ti_cpu, step,
-                                                               total))
-            loss = loss + config.lambda_sds * float(guidance.weight) * terms["l_sds"]
-        terms["loss"] = loss
+    for step in range(config.iterations):
+        run.xyz_group["lr"] = lr = xyz_learning_rate(step, config)
+        terms = _step_terms(run, step)
+        terms["loss"] = loss = weighted_sum(terms, run.weights)
         loss.backward()
-        if densifier is not None:
-            densifier.accumulate(params, out)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if densifier is not None:
-            opt = densifier.maybe_step(step + 1, params, opt, config, dt) or opt
-            xyz_group = next(gr for gr in opt.param_groups if gr["name"] == "xyz")
-
-        info: Dict[str, float] = {}
-        if (step + 1) % config.log_every == 0 or step + 1 == total:
-            names = list(terms)
-            values = torch.stack([terms[k].detach().float().reshape(()) for k in names]).tolist()  # one sync
-            info = dict(zip(names, values))
-            if not all(math.isfinite(v) for v in values):
-                raise ValueError(f"the fit diverged at step {step + 1}: {info}; lower the learning rates "
-                                 f"(lr_xyz={config.lr_xyz}) or check the input images")
-            info.update(lr_xyz=lr, num=params.tensors["xyz"].shape[0])
-            history.append({"step": step + 1, **info})
-        report(callback, step + 1, total, **info)
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
+        run.opt.step()
+        if run.strategy is not None:  # reads this step's gradients, may resize the parameters and Adam moments
+            run.strategy.step_post_backward(run.params.tensors, run.opt, run.state, step + 1)
+        run.opt.zero_grad(set_to_none=True)
+        report(callback, step + 1, config.iterations, **_record(run, step, terms, lr, history))
+    _synchronize(vm.images.device)
     seconds = time.perf_counter() - start
-    return FitResult(params.gaussians().detach(), history, seconds)
+    return FitResult(run.params.gaussians().detach(), history, seconds)
 
 
-__all__ = ["fit", "FitResult", "check_inputs", "initial_gaussians", "frame_spacing", "xyz_learning_rate"]
+__all__ = ["fit", "FitResult", "check_inputs", "initial_gaussians", "frame_spacing", "xyz_learning_rate",
+           "loss_weights"]
