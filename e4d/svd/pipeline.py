@@ -74,8 +74,40 @@ def _is_svd_folder(folder: Path) -> bool:
         return False
 
 
+def _svd_from_folder(p: Path, dtype: torch.dtype):
+    """The pipeline of an SVD diffusers folder, built component by component from the classes SVD uses, from
+    safetensors weights only: ``model_index.json`` may name any module (diffusers before 0.38 imports a local
+    ``unet/<name>.py`` without asking), so it is never followed, and no pickle is ever read."""
+    from diffusers import (AutoencoderKLTemporalDecoder, EulerDiscreteScheduler, StableVideoDiffusionPipeline,
+                           UNetSpatioTemporalConditionModel)
+    from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+
+    missing = [c for c in ("unet", "vae", "image_encoder") if not (p / c / "config.json").is_file()]
+    if missing:
+        raise FileNotFoundError(f"{p} lacks {missing} (each needs config.json + .safetensors weights); {SVD_WHERE}")
+    kw = from_pretrained_dtype(dtype)
+    try:
+        unet = UNetSpatioTemporalConditionModel.from_pretrained(
+            p, subfolder="unet", use_safetensors=True, variant=weights_variant(p / "unet", dtype), **kw)
+        vae = AutoencoderKLTemporalDecoder.from_pretrained(
+            p, subfolder="vae", use_safetensors=True, variant=weights_variant(p / "vae", dtype), **kw)
+        enc = CLIPVisionModelWithProjection.from_pretrained(
+            p, subfolder="image_encoder", use_safetensors=True, dtype=dtype,
+            variant=weights_variant(p / "image_encoder", dtype))
+    except OSError as e:
+        raise FileNotFoundError(f"cannot load SVD from {p} (safetensors weights are required): {e}; {SVD_WHERE}") from e
+    scheduler = (EulerDiscreteScheduler.from_pretrained(p, subfolder="scheduler")
+                 if (p / "scheduler" / "scheduler_config.json").is_file()
+                 else EulerDiscreteScheduler.from_config(SVD_SCHEDULER))
+    proc = (CLIPImageProcessor.from_pretrained(p, subfolder="feature_extractor")
+            if (p / "feature_extractor" / "preprocessor_config.json").is_file() else default_image_processor())
+    return StableVideoDiffusionPipeline(vae=vae, image_encoder=enc, unet=unet, scheduler=scheduler,
+                                        feature_extractor=proc)
+
+
 def load_svd(path, dtype: torch.dtype = torch.float32, device=None):
-    """A ``StableVideoDiffusionPipeline`` from a diffusers folder or an SGM single file (``svd_xt.safetensors``).
+    """A ``StableVideoDiffusionPipeline`` from a diffusers folder (built component by component, safetensors only;
+    see :func:`_svd_from_folder`) or an SGM single file (``svd_xt.safetensors``).
 
     Raises FileNotFoundError / ValueError naming the path and where to get the model.
     """
@@ -86,11 +118,7 @@ def load_svd(path, dtype: torch.dtype = torch.float32, device=None):
         if not _is_svd_folder(p):
             raise FileNotFoundError(f"{p} is not a Stable Video Diffusion diffusers folder (model_index.json with "
                                     f"_class_name StableVideoDiffusionPipeline is missing); {SVD_WHERE}")
-        variant = weights_variant(p / "unet", dtype)
-        try:
-            pipe = StableVideoDiffusionPipeline.from_pretrained(p, **from_pretrained_dtype(dtype), variant=variant)
-        except OSError as e:
-            raise FileNotFoundError(f"cannot load SVD from {p}: {e}; {SVD_WHERE}") from e
+        pipe = _svd_from_folder(p, dtype)
     elif p.is_file():
         sd = read_checkpoint(p, keep=lambda k: k.startswith((UNET_PREFIX, VAE_PREFIX, SVD_CLIP_PREFIX)), dtype=dtype,
                              where=SVD_WHERE)
