@@ -4,24 +4,17 @@ SPLAT type, so a subprocess on the 0.30 tree checks its output against core's co
 through core ``SplatToFile3D`` (.ply) and ``File3DToSplat``."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
-
 import pytest
 import torch
 
-from comfy_env import comfy, comfy_root, require_comfy, stubs_dir  # noqa: F401
+from comfy_env import comfy, require_comfy  # noqa: F401
 
 require_comfy()
 
 from comfy_api.latest import io  # noqa: E402
 
 from nodes import splat as N  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[1]
+from test_nodes_memory import run_on_comfy_030  # noqa: E402
 
 
 def test_registered_only_with_core_splat_type():
@@ -53,15 +46,7 @@ def test_sh_rotation_keeps_every_colour(degree):
                                torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64))  # our up becomes ComfyUI's up
 
 
-SCRIPT = textwrap.dedent("""
-    import sys
-    repo, root, stubs = sys.argv[1:4]
-    sys.path[:0] = [repo]
-    sys.path += [root, stubs]
-    import torch
-    torch.set_num_threads(1)
-    import comfy.cli_args
-    comfy.cli_args.args.cpu = True
+SCRIPT = """
     from comfy_api.latest import io, Types
     from comfy_extras.nodes_gaussian_splat import File3DToSplat, SplatToFile3D
     from e4d.export.common import export_slice
@@ -99,18 +84,9 @@ SCRIPT = textwrap.dedent("""
     (z,) = SliceToSplat.execute(g, "0.5", UP_AXES[1]).result
     torch.testing.assert_close(z.positions[0, :int(counts[1])], export_slice(g, 0.5).means[0].float())
     print("SPLAT OK", B, [int(c) for c in counts])
-""")
+"""
 
 
 def test_splat_output_round_trips_through_core_splat_nodes(tmp_path):
     """On ComfyUI 0.30 (its own interpreter: one ComfyUI per process)."""
-    try:
-        root = comfy_root("0.30.0")
-    except Exception as e:  # no network, no pip: skip locally, fail in CI
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(f"ComfyUI 0.30.0 not available: {e}")
-    env = {**os.environ, "PYTHONPATH": ""}
-    r = subprocess.run([sys.executable, "-c", SCRIPT, str(REPO), str(root), str(stubs_dir())],
-                       capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
-    assert r.returncode == 0 and "SPLAT OK" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]
+    run_on_comfy_030(SCRIPT, tmp_path, "SPLAT OK")
