@@ -44,6 +44,15 @@ class ConfidenceConfig:
     batch: int = 64
     """Images per interpolator call."""
 
+    def validate(self) -> None:
+        """Raise ValueError naming the field, its rule, the value and the fix."""
+        if self.mode not in MODES:
+            raise ValueError(f"ConfidenceConfig.mode must be one of {MODES}, got {self.mode!r}")
+        if not self.gaps or any(int(g) < 1 for g in self.gaps):
+            raise ValueError(f"ConfidenceConfig.gaps must be positive integers, got {self.gaps}; use (1, 2)")
+        if self.batch < 1:
+            raise ValueError(f"ConfidenceConfig.batch must be >= 1, got {self.batch}")
+
 
 def interpolation_error(image: Tensor, predicted: Tensor, reduce: str = "mean") -> Tensor:
     """Eq. 16 (as we read it): per-pixel |I_t - Î_t| of ``[B, 3, H, W]`` images -> ``[B, H, W]``.
@@ -102,14 +111,9 @@ def compute_confidence(images: Tensor, interp: Interpolator, config: Optional[Co
         :class:`~e4d.confidence.Confidence` with ``c_rgb`` and ``c_ssim`` of shape ``[T, V, H, W]``.
     """
     cfg = config or ConfidenceConfig()
-    if cfg.mode not in MODES:
-        raise ValueError(f"confidence mode must be one of {MODES}, got {cfg.mode!r}")
+    cfg.validate()
     if images.ndim != 5 or images.shape[-1] != 3:
         raise ValueError(f"images must be [T, V, H, W, 3], got {tuple(images.shape)}")
-    if not cfg.gaps or any(int(g) < 1 for g in cfg.gaps):
-        raise ValueError(f"gaps must be positive integers, got {cfg.gaps}")
-    if cfg.batch < 1:
-        raise ValueError(f"batch must be >= 1, got {cfg.batch}")
     T, V, H, W, _ = images.shape
     seq = images.permute(0, 1, 4, 2, 3)  # [T, V, 3, H, W]
     # tasks: (t, v, gap) for every t with both neighbours at distance gap

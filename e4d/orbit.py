@@ -66,18 +66,18 @@ class OrbitConfig:
     """Most frames per rasterizer call (memory/speed trade-off); fewer when a call would exceed
     :data:`CHUNK_SECONDS`, so cancel is checked about once a second."""
 
-    def check(self) -> "OrbitConfig":
+    def validate(self) -> None:
+        """Raise ValueError naming the field, its rule, the value and the fix."""
         check_finite_fields(self)  # NaN passes every range check below
         if self.mode not in ORBIT_MODES:
-            raise ValueError(f"unknown orbit mode {self.mode!r}; choose one of {ORBIT_MODES}")
-        if self.frames < 1 or self.resolution < 1 or self.chunk < 1 or self.time_loops < 1:
-            raise ValueError(f"frames, resolution, chunk and time_loops must be >= 1, got frames={self.frames}, "
-                             f"resolution={self.resolution}, chunk={self.chunk}, time_loops={self.time_loops}")
+            raise ValueError(f"unknown orbit mode {self.mode!r}: OrbitConfig.mode must be one of {ORBIT_MODES}")
+        for name in ("frames", "resolution", "chunk", "time_loops"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"OrbitConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.radius <= 0:
-            raise ValueError(f"orbit radius must be > 0, got {self.radius}")
+            raise ValueError(f"OrbitConfig.radius must be > 0, got {self.radius}; use 1.5 (SyncDreamer's rig)")
         check_frames_budget("orbit render", self.frames, self.resolution, self.resolution, channels=4,
                             fix="lower frames or resolution")
-        return self
 
 
 @dataclass
@@ -129,7 +129,7 @@ def camera_path(config: OrbitConfig) -> Cameras:
 def orbit_render(g: Gaussians4D, config: OrbitConfig = OrbitConfig(), backend: str = "auto",
                  callback: Optional[ProgressCallback] = None, output_device="cpu") -> OrbitResult:
     """Render the frames of ``config`` (see the module docstring); ``callback(done, F, info)`` after each chunk."""
-    config.check()
+    config.validate()
     g.validate()
     times = time_path(config)
     cams = camera_path(config)

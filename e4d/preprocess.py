@@ -48,7 +48,8 @@ class PrepareConfig:
     """A pixel belongs to the object when its 8-bit alpha is greater than ``round(255 * alpha_threshold)``
     (0 = the official ``alpha > 0``)."""
 
-    def check(self) -> None:
+    def validate(self) -> None:
+        """Raise ValueError naming the field, its rule, the value and the fix."""
         check_finite_fields(self)  # NaN passes every range check below
         if self.box not in ("clip", "frame"):
             raise ValueError(f"PrepareConfig.box must be 'clip' or 'frame', got {self.box!r}")
@@ -202,7 +203,7 @@ def prepare_object_frames(frames: ArrayLike, alpha: Optional[ArrayLike] = None,
         ValueError: no alpha at all, alpha empty / fully opaque everywhere, or a fully transparent frame with
             ``box="frame"``.
     """
-    config.check()
+    config.validate()
     device = frames.device if isinstance(frames, Tensor) else torch.device("cpu")
     rgba = to_rgba_uint8(frames, alpha)
     thr = int(round(255 * config.alpha_threshold))

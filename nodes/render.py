@@ -100,7 +100,8 @@ class OrbitRender(io.ComfyNode):
             view.update(camera_info_to_orbit(camera_info, int(resolution)))
         cfg = OrbitConfig(mode=mode, frames=int(frames), resolution=int(resolution), turns=float(turns),
                           time_loops=int(time_loops), pingpong=bool(pingpong), fixed_time=float(fixed_time),
-                          background=float(background), **view).check()
+                          background=float(background), **view)
+        cfg.validate()
         g = gaussians.to(D.get_torch_device())
         out = orbit_render(g, cfg, backend=backend, callback=C.progress_callback(cfg.frames),
                            output_device=D.intermediate_device())

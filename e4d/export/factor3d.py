@@ -46,8 +46,8 @@ def covariance_to_scale_rotation(cov3: Tensor, min_scale: float = 1e-7) -> tuple
     if cov3.ndim != 3 or cov3.shape[1:] != (3, 3):
         raise ValueError(f"covariances must be [N, 3, 3], got {tuple(cov3.shape)}")
     sym = 0.5 * (cov3 + cov3.transpose(1, 2))
-    # On the CPU: CUDA's batched eigh over ~100k tiny matrices reserved ~20 GB of solver workspace in
-    # bench/e2e.py's export stage on an H100; 3x3 problems take milliseconds on the CPU.
+    # On the CPU: CUDA's batched eigh reserves a solver workspace that grows with the number of matrices (many GB
+    # for a fit's ~100k; figures in docs/benchmarks.md), while 3x3 problems are cheap on the CPU.
     evals, evecs = torch.linalg.eigh(sym.detach().double().cpu())
     evals, evecs = evals.to(cov3.device), evecs.to(cov3.device)
     flip = torch.linalg.det(evecs) < 0  # make R a proper rotation: flipping one axis keeps R S^2 R^T

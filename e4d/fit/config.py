@@ -172,8 +172,8 @@ def preset(name: str = "paper", **overrides) -> FitConfig:
       random init far enough in 500 steps.
     * ``"recommended"`` (the node's and CLI's default): the paper's loss plus an alpha (coverage) term
       ``w_alpha = 2000`` where the view matrix has alpha, and gradient-based densification (top 10 % every 50 steps
-      between steps 100 and 350, at most 120k Gaussians). Measured on an H100 on CesiumMan (held-out views,
-      docs/benchmarks.md): 35.4 dB in 6.1 s against 29.7 dB in 4.7 s for ``"paper"``.
+      between steps 100 and 350, at most 120k Gaussians); higher held-out PSNR than ``"paper"`` on CesiumMan for
+      a little more time (figures in docs/benchmarks.md).
     * ``"official-release"``: the released fit (fudan-zvg/4d-gaussian-splatting, branch ``generation``): MSE on rgb
       and alpha, xyz lr 0.01 -> 0.0002 log-linear over 300 steps, t 0.01, colour 0.01, opacity 0.05, scales and both
       rotations 0.005. The released code renders every (time, view) pair each step; we keep the batched sampler.

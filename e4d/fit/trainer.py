@@ -1,6 +1,6 @@
 """The 4D Gaussian fit of Efficient4D (paper §4.2): random init, Adam, batched (time, view) rendering.
 
-Speed design (the H100 target is 500 steps in a few seconds):
+Speed design (the target is 500 steps in seconds on one GPU; figures in docs/benchmarks.md):
 
 * one renderer call per step renders ``times_per_batch x views_per_batch`` images (``w2c [B, C, 4, 4]``);
 * all targets, confidences and the whole (time, view) sampling plan live on the device from the start;
