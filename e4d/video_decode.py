@@ -17,6 +17,7 @@ import contextlib
 import io
 import logging
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Iterator, Optional, Union
@@ -28,6 +29,9 @@ from torch import Tensor
 from .limits import MAX_IMAGE_PIXELS_ENV, MAX_VIDEO_FRAMES_ENV, check_frames_budget, max_image_pixels, max_video_frames
 
 log = logging.getLogger(__name__)
+
+HEARTBEAT_SECONDS = 0.5
+"""Longest time between progress callbacks (which check cancel) while decoding, skipped frames included."""
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mov", ".mkv", ".avi", ".m4v")
 ANIMATED_EXTENSIONS = (".gif", ".webp", ".png", ".apng")
@@ -199,7 +203,7 @@ def _iter_folder(folder: Path, sel: FrameSelection, info: dict) -> Iterator[tupl
     for i, f in enumerate(files):
         if sel.done(i, kept):
             return
-        info["seen"] = i + 1
+        _seen(info, i + 1)
         if not sel.keeps(i):
             continue
         with open_image(f, _target(f, sel)) as im:
@@ -221,7 +225,7 @@ def _iter_pil_animation(path: Path, sel: FrameSelection, info: dict) -> Iterator
         for i, frame in enumerate(ImageSequence.Iterator(im)):
             if sel.done(i, kept):
                 break
-            info["seen"] = i + 1
+            _seen(info, i + 1)
             if not sel.keeps(i):
                 continue
             rgba = _pil_rgba(frame, sel)  # loads the frame; WebP sets its duration only then
@@ -292,7 +296,7 @@ def _iter_pyav(source, sel: FrameSelection, info: dict) -> Iterator[tuple[int, n
         for i, frame in enumerate(frames()):
             if sel.done(i, kept):
                 return
-            info["seen"] = i + 1
+            _seen(info, i + 1)
             if not sel.keeps(i):
                 continue
             w, h = sel.target_size(frame.width, frame.height)
@@ -316,7 +320,7 @@ def _iter_opencv(path: Path, sel: FrameSelection, info: dict) -> Iterator[tuple[
             ok = cap.grab()  # grab without decoding the colour conversion of skipped frames
             if not ok:
                 return
-            info["seen"] = i + 1
+            _seen(info, i + 1)
             if sel.keeps(i):
                 ok, bgr = cap.retrieve()
                 if not ok:
@@ -330,6 +334,15 @@ def _iter_opencv(path: Path, sel: FrameSelection, info: dict) -> Iterator[tuple[
             i += 1
     finally:
         cap.release()
+
+
+def _seen(info: dict, count: int) -> None:
+    """Record that ``count`` source frames were decoded and give the consumer its heartbeat (skipped frames are
+    decoded too: a large stride must not keep cancel unchecked)."""
+    info["seen"] = count
+    beat = info.get("heartbeat")
+    if beat is not None:
+        beat()
 
 
 def _name(source) -> str:
@@ -420,7 +433,8 @@ def decode_video(source: Source, selection: FrameSelection = FrameSelection(), d
         source: path of a file or folder, or a binary file object (e.g. ComfyUI's VIDEO stream source).
         selection: start / stride / cap / downscale, see :class:`FrameSelection`.
         default_fps: rate reported for sources without timing (frame folders, still images).
-        callback: optional ``ProgressCallback`` called after each kept frame (total = cap when set).
+        callback: optional ``ProgressCallback`` called after each kept frame and at least every
+            :data:`HEARTBEAT_SECONDS` while frames are skipped (it may raise to cancel).
 
     Returns:
         :class:`DecodedVideo`; ``alpha`` is None when the source has no alpha channel; ``notes`` (also logged as
@@ -432,11 +446,18 @@ def decode_video(source: Source, selection: FrameSelection = FrameSelection(), d
     """
     from .progress import report
 
-    info: dict = {}
     frames: list[np.ndarray] = []
     indices: list[int] = []
     any_alpha = False
     name = _name(source)
+    last = [time.monotonic()]
+
+    def heartbeat() -> None:  # at least every HEARTBEAT_SECONDS, so cancel is checked while frames are skipped
+        if callback is not None and time.monotonic() - last[0] >= HEARTBEAT_SECONDS:
+            last[0] = time.monotonic()
+            report(callback, len(frames), min(selection.cap, info.get("frames") or selection.cap))
+
+    info: dict = {"heartbeat": heartbeat}
     for idx, arr, has_alpha in iter_frames(source, selection, info):
         if frames and arr.shape[:2] != frames[0].shape[:2]:
             raise ValueError(f"frame {idx} of {name} is {arr.shape[1]}x{arr.shape[0]} but frame "
@@ -448,6 +469,7 @@ def decode_video(source: Source, selection: FrameSelection = FrameSelection(), d
         indices.append(idx)
         any_alpha |= bool(has_alpha) and arr.shape[-1] == 4
         report(callback, len(frames), min(selection.cap, info.get("frames") or selection.cap))
+        last[0] = time.monotonic()
     if not frames:
         if selection.start == 0:
             raise ValueError(f"could not decode any frame of {name}: the file is empty, damaged or not a video; "

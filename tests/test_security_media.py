@@ -129,3 +129,22 @@ def test_damaged_or_fake_mp4_is_a_clear_error(tmp_path):
     fake.write_bytes(b"\x00" * 3000)
     with pytest.raises(ValueError, match="re-encode"):
         decode_video(fake)
+
+
+def test_cancel_is_checked_while_skipped_frames_are_decoded(tmp_path, monkeypatch):
+    import e4d.video_decode as vd
+
+    folder = _write_frames(tmp_path / "frames", 8)
+    monkeypatch.setattr(vd, "HEARTBEAT_SECONDS", 0.0)  # every decoded frame is "a second later"
+    calls = []
+    d = decode_video(folder, FrameSelection(stride=100), callback=lambda s, t, i: calls.append(s))
+    assert d.frames.shape[0] == 1 and len(calls) >= 8  # one kept frame, a heartbeat for every skipped one
+
+    class Cancelled(Exception):
+        pass
+
+    def cancel(step, total, info):
+        raise Cancelled
+
+    with pytest.raises(Cancelled):
+        decode_video(folder, FrameSelection(start=5), callback=cancel)  # cancelled before the first kept frame

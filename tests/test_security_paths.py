@@ -140,3 +140,17 @@ def test_dataset_view_dirs_stay_inside_the_dataset(tmp_path, secret):
                                                            {"w2c": eye, "dir": "views/v01"}]}))
     with pytest.raises(ValueError, match="leaves the dataset folder"):
         load_view_matrix(ds)
+
+
+def test_todays_comfyui_invalid_file_path_becomes_the_actionable_message(comfy_dirs, monkeypatch):
+    import folder_paths
+
+    (comfy_dirs["input"] / "clip.mp4").write_bytes(b"x")
+
+    def refuse(name, default_dir=None):  # what ComfyUI >= 0.30 raises for names whose real path leaves input/
+        raise ValueError("Invalid file path")
+
+    monkeypatch.setattr(folder_paths, "get_annotated_filepath", refuse)
+    with pytest.raises(P.NodePathError, match=r"not found: it must be a file .*input folder.*E4D_ALLOW_ABSOLUTE_PATHS"):
+        P.input_path("clip.mp4", "file", "video")
+    assert "Invalid file path" not in LoadVideo.validate_inputs(video="clip.mp4")
