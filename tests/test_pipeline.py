@@ -55,8 +55,9 @@ def models() -> PipelineModels:
     from tiny_syncdreamer import tiny_dims, tiny_state_dict
     from tiny_zero123 import tiny_zero123_modules
 
-    from e4d.guidance.loader import SD_SCHEDULER, Zero123Components, default_image_processor
+    from e4d.guidance.components import SD_SCHEDULER, Zero123Components
     from e4d.interp import RifeInterpolator
+    from e4d.ldm.convert import default_image_processor
     from e4d.rife.loader import random_model
     from e4d.syncdreamer.model import SyncDreamer
 
@@ -145,7 +146,7 @@ def test_image_to_4d_runs_svd_first(models, frames):
     from diffusers import EulerDiscreteScheduler, StableVideoDiffusionPipeline
     from tiny_svd import WhiteBorder, tiny_svd_modules
 
-    from e4d.guidance.loader import default_image_processor
+    from e4d.ldm.convert import default_image_processor
     from e4d.svd.convert import SVD_SCHEDULER
 
     unet, vae, enc = tiny_svd_modules()
@@ -198,7 +199,7 @@ def test_load_models_from_official_files(tmp_path):
     from tiny_syncdreamer import write_tiny_syncdreamer
     from tiny_zero123 import write_tiny_zero123
 
-    from e4d.guidance.loader import Zero123Components
+    from e4d.guidance.components import Zero123Components
     from e4d.interp import RifeInterpolator
     from e4d.model_folder import load_models, sds_variant
     from e4d.syncdreamer.model import SyncDreamer
