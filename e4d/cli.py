@@ -300,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--video", type=Path, help="video file (mp4, webm with alpha, gif ...) or a folder of frames")
     src.add_argument("--image", type=Path, help="one image (RGBA or on white): image-to-4D through SVD")
     u.add_argument("--models", required=True, type=Path, help="models folder (e.g. ComfyUI/models)")
-    u.add_argument("--out", required=True, type=Path, help="output folder")
+    u.add_argument("--out", required=True, type=Path, help="output folder (replaced as a whole when the run ends)")
     u.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
     u.add_argument("--offload", action="store_true", help="keep each model on the GPU only during its stage")
     u.add_argument("--flow", action="store_true", help="interpolate with the OpenCV flow fallback (no RIFE weights)")

@@ -323,32 +323,42 @@ def save_outputs(result: PipelineResult, out_dir: Union[str, Path], config: Opti
                  callback: Optional[ProgressCallback] = None, hooks: Sequence[StageHook] = (),
                  meta: Optional[dict] = None, models: Optional[PipelineModels] = None) -> Dict[str, Any]:
     """Render the orbit, then write ``model.safetensors`` (native 4D), ``ply/frame_XXXX.ply`` and ``orbit.mp4``
-    (``orbit.gif`` when no mp4 encoder is installed) into ``out_dir``. Nothing is written when the orbit render
-    is cancelled. Returns the paths and counts."""
-    from .export import save_native, save_ply_sequence
-    from .video_io import write_video
+    (``orbit.gif`` when no mp4 encoder is installed) into ``out_dir``, which is replaced as a whole and atomically
+    (:func:`e4d.atomic.atomic_dir`): a cancel, an error or an interrupt leaves nothing (new) under ``out_dir``.
+    Returns the paths (under ``out_dir``) and counts."""
+    from .atomic import atomic_dir
 
     config = config or PipelineConfig()
     run = _Stages(["orbit", "export"], models or PipelineModels(), callback, hooks)
     orbit = run("orbit", lambda cb: render_orbit(result, config, cb))
 
     def export(cb) -> Dict[str, Any]:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        t0, t1 = result.time_range
-        n = config.export.ply_times
-        times = result.key_times.tolist() if n <= 0 else torch.linspace(t0, t1, n).tolist()
-        native = save_native(result.gaussians, out / "model.safetensors", time_range=(t0, t1),
-                             meta={"times": result.key_times.tolist(), "fit": config.fit.to_dict(), **(meta or {})})
-        plys = save_ply_sequence(result.gaussians, times, out / "ply", prefix="frame")
-        try:
-            video = write_video(orbit.frames, out / "orbit.mp4", fps=config.export.video_fps)
-        except (OSError, RuntimeError, ValueError) as e:  # no mp4 encoder on this machine: a gif instead
-            log.warning("mp4 writing failed (%s); writing a gif instead", e)
-            video = write_video(orbit.frames, out / "orbit.gif", fps=config.export.video_fps)
-        return {"native": str(native), "video": str(video), "ply": str(out / "ply"), "num_ply": len(plys)}
+        with atomic_dir(out_dir, overwrite=True) as tmp:
+            files = _write_outputs(result, orbit.frames, Path(tmp), config, meta)
+        final = Path(out_dir)
+        return {k: (str(final / Path(v).relative_to(tmp)) if isinstance(v, str) else v) for k, v in files.items()}
 
     return run("export", export)
+
+
+def _write_outputs(result: PipelineResult, frames: Tensor, out: Path, config: PipelineConfig,
+                   meta: Optional[dict]) -> Dict[str, Any]:
+    """The files of :func:`save_outputs` into the (temporary) folder ``out``; returns their paths and counts."""
+    from .export import save_native, save_ply_sequence
+    from .video_io import write_video
+
+    t0, t1 = result.time_range
+    n = config.export.ply_times
+    times = result.key_times.tolist() if n <= 0 else torch.linspace(t0, t1, n).tolist()
+    native = save_native(result.gaussians, out / "model.safetensors", time_range=(t0, t1),
+                         meta={"times": result.key_times.tolist(), "fit": config.fit.to_dict(), **(meta or {})})
+    plys = save_ply_sequence(result.gaussians, times, out / "ply", prefix="frame")
+    try:
+        video = write_video(frames, out / "orbit.mp4", fps=config.export.video_fps)
+    except (OSError, RuntimeError, ValueError) as e:  # no mp4 encoder on this machine: a gif instead
+        log.warning("mp4 writing failed (%s); writing a gif instead", e)
+        video = write_video(frames, out / "orbit.gif", fps=config.export.video_fps)
+    return {"native": str(native), "video": str(video), "ply": str(out / "ply"), "num_ply": len(plys)}
 
 
 __all__ = ["PipelineConfig", "InterpolationConfig", "ExportConfig", "PipelineModels", "PipelineResult",
