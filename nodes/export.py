@@ -111,7 +111,7 @@ class Export4D(io.ComfyNode):
             times = torch.linspace(0.0, 1.0, int(ply_frames)) if ply_frames > 1 else torch.zeros(1)
             ply_dir = stem.with_name(stem.name + "ply")
             with atomic_dir(ply_dir) as tmp:  # never leave a half-written sequence
-                names = [p.name for p in save_ply_sequence(g, times, tmp)]
+                names = [p.name for p in save_ply_sequence(g, times, tmp, callback=C.progress_callback())]
             paths["ply"] = str(ply_dir)
             nearest = int((times - float(preview_time)).abs().argmin())
             out_dir = folder_paths.get_output_directory()
@@ -122,7 +122,7 @@ class Export4D(io.ComfyNode):
             times = torch.linspace(0.0, 1.0, int(ply_frames)) if ply_frames > 1 else torch.zeros(1)
             splat_dir = stem.with_name(stem.name + "splat")
             with atomic_dir(splat_dir) as tmp:
-                save_splat_sequence(g, times.tolist(), tmp)
+                save_splat_sequence(g, times.tolist(), tmp, callback=C.progress_callback())
             paths["splat"] = str(splat_dir)
         cb(2, 4, {})
         if splatv:

@@ -23,6 +23,7 @@ from torch import Tensor
 
 from ..atomic import atomic_path
 from ..gaussians4d import Gaussians4D
+from ..progress import ProgressCallback, report
 from ..sh import num_sh_bases
 from .common import check_gaussians, export_slice
 from .factor3d import covariance_to_scale_rotation
@@ -102,14 +103,22 @@ def save_ply(g: Gaussians4D, time: float, path: PathLike, sh_degree_out: Optiona
 
 
 def save_ply_sequence(g: Gaussians4D, times: Union[Sequence[float], Tensor], folder: PathLike,
-                      prefix: str = "frame", sh_degree_out: Optional[int] = None) -> List[Path]:
-    """One PLY per time: ``folder/{prefix}_{i:04d}.ply`` (i = index into ``times``); returns the paths."""
+                      prefix: str = "frame", sh_degree_out: Optional[int] = None,
+                      callback: Optional[ProgressCallback] = None) -> List[Path]:
+    """One PLY per time: ``folder/{prefix}_{i:04d}.ply`` (i = index into ``times``); returns the paths.
+
+    ``callback(i, len(times), {"path": ...})`` after each file; raising from it (cancel) stops the export.
+    """
     ts = [float(t) for t in (times.tolist() if isinstance(times, Tensor) else times)]
     if not ts:
         raise ValueError("save_ply_sequence needs at least one time")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    return [save_ply(g, t, folder / f"{prefix}_{i:04d}.ply", sh_degree_out) for i, t in enumerate(ts)]
+    paths = []
+    for i, t in enumerate(ts):
+        paths.append(save_ply(g, t, folder / f"{prefix}_{i:04d}.ply", sh_degree_out))
+        report(callback, i + 1, len(ts), path=str(paths[-1]))
+    return paths
 
 
 def read_ply(path: PathLike) -> Dict[str, np.ndarray]:
