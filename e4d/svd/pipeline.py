@@ -58,6 +58,19 @@ class SVDConfig:
     mask_kernel: int = 3
     """Morphological open/close kernel size in pixels (1 = none)."""
 
+    def validate(self) -> None:
+        """Raise ValueError naming the field, its rule, the value and the fix."""
+        if self.width % 8 or self.height % 8 or self.width <= 0 or self.height <= 0:
+            raise ValueError(f"SVDConfig.width and height must be positive multiples of 8, got "
+                             f"{self.width}x{self.height}; use e.g. 1024x576 or 256x256")
+        if self.steps < 1:
+            raise ValueError(f"SVDConfig.steps must be >= 1, got {self.steps}; use 25")
+        if not 0 <= self.motion_bucket_id <= 255:
+            raise ValueError(f"SVDConfig.motion_bucket_id must be in [0, 255], got {self.motion_bucket_id}")
+        if self.min_guidance_scale > self.max_guidance_scale:
+            raise ValueError(f"SVDConfig.min_guidance_scale {self.min_guidance_scale} > max_guidance_scale "
+                             f"{self.max_guidance_scale}; swap them")
+
 
 @dataclass
 class SVDResult:
@@ -136,18 +149,6 @@ def load_svd(path, dtype: torch.dtype = torch.float32, device=None):
     return pipe
 
 
-def check_config(cfg: SVDConfig) -> None:
-    if cfg.width % 8 or cfg.height % 8 or cfg.width <= 0 or cfg.height <= 0:
-        raise ValueError(f"SVD width and height must be positive multiples of 8, got {cfg.width}x{cfg.height}; "
-                         "use e.g. 1024x576 or 256x256")
-    if cfg.steps < 1:
-        raise ValueError(f"SVD steps must be >= 1, got {cfg.steps}")
-    if not 0 <= cfg.motion_bucket_id <= 255:
-        raise ValueError(f"motion_bucket_id must be in [0, 255], got {cfg.motion_bucket_id}")
-    if cfg.min_guidance_scale > cfg.max_guidance_scale:
-        raise ValueError(f"min_guidance_scale {cfg.min_guidance_scale} > max_guidance_scale {cfg.max_guidance_scale}")
-
-
 def image_to_video(pipe, image: Tensor, mask: Optional[Tensor] = None, config: Optional[SVDConfig] = None,
                    callback: Optional[ProgressCallback] = None, segmentation: Optional[Tensor] = None) -> SVDResult:
     """Animate one image with SVD and return clean frames + masks.
@@ -165,7 +166,7 @@ def image_to_video(pipe, image: Tensor, mask: Optional[Tensor] = None, config: O
     from PIL import Image
 
     config = SVDConfig() if config is None else config
-    check_config(config)
+    config.validate()
     rgb = pad_to_aspect(composite_on_white(image, mask), config.width, config.height)
     pil = Image.fromarray((rgb.cpu().numpy() * 255).round().astype("uint8"))
     n = int(config.num_frames or pipe.unet.config.num_frames)
