@@ -214,7 +214,12 @@ def video_to_4d(frames, models: PipelineModels, config: Optional[PipelineConfig]
 
 def _video_phases(run: _Stages, frames, alpha, models: PipelineModels, config: PipelineConfig,
                   dev: torch.device) -> PipelineResult:
+    """Phases 1-5 (shared by :func:`video_to_4d` and :func:`image_to_4d`)."""
+    from .interp import interpolate_view_matrix
     from .syncdreamer.pipeline import syncdreamer_t
+
+    interp = _interpolator(models)
+    ic = config.interpolation
 
     # 1. prepare: object centred on white, one crop box for the clip
     frames, alpha = _frames_and_alpha(frames, alpha, config)
@@ -224,7 +229,19 @@ def _video_phases(run: _Stages, frames, alpha, models: PipelineModels, config: P
     vm = run("syncdreamer", lambda cb: syncdreamer_t(models.syncdreamer, prep.images.to(dev), prep.alpha,
                                                      num_frames=config.keyframes, prepare="none",
                                                      config=config.sampler, callback=cb))
-    return _fit_phases(run, vm, models, config, dev, interpolate=True)
+
+    # 3. interpolate: K -> (K - 1) m + 1 frames (paper: M = 4K - 3)
+    dense = run("interpolate", lambda cb: interpolate_view_matrix(vm.to(interp.device), interp, ic.multiplier,
+                                                                  method=ic.method, batch=ic.batch, callback=cb))
+
+    # 4. confidence: where the generated views disagree in time, trust them less
+    conf = None
+    if config.confidence is not None:
+        conf = run("confidence", lambda cb: compute_confidence(dense.images, interp, config.confidence, cb))
+
+    # 5. fit: 4D Gaussians, confidence-weighted loss, optional Zero123 SDS
+    fitted = run("fit", lambda cb: _fit(dense, conf, models, config, dev, cb))
+    return PipelineResult(gaussians=fitted.gaussians, view_matrix=vm.to("cpu"), fit=fitted)
 
 
 def _interpolator(models: PipelineModels):
@@ -236,39 +253,19 @@ def _interpolator(models: PipelineModels):
     return load_interpolator(None)
 
 
-def _fit_phases(run: _Stages, vm: ViewMatrix, models: PipelineModels, config: PipelineConfig, dev: torch.device,
-                interpolate: bool) -> PipelineResult:
+def _fit(vm: ViewMatrix, conf, models: PipelineModels, config: PipelineConfig, dev: torch.device,
+         callback: Optional[ProgressCallback]) -> FitResult:
+    """:func:`e4d.fit.fit` on ``dev`` with Zero123 SDS when the models have a guidance model."""
     from .guidance.zero123 import Zero123Guidance
-    from .interp import interpolate_view_matrix
 
-    interp = _interpolator(models) if interpolate or config.confidence is not None else None
-    dense = vm
-    # 3. interpolate: K -> (K - 1) m + 1 frames
-    if interpolate:
-        ic = config.interpolation
-        dense = run("interpolate", lambda cb: interpolate_view_matrix(vm.to(interp.device), interp,
-                                                                      multiplier=ic.multiplier, method=ic.method,
-                                                                      batch=ic.batch, callback=cb))
-
-    # 4. confidence: where the generated views disagree in time, trust them less
-    conf = None
-    if config.confidence is not None:
-        conf = run("confidence", lambda cb: compute_confidence(dense.images.to(interp.device), interp,
-                                                               config.confidence, callback=cb))
-
-    # 5. fit: 4D Gaussians, confidence-weighted loss, optional Zero123 SDS
-    def fit_stage(cb: Optional[ProgressCallback]) -> FitResult:
-        guidance = None if models.guidance is None else Zero123Guidance(models.guidance, config.sds, device=dev)
-        try:  # the fit needs autograd even when the caller runs under inference mode (ComfyUI)
-            with torch.inference_mode(False), torch.enable_grad():
-                return fit(dense.to(dev), None if conf is None else conf.to(dev), config.fit, guidance=guidance,
-                           callback=cb)
-        finally:
-            if guidance is not None:
-                guidance.release()  # per-frame CLIP/VAE references go with the fit
-
-    res = run("fit", fit_stage)
-    return PipelineResult(gaussians=res.gaussians, view_matrix=vm.to("cpu"), fit=res)
+    guidance = None if models.guidance is None else Zero123Guidance(models.guidance, config.sds, device=dev)
+    try:  # the fit needs autograd even when the caller runs under inference mode (ComfyUI)
+        with torch.inference_mode(False), torch.enable_grad():
+            return fit(vm.to(dev), None if conf is None else conf.to(dev), config.fit, guidance=guidance,
+                       callback=callback)
+    finally:
+        if guidance is not None:
+            guidance.release()  # per-frame CLIP/VAE references go with the fit
 
 
 def image_to_4d(image, models: PipelineModels, config: Optional[PipelineConfig] = None,
@@ -301,11 +298,22 @@ def views_to_4d(view_matrix: ViewMatrix, models: PipelineModels, config: Optiona
                 callback: Optional[ProgressCallback] = None, hooks: Sequence[StageHook] = (),
                 device: Optional[Union[str, torch.device]] = None) -> PipelineResult:
     """Phases 4-5 on a view matrix you already have (e.g. ground-truth renders): confidence (unless
-    ``config.confidence`` is None) and the fit. ``device`` defaults to the view matrix's."""
+    ``config.confidence`` is None; the interpolator as in :func:`video_to_4d`) and the fit. ``device`` defaults to
+    the view matrix's."""
     config = config or PipelineConfig()
     dev = torch.device(device) if device is not None else view_matrix.images.device
-    names = (["confidence"] if config.confidence is not None else []) + ["fit"]
-    return _fit_phases(_Stages(names, models, callback, hooks), view_matrix, models, config, dev, interpolate=False)
+    run = _Stages((["confidence"] if config.confidence is not None else []) + ["fit"], models, callback, hooks)
+
+    # 4. confidence
+    conf = None
+    if config.confidence is not None:
+        interp = _interpolator(models)
+        conf = run("confidence", lambda cb: compute_confidence(view_matrix.images.to(interp.device), interp,
+                                                               config.confidence, cb))
+
+    # 5. fit
+    fitted = run("fit", lambda cb: _fit(view_matrix, conf, models, config, dev, cb))
+    return PipelineResult(gaussians=fitted.gaussians, view_matrix=view_matrix.to("cpu"), fit=fitted)
 
 
 def render_orbit(result: PipelineResult, config: Optional[PipelineConfig] = None,
