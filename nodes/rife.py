@@ -221,11 +221,11 @@ class ConfidenceMaps(io.ComfyNode):
     @classmethod
     def execute(cls, view_matrix, interpolator, mode: str = "paper", scale: str = "1.0", fp16: bool = True,
                 batch: int = 64) -> io.NodeOutput:
-        from e4d.confidence_maps import ConfidenceConfig, compute_confidence, confidence_preview
+        from e4d.confidence_maps import ConfidenceConfig, confidence_for_view_matrix, confidence_preview
 
         with _ready(interpolator, scale, fp16) as interp:
-            conf = compute_confidence(view_matrix.images.to(interp.device), interp,
-                                      ConfidenceConfig(mode=mode, batch=batch), callback=C.progress_callback())
+            conf = confidence_for_view_matrix(view_matrix, interp, ConfidenceConfig(mode=mode, batch=batch),
+                                              callback=C.progress_callback())
         conf = conf.to(D.intermediate_device())
         return io.NodeOutput(conf, T.image_out(confidence_preview(conf)))
 
