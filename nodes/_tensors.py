@@ -99,7 +99,9 @@ def parse_floats(text: str, name: str) -> list[float]:
 def informative_alpha(alpha: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     """``alpha`` unless it is all ones: Load Video outputs an all-ones MASK for videos without alpha, and treating
     that as coverage would teach the fit an opaque block (and hide the white-background fallback)."""
-    if alpha is None or not bool((alpha > 0.999).all()):
+    from e4d.masks import informative_alpha as core_rule  # the one all-ones rule, shared with the fit
+
+    if alpha is None or core_rule(alpha) is not None:
         return alpha
     log.info("Efficient4D: the mask is all ones (no alpha in the source); treating it as absent")
     return None
