@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from .confidence import Confidence
+from .limits import check_finite_fields
 from .metrics import ssim_map
 from .interp.base import Interpolator
 from .progress import ProgressCallback, report
@@ -46,6 +47,7 @@ class ConfidenceConfig:
 
     def validate(self) -> None:
         """Raise ValueError naming the field, its rule, the value and the fix."""
+        check_finite_fields(self)  # NaN passes every range check below
         if self.mode not in MODES:
             raise ValueError(f"ConfidenceConfig.mode must be one of {MODES}, got {self.mode!r}")
         if not self.gaps or any(int(g) < 1 for g in self.gaps):

@@ -18,6 +18,7 @@ from torch import Tensor
 from ..checkpoints import read_checkpoint
 from ..ldm.convert import default_image_processor, from_pretrained_dtype, weights_variant
 from ..ldm.keymap import SVD_CLIP_PREFIX, UNET_PREFIX, VAE_PREFIX
+from ..limits import check_finite_fields
 from ..masks import composite_on_white, masks_from_white, pad_to_aspect, subsample_indices
 from ..progress import ProgressCallback, report
 from .convert import SVD_SCHEDULER, SVD_WHERE, svd_from_single_file
@@ -60,6 +61,7 @@ class SVDConfig:
 
     def validate(self) -> None:
         """Raise ValueError naming the field, its rule, the value and the fix."""
+        check_finite_fields(self)  # NaN passes every range check below
         if self.width % 8 or self.height % 8 or self.width <= 0 or self.height <= 0:
             raise ValueError(f"SVDConfig.width and height must be positive multiples of 8, got "
                              f"{self.width}x{self.height}; use e.g. 1024x576 or 256x256")
