@@ -23,6 +23,12 @@ def _svd_choices() -> list[str]:
     return out or [M.NO_MODELS]
 
 
+def _activation_bytes(frames: int, width: int, height: int) -> int:
+    """Memory SVD needs beyond its weights, for ComfyUI's memory manager to make room: proportional to frames x
+    pixels (CFG batch of 2, the temporal VAE decode), bounding the peaks in docs/benchmarks.md's SVD table."""
+    return int(700 * frames * width * height)
+
+
 class SVDLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -119,7 +125,8 @@ class SVDImageToVideo(io.ComfyNode):
                         decode_chunk_size=decode_chunk, seed=seed, keep_frames=keep_frames,
                         mask_threshold=mask_threshold)
         seg = None if segmentation is None else (segmentation[None] if segmentation.ndim == 2 else segmentation)
-        pipe = M.load_managed(svd)
+        frames_made = cfg.num_frames or svd.model.core.unet.config.num_frames
+        pipe = M.load_managed(svd, _activation_bytes(frames_made, cfg.width, cfg.height))
         res = image_to_video(pipe, rgb[0], m, cfg, C.progress_callback(steps), segmentation=seg)
         return io.NodeOutput(T.image_out(res.frames), T.mask_out(res.masks))
 

@@ -91,10 +91,10 @@ GUIDANCE_MODES = ("decomposed", "cfg", "none")
 
 
 def _activation_bytes(view_batch: int) -> int:
-    """Memory SyncDreamer-T needs beyond its weights, for ComfyUI's memory manager: a fixed part (the volumes
-    and the CLIP/VAE passes) plus a part per (frame, view) pair of a UNet chunk; an upper bound from the GPU runs
-    behind docs/benchmarks.md."""
-    return int((8.0 + 0.3 * view_batch) * 1024 ** 3)
+    """Memory SyncDreamer-T needs beyond its weights, for ComfyUI's memory manager to make room: a fixed part (the
+    volumes, CLIP and VAE passes) plus a part per (frame, view) pair of a UNet chunk, bounding the reserved memory
+    in docs/benchmarks.md's SyncDreamer-T table."""
+    return int((2.0 + 0.4 * view_batch) * 1024 ** 3)
 
 
 class SyncDreamerT(io.ComfyNode):
