@@ -176,6 +176,23 @@ def test_missing_model_is_named(frames):
         image_to_4d(torch.ones(8, 8, 3), PipelineModels(syncdreamer=object()), tiny_config())
 
 
+def test_input_without_alpha_needs_a_mask_or_the_white_background_option(models, frames):
+    rgb = frames[..., :3]
+    with pytest.raises(ValueError, match="no alpha.*white_background_masks.*--white-background"):
+        video_to_4d(rgb, models, tiny_config())
+    cfg = dataclasses.replace(tiny_config(), white_background_masks=True)
+
+    def stop_after_prepare(step, total, info):
+        if info["stage"] == "syncdreamer":
+            raise Cancelled("prepared: enough")
+
+    rec = Recorder()  # the demo frames are RGBA composited on white: their masks come from the white background
+    white = (frames[..., :3] * (frames[..., 3:] / 255.0) + 255 * (1 - frames[..., 3:] / 255.0)).astype(np.uint8)
+    with pytest.raises(Cancelled):
+        video_to_4d(white, models, cfg, callback=stop_after_prepare, hooks=[rec])
+    assert rec.calls == [("before", "preprocess", None), ("after", "preprocess", None)]
+
+
 def test_offload_moves_only_the_stage_models():
     class Box:
         def __init__(self) -> None:
@@ -212,6 +229,18 @@ def test_load_models_from_official_files(tmp_path):
     assert isinstance(m.guidance, Zero123Components) and m.svd is None
     assert m.sources["syncdreamer"].endswith("syncdreamer-tiny.ckpt") and sds_variant(m) == "zero123-xl"
     assert next(m.syncdreamer.parameters()).dtype == torch.float32  # CPU: fp32
+
+
+def test_load_svd_from_a_diffusers_folder(tmp_path):
+    from diffusers import StableVideoDiffusionPipeline
+    from tiny_svd import write_tiny_svd
+
+    from e4d.model_folder import load_models
+
+    write_tiny_svd(tmp_path / "diffusers" / "stable-video-diffusion-img2vid-xt")
+    m = load_models(tmp_path, need=["svd"], device="cpu")
+    assert isinstance(m.svd, StableVideoDiffusionPipeline) and m.syncdreamer is None
+    assert m.sources["svd"].endswith("stable-video-diffusion-img2vid-xt")
 
 
 def test_missing_weights_names_file_folders_and_source(tmp_path):
