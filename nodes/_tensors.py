@@ -97,14 +97,14 @@ def parse_floats(text: str, name: str) -> list[float]:
 
 
 def informative_alpha(alpha: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-    """``alpha`` unless it is all ones: Load Video outputs an all-ones MASK for videos without alpha, and treating
-    that as coverage would teach the fit an opaque block (and hide the white-background fallback)."""
-    from e4d.masks import informative_alpha as core_rule  # the one all-ones rule, shared with the fit
+    """``alpha``, or None when it carries no coverage information: the core's one all-ones rule
+    (:func:`e4d.masks.informative_alpha`; Load Video's MASK of a video without alpha is all ones), logged."""
+    from e4d.masks import informative_alpha as core_rule
 
-    if alpha is None or core_rule(alpha) is not None:
-        return alpha
-    log.info("Efficient4D: the mask is all ones (no alpha in the source); treating it as absent")
-    return None
+    out = core_rule(alpha)
+    if alpha is not None and out is None:
+        log.info("Efficient4D: the mask is all ones (no alpha in the source); treating it as absent")
+    return out
 
 
 def object_alpha(rgb: Tensor, alpha: Optional[Tensor], mask: Optional[Tensor], invert: bool = False,
