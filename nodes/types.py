@@ -10,9 +10,9 @@ type                   Python object on the wire
 E4D_VIEW_MATRIX        :class:`e4d.viewmatrix.ViewMatrix` (T times x V views, cameras, times)
 E4D_CONFIDENCE         :class:`e4d.confidence.Confidence` (c_rgb, c_ssim maps [T, V, H, W])
 E4D_GAUSSIANS4D        :class:`e4d.gaussians4d.Gaussians4D` (native 4D Gaussians, fitted)
-E4D_SYNCDREAMER        a loaded SyncDreamer(-T) model (syncdreamer helper's wrapper)
-E4D_INTERPOLATOR       a loaded frame interpolator (RIFE) (rife helper's wrapper)
-E4D_SVD                a loaded Stable Video Diffusion pipeline (svd helper's wrapper)
+E4D_SYNCDREAMER        ``comfy.model_patcher.ModelPatcher`` over a ``nodes._models.ModelBundle`` (SyncDreamer)
+E4D_INTERPOLATOR       the same for RIFE, or the weights-free :class:`e4d.interp.FlowInterpolator`
+E4D_SVD                the same for a Stable Video Diffusion pipeline (UNet, VAE, image encoder)
 E4D_GUIDANCE           an object following ``e4d.fit.guidance_api`` (SDS guidance for the fit)
 =====================  ======================================================================
 """

@@ -147,3 +147,19 @@ def test_memory_manager_on_comfyui_030(tmp_path):
         assert ours in loaded and user in loaded, loaded
         print("MM OK")
     """, tmp_path, "MM OK")
+
+
+def test_every_node_schema_builds_on_comfyui_030(tmp_path):
+    """The pack's node list (all topic modules, plus the SPLAT node that exists only there) on ComfyUI 0.30."""
+    run_on_comfy_030("""
+        import nodes as pack
+        from nodes.render import OrbitRender
+
+        names = list(pack.TOPIC_MODULES) + [m for m in ("splat",) if m not in pack.TOPIC_MODULES]
+        empty = [name for name in names if not pack._module_nodes(name)]  # a failing module gives no nodes
+        assert not empty, f"node modules without nodes on ComfyUI 0.30: {empty}"
+        ids = [c.GET_SCHEMA().node_id for c in pack.load_node_classes(tuple(names))]
+        assert "E4D_SliceToSplat" in ids and len(ids) == len(set(ids)), ids
+        assert "camera_info" in {i.id for i in OrbitRender.GET_SCHEMA().inputs}
+        print("SCHEMAS OK", len(ids))
+    """, tmp_path, "SCHEMAS OK")

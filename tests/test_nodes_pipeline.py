@@ -21,6 +21,9 @@ from nodes.fit import Fit4DGS, parse_overrides  # noqa: E402
 from nodes.prepare import PrepareObjectFrames  # noqa: E402
 from nodes.render import OrbitRender  # noqa: E402
 from nodes.viewmatrix import AssembleViewMatrix, LoadViewMatrix, SaveViewMatrix, parse_index_list  # noqa: E402
+from test_nodes_memory import import_model_patcher, loaded_patchers, user_model  # noqa: E402,F401
+
+import_model_patcher()
 
 S = 32
 TINY_FIT = dict(preset="paper", iterations=3, num_points=64, times_per_batch=1, views_per_batch=2, sh_degree=0,
@@ -104,7 +107,7 @@ def test_save_and_load_view_matrix_round_trip(comfy_dirs, vm):
         LoadViewMatrix.execute("nothing_here", "", True)
 
 
-def test_fit_render_export_load(comfy_dirs, vm, monkeypatch):
+def test_fit_render_export_load(comfy_dirs, vm, monkeypatch, user_model):
     import comfy.utils
 
     steps = []
@@ -126,6 +129,7 @@ def test_fit_render_export_load(comfy_dirs, vm, monkeypatch):
     assert g.num == 64 and steps[-1] == (3, 3)
     assert not torch.equal(g.means, Fit4DGS.execute(vm, **{**TINY_FIT, "iterations": 1}).result[0].means)
     assert img.shape == (3, 16, 16, 3) and mask.shape == (3, 16, 16)
+    assert user_model in loaded_patchers()  # the fit asked ComfyUI for room; it did not unload everything
     native, ply, splatv, video, splat, preview = Export4D.execute(g, "e4d/obj", True, True, 2, True, True, 8.0, True,
                                                                   frames=img, preview_time=0.9).result
     assert all(p.startswith(str(comfy_dirs["output"])) for p in (native, ply, splatv, video, splat))
