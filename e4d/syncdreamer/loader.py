@@ -91,7 +91,9 @@ def load_syncdreamer(path: Union[str, Path], dtype: torch.dtype = torch.float16,
         model = SyncDreamer(dims)
     buffers = {n for n, _ in model.named_buffers()}
     vdt = vae_dtype or (torch.float32 if dtype == torch.float16 else dtype)
-    cast = {k: (v.float() if k in buffers else v.to(vdt if k.startswith("first_stage_model.") else dtype))
+    dev = torch.device(device)  # each memory-mapped tensor goes to the target device first, then is cast there:
+    # no full-size CPU copy of the cast weights (and no CPU cast of 1.4 B values) when loading straight to the GPU
+    cast = {k: v.to(dev).to(torch.float32 if k in buffers else vdt if k.startswith("first_stage_model.") else dtype)
             for k, v in sd.items()}
     try:
         model.load_state_dict(cast, strict=True, assign=True)
