@@ -7,7 +7,6 @@ from typing import Optional
 import torch
 from comfy_api.latest import io
 
-from . import _common as C
 from . import _paths as P
 from . import _tensors
 from .types import E4D_VIEW_MATRIX
