@@ -6,7 +6,7 @@
 2. multi-view: SyncDreamer-T makes 16 views of K key frames (:func:`e4d.syncdreamer.pipeline.syncdreamer_t`);
 3. interpolate: RIFE (or the weights-free flow fallback) densifies time, K -> M = 4K - 3 frames
    (:func:`e4d.interp.interpolate_view_matrix`);
-4. confidence: per-pixel trust maps from interpolation errors (:func:`e4d.confidence_maps.compute_confidence`);
+4. confidence: per-pixel trust maps from interpolation errors (:func:`e4d.confidence_maps.confidence_for_view_matrix`);
 5. fit: 4D Gaussians with the confidence-weighted loss and optional Zero123 SDS (:func:`e4d.fit.fit`).
 
 :func:`image_to_4d` runs Stable Video Diffusion first and then the same phases; :func:`views_to_4d` fits a view
@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .confidence_maps import ConfidenceConfig, compute_confidence
+from .confidence_maps import ConfidenceConfig, confidence_for_view_matrix
 from .fit import FitConfig, FitResult, fit, preset
 from .gaussians4d import Gaussians4D
 from .guidance.zero123 import SDSConfig
@@ -243,7 +243,7 @@ def _video_phases(run: _Stages, frames, alpha, models: PipelineModels, config: P
     # 4. confidence: where the generated views disagree in time, trust them less
     conf = None
     if config.confidence is not None:
-        conf = run("confidence", lambda cb: compute_confidence(dense.images, interp, config.confidence, cb))
+        conf = run("confidence", lambda cb: confidence_for_view_matrix(dense, interp, config.confidence, cb))
 
     # 5. fit: 4D Gaussians, confidence-weighted loss, optional Zero123 SDS
     fitted = run("fit", lambda cb: _fit(dense, conf, models, config, dev, cb))
@@ -314,8 +314,7 @@ def views_to_4d(view_matrix: ViewMatrix, models: PipelineModels, config: Optiona
     conf = None
     if config.confidence is not None:
         interp = _interpolator(models)
-        conf = run("confidence", lambda cb: compute_confidence(view_matrix.images.to(interp.device), interp,
-                                                               config.confidence, cb))
+        conf = run("confidence", lambda cb: confidence_for_view_matrix(view_matrix, interp, config.confidence, cb))
 
     # 5. fit
     fitted = run("fit", lambda cb: _fit(view_matrix, conf, models, config, dev, cb))
