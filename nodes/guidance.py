@@ -3,6 +3,7 @@ Thin adapter over e4d.guidance; the weights go to ComfyUI's memory manager, whic
 the fit starts."""
 from __future__ import annotations
 
+import torch
 from comfy_api.latest import io
 
 from . import _devices as D
@@ -91,7 +92,10 @@ class Zero123GuidanceLoader(io.ComfyNode):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         dt = D.pick_dtype(dtype, D.get_torch_device())
-        comps = load_zero123(path, dtype=dt, device=D.offload_device())
+        # ComfyUI runs nodes under torch.inference_mode(); SDS back-propagates through the VAE encoder into the
+        # renders, which needs weights that are normal tensors
+        with torch.inference_mode(False):
+            comps = load_zero123(path, dtype=dt, device=D.offload_device())
         parts = {"unet": comps.unet, "vae": comps.vae, "image_encoder": comps.image_encoder,
                  "camera_projection": comps.camera_projection}
         patcher = M.manage(comps, parts, path.name, dt)

@@ -40,7 +40,10 @@ def test_loader_is_lazy_and_follows_protocol(comfy_dirs, user_model):
     write_tiny_zero123_single_file(comfy_dirs["models"] / "checkpoints" / "stable_zero123.ckpt")
     folder_paths.filename_list_cache.clear()
     assert N._zero123_choices() == ["diffusers/zero123-xl-tiny", "checkpoints/stable_zero123.ckpt"]
-    guid, info = N.Zero123GuidanceLoader.execute("checkpoints/stable_zero123.ckpt", weight=0.5).result
+    import torch
+
+    with torch.inference_mode():  # as ComfyUI executes nodes
+        guid, info = N.Zero123GuidanceLoader.execute("checkpoints/stable_zero123.ckpt", weight=0.5).result
     assert isinstance(guid, Zero123Guidance) and guid._model is None  # nothing on the compute device yet
     before = set(map(id, loaded_patchers()))
     comps = guid._loader()  # what the fit's prepare() calls: ComfyUI's memory manager loads the weights
@@ -48,6 +51,7 @@ def test_loader_is_lazy_and_follows_protocol(comfy_dirs, user_model):
     assert ours.model.core is comps and set(ours.model.parts) == {"unet", "vae", "image_encoder",
                                                                   "camera_projection"}
     assert user_model in loaded_patchers()
+    assert not any(p.is_inference() for p in ours.model.parameters())  # SDS back-propagates through them
     assert guid.config.variant == "stable-zero123" and "stable-zero123" in info
     check_guidance(guid)
     assert guid.weight == 0.5
