@@ -168,16 +168,17 @@ def compute_device(models: PipelineModels, device: Optional[Union[str, torch.dev
 def _frames_and_alpha(frames, alpha, config: PipelineConfig):
     """RGB(A) frames -> (rgb-or-rgba frames, alpha) for :func:`prepare_object_frames`, with the white-background
     fallback when the input has no alpha."""
+    from .masks import informative_alpha, masks_from_white
+
     if frames.ndim != 4 or frames.shape[-1] not in (3, 4):
         raise ValueError(f"frames must be [N, H, W, 3] (with alpha) or RGBA [N, H, W, 4], got {tuple(frames.shape)}")
+    alpha = informative_alpha(None if alpha is None else torch.as_tensor(alpha))  # all ones = no alpha
     if alpha is not None or frames.shape[-1] == 4:
         return frames, alpha
     if not config.white_background_masks:
         raise ValueError(f"the {frames.shape[0]} input frames have no alpha, so the object cannot be cut out: give "
                          "RGBA frames or an alpha/mask, or, for an object on a white background, set "
                          "PipelineConfig.white_background_masks (CLI: --white-background)")
-    from .masks import masks_from_white
-
     rgb = torch.as_tensor(np.asarray(frames) if not isinstance(frames, Tensor) else frames)
     rgb = rgb.float() / 255.0 if rgb.dtype == torch.uint8 else rgb.float()
     return rgb, masks_from_white(rgb)

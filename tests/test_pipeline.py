@@ -180,6 +180,8 @@ def test_input_without_alpha_needs_a_mask_or_the_white_background_option(models,
     rgb = frames[..., :3]
     with pytest.raises(ValueError, match="no alpha.*white_background_masks.*--white-background"):
         video_to_4d(rgb, models, tiny_config())
+    with pytest.raises(ValueError, match="no alpha"):  # an all-ones mask (ComfyUI's Load Video) is no alpha
+        video_to_4d(rgb, models, tiny_config(), alpha=torch.ones(rgb.shape[:3]))
     cfg = dataclasses.replace(tiny_config(), white_background_masks=True)
 
     def stop_after_prepare(step, total, info):
