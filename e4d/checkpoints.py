@@ -183,7 +183,11 @@ def read_checkpoint(path: Union[str, Path], keep: Optional[KeyFilter] = None, dt
                              f"corrupt or truncated{hint}") from e
     prefix = _torchscript_prefix(p)
     if prefix is not None:
-        obj, refused = _read_torchscript(p, prefix), ""
+        try:
+            obj, refused = _read_torchscript(p, prefix), ""
+        except Exception as e:  # noqa: BLE001 -- a malformed archive fails in many ways; re-raised with context
+            raise ValueError(f"cannot read the tensors of TorchScript archive {p} ({type(e).__name__}: "
+                             f"{str(e)[:300]}); the file is corrupt or not a model archive{hint}") from e
     else:
         obj, refused = _read_pickled(p, hint)
         obj = _unwrap(obj)
