@@ -74,7 +74,8 @@ class WhiteBorder:
 
     Random weights (tiny or full-size) draw noise with no white background, so the masks-from-white and the object
     crop after SVD have nothing to cut out; with the border the image-to-4D chain runs its real code path on random
-    models (tests, ``bench/e2e.py --image``). The wrapped pipeline still does all of its work.
+    models (tests, ``bench/e2e.py --image``). Non-finite values (random fp16 weights can overflow) become white.
+    The wrapped pipeline still does all of its work.
     """
 
     def __init__(self, pipe) -> None:
@@ -89,5 +90,5 @@ class WhiteBorder:
         h, w = f.shape[-2:]
         keep = torch.zeros(h, w, dtype=torch.bool, device=f.device)
         keep[h // 4:h - h // 4, w // 4:w - w // 4] = True
-        out.frames[0] = torch.where(keep, f, torch.ones_like(f))
+        out.frames[0] = torch.where(keep, torch.nan_to_num(f, nan=1.0, posinf=1.0, neginf=0.0), torch.ones_like(f))
         return out
