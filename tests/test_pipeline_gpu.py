@@ -45,9 +45,13 @@ def stage_peak_gb(model, view_batch: int) -> float:
     torch.cuda.empty_cache()
     timer = StageTimer(dev)
     cfg = SamplerConfig(steps=2, view_batch=view_batch)
-    vm = run_stage("syncdreamer", lambda: syncdreamer_t(model, frames, num_frames=16, prepare="none", config=cfg),
-                   PipelineModels(syncdreamer=model), [timer])
-    assert vm.images.shape == (16, 16, 256, 256, 3)
+    try:
+        vm = run_stage("syncdreamer", lambda: syncdreamer_t(model, frames, num_frames=16, prepare="none",
+                                                            config=cfg), PipelineModels(syncdreamer=model), [timer])
+        assert vm.images.shape == (16, 16, 256, 256, 3)
+    except ValueError as e:  # random fp16 weights can overflow: the view matrix refuses NaN after the work is done
+        if "NaN or inf" not in str(e):
+            raise
     return timer.records[0]["peak_alloc_gb"]
 
 
