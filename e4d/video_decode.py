@@ -14,7 +14,6 @@ it), Pillow for GIF/WebP/APNG and image folders, OpenCV as the fallback for cont
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import re
 import time
@@ -27,6 +26,7 @@ import torch
 from torch import Tensor
 
 from .limits import MAX_IMAGE_PIXELS_ENV, MAX_VIDEO_FRAMES_ENV, check_frames_budget, max_image_pixels, max_video_frames
+from .masks import informative_alpha
 
 log = logging.getLogger(__name__)
 
@@ -488,8 +488,7 @@ def decode_video(source: Source, selection: FrameSelection = FrameSelection(), d
         if alpha is not None and arr.shape[-1] == 4:
             alpha[i] = t[..., 3].float().div_(255.0)
         frames[i] = None  # type: ignore[call-overload]  # release the uint8 frame early
-    if alpha is not None and bool((alpha >= 1.0).all()):
-        alpha = None  # an alpha channel that is opaque everywhere carries no information
+    alpha = informative_alpha(alpha)  # an alpha channel opaque everywhere carries no information
     src_fps = float(info.get("fps") or 0.0) or float(default_fps)
     return DecodedVideo(rgb, alpha, src_fps / selection.stride, src_fps, indices, notes)
 
@@ -506,9 +505,3 @@ def _notes(name: str, sel: FrameSelection, info: dict, kept: int) -> list[str]:
         notes.append(f"{name}: decoded {seen} of the {declared} frames the file declares (kept {kept}); the file "
                      "is probably truncated: re-download or re-encode it")
     return notes
-
-
-def decode_video_bytes(data: bytes, selection: FrameSelection = FrameSelection(),
-                       default_fps: float = 8.0) -> DecodedVideo:
-    """:func:`decode_video` of an in-memory container (e.g. an upload)."""
-    return decode_video(io.BytesIO(data), selection, default_fps)
