@@ -63,8 +63,8 @@ def accelerate(model: SyncDreamer, channels_last: bool = False, compile_mode: Op
     """Configure ``model`` in place for fast sampling and return it.
 
     Args:
-        channels_last: 2-D conv weights and the UNet input in channels_last (NHWC) memory format (measured
-            slower on the H100 in eager mode: 1.17 vs 1.09 s/step; kept as an experiment).
+        channels_last: 2-D conv weights and the UNet input in channels_last (NHWC) memory format (slower than
+            the default in eager mode on the GPUs we measured, docs/benchmarks.md; kept as an experiment).
         compile_mode: ``torch.compile`` the UNet and the frustum 3-D net in place with this mode (one of
             :data:`COMPILE_MODES`; shapes are static, so each new chunk size compiles once: the first step then
             takes a minute or more, not seconds; Inductor's on-disk cache shortens later runs). None = eager.
@@ -90,7 +90,7 @@ def accelerate(model: SyncDreamer, channels_last: bool = False, compile_mode: Op
         hit = model.compile_cache is not None and load_compile_cache(model.compile_cache)
         log.info("SyncDreamer: torch.compile (%s) of the UNet and frustum net; the first sampling step compiles "
                  "(%s)", compile_mode, "from the cache " + str(model.compile_cache) if hit else
-                 "about 2 minutes on an H100" + ("" if cache_dir is None else "; cached for later processes"))
+                 "minutes, once" + ("" if cache_dir is None else "; cached for later processes"))
         unet.compile(mode=compile_mode, dynamic=False)
         # run once per view chunk; its GroupNorm/SiLU/adds fuse and Inductor picks the 3-D conv layouts
         model.spatial_volume.frustum_volume_feats.compile(mode=compile_mode, dynamic=False)
