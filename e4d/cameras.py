@@ -12,7 +12,7 @@ Conventions (identical to ``shared/data/cesium_man_walk`` and to SyncDreamer's `
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
 import torch
