@@ -15,7 +15,7 @@ from comfy_api.latest import ComfyExtension, io
 log = logging.getLogger("efficient4d")
 
 TOPIC_MODULES = ("video", "prepare", "viewmatrix", "fit", "render", "export",
-                 "syncdreamer", "rife", "svd", "guidance", "preview")
+                 "syncdreamer", "rife", "svd", "guidance", "preview", "splat")
 """Node modules in menu order; each defines ``NODES = [io.ComfyNode subclasses]``."""
 
 
