@@ -1,17 +1,22 @@
-"""Run a real ComfyUI (0.3.75, see ``comfy_env``) as a subprocess with this pack installed, and talk to it.
+"""Run a real ComfyUI (a lane of ``comfy_env``: 0.3.75 or 0.30.0) as a subprocess with this pack installed, and
+talk to it.
 
 * :func:`start_server` links the repo into ``<base>/custom_nodes/`` and starts ``main.py --cpu
-  --disable-api-nodes --front-end-root <empty> --base-directory <base>``; it waits for ``/system_stats`` and fails
-  fast (with the log) when the log says our pack could not be imported.
+  --disable-api-nodes --base-directory <base>`` through ``comfy_launch.py`` (start-up stubs), serving either no
+  frontend or the lane's real one; it waits for ``/system_stats`` and fails fast (with the log) when the log says
+  our pack could not be imported.
 * :class:`ComfyServer` wraps the HTTP API: ``object_info``, ``queue`` (POST /prompt; a 400 raises
   :class:`PromptRejected` carrying ``node_errors``), ``wait`` (polls /history), ``interrupt``.
-* :func:`ui_to_api` converts a UI-format (litegraph) workflow into an API-format prompt using ``/object_info``:
-  widget values are matched to widget inputs in schema order, skipping the extra values the frontend stores for
-  ``control_after_generate`` and upload widgets; converted widgets fed by a link, Reroute and PrimitiveNode are
-  resolved; frontend-only nodes (Note, MarkdownNote) and muted nodes are dropped.
+* :func:`ui_to_api` converts a UI-format (litegraph) workflow into an API-format prompt using ``/object_info`` the
+  way the frontend's ``graphToPrompt`` does (tests/browser/test_comfy_templates.py compares the two):
+  ``widgets_values`` are laid out by :func:`iter_widget_slots` (control_after_generate values after their widget,
+  a dynamic combo's chosen inputs after it as ``combo.child`` keys, the upload button's placeholder after all
+  widgets); converted widgets fed by a link, Reroute and PrimitiveNode are resolved; frontend-only nodes (Note,
+  MarkdownNote) and muted nodes are dropped.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import socket
@@ -22,7 +27,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Iterator, NamedTuple, Optional
 
 REPO = Path(__file__).resolve().parents[1]
 PACK_NAME = "comfyui-efficient4d"
@@ -31,6 +36,8 @@ UPLOAD_KEYS = ("image_upload", "video_upload", "audio_upload", "file_upload", "a
 UPLOAD_PLACEHOLDERS = ("image", "video", "audio", "file")
 FRONTEND_ONLY = ("Note", "MarkdownNote", "Reroute", "PrimitiveNode")
 WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
+DYNAMIC_COMBO = "COMFY_DYNAMICCOMBO_V3"
+"""/object_info type of a dynamic combo (ComfyUI 0.4+): each option brings its own inputs."""
 
 
 class PromptRejected(RuntimeError):
@@ -55,6 +62,10 @@ class ComfyServer:
     port: int
     proc: subprocess.Popen
     log_path: Path
+    lane: str = ""
+    """The ``comfy_env`` lane this server runs."""
+    start_seconds: float = 0.0
+    """Seconds from launch to the first answer of ``/system_stats``."""
     _object_info: Optional[dict] = field(default=None, repr=False)
 
     @property
@@ -139,30 +150,50 @@ class ComfyServer:
                 self.proc.wait(5)
 
 
-def start_server(base: Path, pack_dir: Path = REPO, timeout: float = 180.0, threads: int = 2) -> ComfyServer:
-    """Start ComfyUI with the pack linked into ``base/custom_nodes``; returns once ``/system_stats`` answers."""
-    from comfy_env import comfy_root, stubs_dir
+def start_server(base: Path, pack_dir: Path = REPO, timeout: float = 180.0, threads: int = 2,
+                 lane: Optional[str] = None, frontend: bool = False) -> ComfyServer:
+    """Start ComfyUI of ``lane`` (``comfy_env.LANES``; default: the in-process lane) with the pack linked into
+    ``base/custom_nodes``; returns once ``/system_stats`` answers.
 
-    root = comfy_root()
+    ``frontend``: serve the lane's real frontend (``comfy_env.frontend_root``), for browser tests; otherwise an
+    empty folder (no frontend files to load) is served. The settings of a returning user go into
+    ``base/user/default`` so no first-run dialog covers the canvas.
+    """
+    from comfy_env import DEFAULT_LANE, comfy_root, frontend_root, stubs_dir
+
+    lane = lane or DEFAULT_LANE
+    root = comfy_root(lane)
     base = Path(base)
-    for sub in ("custom_nodes", "models", "input", "output", "temp", "user"):
+    for sub in ("custom_nodes", "models", "input", "output", "temp", "user/default"):
         (base / sub).mkdir(parents=True, exist_ok=True)
     link = base / "custom_nodes" / PACK_NAME
     if not link.exists():
         link.symlink_to(pack_dir, target_is_directory=True)
-    fe = base / "frontend_empty"
-    fe.mkdir(exist_ok=True)
+    settings = base / "user" / "default" / "comfy.settings.json"
+    if not settings.exists():
+        settings.write_text(json.dumps({"Comfy.TutorialCompleted": True, "Comfy.Workflow.ShowMissingModelsWarning":
+                                        False, "Comfy.Workflow.ShowMissingNodesWarning": False}))
+    if frontend:
+        fe = frontend_root(lane)
+        if fe is None and importlib.util.find_spec("comfyui_frontend_package") is None:
+            raise RuntimeError(f"ComfyUI {lane} serves the installed comfyui-frontend-package, which is missing: "
+                               f"pip install -r tests/requirements-ci.txt")
+    else:
+        fe = base / "frontend_empty"
+        fe.mkdir(exist_ok=True)
     env = dict(os.environ)
     env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
     port = free_port()
-    launcher = Path(__file__).with_name("comfy_launch.py")  # torchvision stub for ComfyUI's start-up only
-    cmd = [sys.executable, str(launcher), str(root), str(stubs_dir()), "--cpu", "--listen", "127.0.0.1", "--port", str(port),
-           "--disable-auto-launch", "--disable-api-nodes", "--front-end-root", str(fe), "--base-directory", str(base)]
+    launcher = Path(__file__).with_name("comfy_launch.py")  # torchvision/torchaudio stubs for the start-up only
+    cmd = [sys.executable, str(launcher), str(root), str(stubs_dir()), "--cpu", "--listen", "127.0.0.1", "--port",
+           str(port), "--disable-auto-launch", "--disable-api-nodes", "--base-directory", str(base)]
+    if fe is not None:
+        cmd += ["--front-end-root", str(fe)]
     log_path = base / "server.log"
     log = open(log_path, "w")
     proc = subprocess.Popen(cmd, cwd=str(root), env=env, stdout=log, stderr=subprocess.STDOUT)
     log.close()
-    server = ComfyServer(base, port, proc, log_path)
+    server = ComfyServer(base, port, proc, log_path, lane=lane)
     t0 = time.monotonic()
     while True:
         text = server.log_text()
@@ -174,6 +205,7 @@ def start_server(base: Path, pack_dir: Path = REPO, timeout: float = 180.0, thre
         try:
             status, _ = server.request("/system_stats", timeout=2.0)
             if status == 200:
+                server.start_seconds = time.monotonic() - t0
                 return server
         except (urllib.error.URLError, ConnectionError, OSError):
             pass
@@ -186,43 +218,108 @@ def start_server(base: Path, pack_dir: Path = REPO, timeout: float = 180.0, thre
 # ---------------------------------------------------------------------------------------------------------------
 # UI (litegraph) workflow -> API prompt
 # ---------------------------------------------------------------------------------------------------------------
-def widget_inputs(info: dict) -> list[tuple[str, Any, dict]]:
-    """``(name, type, options)`` of the widget inputs of a node, in the frontend's widget order (required, then
-    optional, each in ``input_order``)."""
-    out = []
-    order = info.get("input_order") or {k: list(v) for k, v in info.get("input", {}).items()}
+class Slot(NamedTuple):
+    """One entry of a node's ``widgets_values`` as the frontend lays them out."""
+
+    name: str
+    """Input name; ``parent.child`` for an input of a dynamic combo's chosen option (the prompt's key, too)."""
+    kind: str
+    """``value`` (a widget input), ``control`` (control_after_generate, right after its widget) or ``upload`` (the
+    upload button's placeholder)."""
+    type: str
+    """INT, FLOAT, STRING, BOOLEAN, COMBO or DYNAMIC (a dynamic combo); IMAGEUPLOAD for the upload button."""
+    opts: dict
+    """The input's options from /object_info."""
+    required: bool
+    """Whether the schema requires the input."""
+
+
+def _spec_type(spec: list) -> tuple[Optional[str], dict]:
+    """(widget type or None for a socket, options) of one /object_info input spec."""
+    typ = spec[0]
+    opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+    if opts.get("forceInput"):
+        return None, opts
+    if typ == DYNAMIC_COMBO:
+        return "DYNAMIC", opts
+    if isinstance(typ, list):  # the old combo form: the options are the type
+        return "COMBO", {**opts, "options": list(typ)}
+    if typ == "COMBO":
+        return "COMBO", opts
+    return (typ if typ in WIDGET_TYPES else None), opts
+
+
+def _default_option(opts: dict) -> Optional[str]:
+    keys = [o["key"] for o in opts.get("options", [])]
+    return opts.get("default", keys[0] if keys else None)
+
+
+def _slots(inputs: dict, order: dict, prefix: str, choose: Callable[[Slot], Any]) -> Iterator[Slot]:
     for section in ("required", "optional"):
-        specs = info.get("input", {}).get(section, {})
-        for name in order.get(section, []):
+        specs = inputs.get(section, {})
+        for name in order.get(section) or list(specs):
             spec = specs.get(name)
             if spec is None:
                 continue
-            typ = spec[0]
-            opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
-            is_combo = isinstance(typ, list) or typ == "COMBO"
-            if (is_combo or typ in WIDGET_TYPES) and not opts.get("forceInput"):
-                out.append((name, "COMBO" if is_combo else typ, opts))
-    return out
+            wtype, opts = _spec_type(spec)
+            if wtype is None:
+                continue
+            slot = Slot(prefix + name, "value", wtype, opts, section == "required")
+            yield slot
+            if wtype == "DYNAMIC":  # the chosen option's inputs follow their combo, depth first
+                key = choose(slot)
+                option = next((o for o in opts.get("options", []) if o["key"] == key), None)
+                if option is not None:
+                    yield from _slots(option.get("inputs", {}), {}, slot.name + ".", choose)
+            elif _has_control(name, wtype, opts):
+                yield Slot(slot.name, "control", wtype, opts, False)
+
+
+def iter_widget_slots(info: dict, choose: Optional[Callable[[Slot], Any]] = None) -> Iterator[Slot]:
+    """The entries of a node's ``widgets_values`` in the frontend's order.
+
+    ``choose(slot)`` gives the option key a dynamic combo holds (asked right after its slot is yielded, so a
+    caller reading stored values can answer with the value it just read); default: the schema's default option.
+    Control values follow their widget; the children of a dynamic combo's chosen option follow the combo; the
+    upload button (added by the frontend for the first required media combo) follows all other widgets.
+    """
+    choose = choose or (lambda slot: _default_option(slot.opts))
+    order = info.get("input_order") or {k: list(v) for k, v in info.get("input", {}).items()}
+    yield from _slots(info.get("input", {}), order, "", choose)
+    required = info.get("input", {}).get("required", {})
+    for name in order.get("required") or list(required):
+        wtype, opts = _spec_type(required.get(name, [None]))
+        if wtype == "COMBO" and any(opts.get(u) for u in UPLOAD_KEYS):
+            yield Slot("upload", "upload", "IMAGEUPLOAD", {"input": name}, False)
+            break
+
+
+def widget_slots(info: dict) -> list[Slot]:
+    """:func:`iter_widget_slots` with every dynamic combo at its default option."""
+    return list(iter_widget_slots(info))
+
+
+def widget_inputs(info: dict) -> list[tuple[str, Any, dict]]:
+    """``(name, type, options)`` of the top-level widget inputs of a node, in the frontend's widget order."""
+    return [(s.name, s.type, s.opts) for s in widget_slots(info) if s.kind == "value" and "." not in s.name]
 
 
 def _has_control(name: str, typ: str, opts: dict) -> bool:
     return bool(opts.get("control_after_generate")) or (typ == "INT" and name in ("seed", "noise_seed"))
 
 
-def widget_slots(info: dict) -> list[tuple[str, str, Any, dict]]:
-    """The values a node's ``widgets_values`` holds, in the frontend's order: ``(name, kind, type, options)`` with
-    kind ``"value"`` (a widget input), ``"control"`` (the control_after_generate value right after its widget) or
-    ``"upload"`` (the upload button's placeholder). The frontend adds the upload button as an extra input after the
-    node's inputs, so its placeholder comes after every other widget value, not after the file name."""
-    slots: list[tuple[str, str, Any, dict]] = []
-    uploads = []
-    for name, wtype, opts in widget_inputs(info):
-        slots.append((name, "value", wtype, opts))
-        if _has_control(name, wtype, opts):
-            slots.append((name, "control", wtype, opts))
-        if any(opts.get(u) for u in UPLOAD_KEYS) and not uploads:  # the frontend adds one button per node
-            uploads.append(("upload", "upload", "IMAGEUPLOAD", {"input": name}))
-    return slots + uploads
+def _has_default(slot: Slot) -> bool:
+    return "default" in slot.opts or slot.type in ("COMBO", "DYNAMIC")
+
+
+def _default_value(slot: Slot) -> Any:
+    """The value the frontend gives a new widget: the schema's default, else a combo's first option."""
+    if "default" in slot.opts:
+        return slot.opts["default"]
+    if slot.type == "DYNAMIC":
+        return _default_option(slot.opts)
+    options = slot.opts.get("options") or []
+    return options[0] if options else None
 
 
 def _is_placeholder(kind: str, value: Any) -> bool:
@@ -232,11 +329,16 @@ def _is_placeholder(kind: str, value: Any) -> bool:
 
 
 def ui_to_api(workflow: dict, object_info: dict, overrides: Optional[dict] = None, strict: bool = False) -> dict:
-    """Convert a UI-format workflow to an API prompt ``{id: {class_type, inputs}}``.
+    """Convert a UI-format workflow to an API prompt ``{id: {class_type, inputs}}``, as the frontend's
+    ``graphToPrompt`` does: widget values by :func:`iter_widget_slots` (control and upload placeholders skipped,
+    a dynamic combo's chosen inputs as ``combo.child`` keys), links (through Reroutes; PrimitiveNode values),
+    hidden inputs left to the server; frontend-only nodes (Note, MarkdownNote, Reroute, PrimitiveNode) and muted
+    or bypassed nodes dropped.
 
     ``overrides``: ``{node_type: {input_name: value}}`` applied after conversion (the CI's tiny sizes); names the
-    node does not have are ignored. ``strict``: also fail when a node stores more widget values than its schema
-    has widgets (the workflow is out of date with the nodes).
+    node does not have are ignored. ``strict``: fail when a node stores more or fewer widget values than its
+    schema has widgets (the workflow is out of date with the nodes); otherwise widgets the workflow has no value
+    for take their default, as the frontend gives them when it loads an older workflow.
     Raises ValueError naming the node when a node type is unknown to the server or widget values do not fit.
     """
     nodes = {n["id"]: n for n in workflow["nodes"]}
@@ -282,33 +384,41 @@ def ui_to_api(workflow: dict, object_info: dict, overrides: Optional[dict] = Non
                 linked_widgets[inp["widget"]["name"]] = ("link", src)
             else:
                 inputs[inp["name"]] = src
-        values = list(node.get("widgets_values") or [])
-        if isinstance(node.get("widgets_values"), dict):  # some nodes store a name->value dict
-            values = None
+        stored = node.get("widgets_values") or []
+        by_name = stored if isinstance(stored, dict) else None  # some nodes store a name->value dict
+        values = [] if by_name is not None else list(stored)
         k = 0
-        for name, kind, wtype, opts in widget_slots(info):
-            if kind != "value":  # control and upload placeholders are frontend state, not inputs
-                if values is not None and k < len(values) and _is_placeholder(kind, values[k]):
+        read: dict[str, Any] = {}
+        names = []
+        for slot in iter_widget_slots(info, choose=lambda sl: read.get(sl.name)):
+            if slot.kind != "value":  # control and upload placeholders are frontend state, not inputs
+                if by_name is None and k < len(values) and _is_placeholder(slot.kind, values[k]):
                     k += 1
                 continue
-            if values is None:
-                val = node["widgets_values"].get(name)
-            else:
-                if k >= len(values):
-                    if name in linked_widgets or name not in info["input"].get("required", {}):
-                        continue
-                    raise ValueError(f"node {nid} ({typ}): widgets_values has {len(values)} values, too few for "
-                                     f"widget {name!r}; widgets are {[w[0] for w in widget_slots(info)]}")
+            names.append(slot.name)
+            if by_name is not None:
+                val = by_name.get(slot.name)
+            elif k < len(values):
                 val = values[k]
                 k += 1
-            if name in linked_widgets:
-                kind, v = linked_widgets[name]
-                inputs[name] = v
+            elif slot.name in linked_widgets:
+                val = None
+            elif not strict and _has_default(slot):  # a widget newer than the workflow: the frontend's default
+                val = _default_value(slot)
+            elif not slot.required:
+                continue
+            else:
+                raise ValueError(f"node {nid} ({typ}): widgets_values has {len(values)} values, too few for "
+                                 f"widget {slot.name!r}; widgets are {names}...")
+            read[slot.name] = val
+            if slot.name in linked_widgets:
+                inputs[slot.name] = linked_widgets[slot.name][1]
             elif val is not None:
-                inputs[name] = val
-        if strict and values is not None and k != len(values):
+                inputs[slot.name] = val
+        if strict and by_name is None and k != len(values):
             raise ValueError(f"node {nid} ({typ}): {len(values)} widget values but {k} were used; widget slots are "
-                             f"{[(w[0], w[1]) for w in widget_slots(info)]}, values {values}")
+                             f"{[(sl.name, sl.kind) for sl in iter_widget_slots(info, lambda sl: read.get(sl.name))]}"
+                             f", values {values}")
         prompt[str(nid)] = {"class_type": typ, "inputs": inputs}
     for typ, changes in (overrides or {}).items():
         for entry in prompt.values():

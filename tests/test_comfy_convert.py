@@ -2,15 +2,30 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
 
-from comfy_harness import ui_to_api, widget_inputs
+from comfy_harness import iter_widget_slots, ui_to_api, widget_inputs
 
 INFO = {
     "Loader": {"input": {"required": {"image": [["a.png", "b.png"], {"image_upload": True}]}},
                "input_order": {"required": ["image"]}, "output": ["IMAGE", "MASK"], "output_name": ["IMAGE", "MASK"]},
+    "VideoLoader": {"input": {"required": {"video": [["a.mp4"], {"video_upload": True}], "start": ["INT", {"default": 0}],
+                                           "stride": ["INT", {"default": 1}]},
+                              "optional": {"video_in": ["VIDEO", {}]}},
+                    "input_order": {"required": ["video", "start", "stride"], "optional": ["video_in"]},
+                    "output": ["IMAGE"], "output_name": ["IMAGE"]},
+    # a dynamic combo as ComfyUI 0.30 reports SaveVideo's codec: each option brings inputs, nested
+    "Saver": {"input": {"required": {"prefix": ["STRING", {"default": "v"}], "codec": ["COMFY_DYNAMICCOMBO_V3", {
+        "options": [{"key": "auto", "inputs": {"required": {}}},
+                    {"key": "h264", "inputs": {"required": {}, "optional": {"encoding": ["COMFY_DYNAMICCOMBO_V3", {
+                        "options": [{"key": "auto", "inputs": {"required": {}}},
+                                    {"key": "re-encode", "inputs": {"required": {"crf": ["FLOAT", {"default": 23.0}]}}}]
+                    }]}}}]}], "quality": ["INT", {"default": 5}]}},
+              "input_order": {"required": ["prefix", "codec", "quality"], "hidden": ["prompt"]},
+              "output": [], "output_name": []},
     "Sampler": {"input": {"required": {"images": ["IMAGE", {}], "seed": ["INT", {"default": 0,
                                                                                    "control_after_generate": True}],
                                        "steps": ["INT", {"default": 20}],
@@ -63,7 +78,10 @@ def test_ui_to_api_rejects_stale_or_unknown_nodes():
         ui_to_api(wf, INFO, strict=True)
     wf["nodes"][3]["widgets_values"] = [1]
     with pytest.raises(ValueError, match="too few"):
-        ui_to_api(wf, INFO)
+        ui_to_api(wf, INFO, strict=True)
+    # not strict: widgets newer than the workflow take their defaults, as the frontend gives them
+    assert ui_to_api(wf, INFO)["4"]["inputs"] == {"images": ["1", 0], "mask": ["1", 1], "seed": 1, "steps": 7,
+                                                  "mode": "x", "strength": 1.0}
     wf["nodes"][0]["type"] = "FromAnotherPack"
     with pytest.raises(ValueError, match="FromAnotherPack"):
         ui_to_api(wf, INFO)
@@ -84,3 +102,39 @@ def test_example_workflows_are_well_formed(name):
     assert any(n["type"] == "Note" for n in wf["nodes"])
     fit = [n for n in wf["nodes"] if n["type"] == "E4D_Fit4DGS"]
     assert len(fit) == 1 and fit[0]["widgets_values"][:3] == ["recommended", 500, 50000]  # full quality by default
+
+
+def test_upload_placeholder_comes_after_every_widget():
+    """The frontend appends the upload button after the node's inputs: ['a.mp4', 0, 1, 'image'], not after 'video'."""
+    assert [(sl.name, sl.kind) for sl in iter_widget_slots(INFO["VideoLoader"])] == \
+        [("video", "value"), ("start", "value"), ("stride", "value"), ("upload", "upload")]
+    wf = {"nodes": [_node(1, "VideoLoader", ["a.mp4", 3, 2, "image"])], "links": []}
+    assert ui_to_api(wf, INFO, strict=True)["1"]["inputs"] == {"video": "a.mp4", "start": 3, "stride": 2}
+    wf["nodes"][0]["widgets_values"] = ["a.mp4", "image", 3, 2]  # the old, shifted layout is caught
+    with pytest.raises(ValueError, match="widget values but"):
+        ui_to_api(wf, INFO, strict=True)
+
+
+@pytest.mark.parametrize("values, inputs", [
+    (["v", "auto", 5], {"prefix": "v", "codec": "auto", "quality": 5}),
+    (["v", "h264", "auto", 5], {"prefix": "v", "codec": "h264", "codec.encoding": "auto", "quality": 5}),
+    (["v", "h264", "re-encode", 18.0, 5],
+     {"prefix": "v", "codec": "h264", "codec.encoding": "re-encode", "codec.encoding.crf": 18.0, "quality": 5}),
+])
+def test_dynamic_combo_children_follow_their_combo_as_dotted_keys(values, inputs):
+    wf = {"nodes": [_node(1, "Saver", values)], "links": []}
+    assert ui_to_api(wf, INFO, strict=True)["1"]["inputs"] == inputs  # hidden 'prompt' is the server's business
+
+
+def test_builder_writes_the_frontend_layout(monkeypatch):
+    """build_workflows.py fills widgets_values through the same slots: defaults, 'fixed' controls, the upload last."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "workflows" / "build_workflows.py"
+    spec = importlib.util.spec_from_file_location("build_workflows", path)
+    bw = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "build_workflows", bw)  # its dataclasses look their module up
+    spec.loader.exec_module(bw)
+    assert bw._widget_values(bw.N("l", "VideoLoader", 0, 0, {"start": 4}), INFO["VideoLoader"]) == ["a.mp4", 4, 1, "image"]
+    assert bw._widget_values(bw.N("s", "Sampler", 0, 0, {"steps": 3}), INFO["Sampler"]) == [0, "fixed", 3, "x", 1.0]
+    assert bw._widget_values(bw.N("v", "Saver", 0, 0, {"codec": "h264"}), INFO["Saver"]) == ["v", "h264", "auto", 5]

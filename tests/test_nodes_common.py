@@ -110,7 +110,8 @@ def test_progress_callback_drives_bar_and_cancels(monkeypatch):
     cb = _common.progress_callback()
     for step in (1, 2, 3):
         cb(step, 3, {})
-    assert seen == [(1, 3), (2, 3), (3, 3)]
+    # ComfyUI 0.30+ throttles the bar (first and last update always sent), older ones send every step
+    assert seen[0] == (1, 3) and seen[-1] == (3, 3) and seen in ([(1, 3), (2, 3), (3, 3)], [(1, 3), (3, 3)])
     mm.interrupt_current_processing(True)
     try:
         with pytest.raises(mm.InterruptProcessingException):

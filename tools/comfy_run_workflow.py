@@ -5,6 +5,7 @@ For debugging a workflow outside pytest, and for finding where its time goes::
     python tools/comfy_run_workflow.py video_to_4d                 # CI sizes, prints status and seconds
     python tools/comfy_run_workflow.py image_to_4d --profile       # + per-node seconds (needs `pip install py-spy`)
     python tools/comfy_run_workflow.py video_to_4d --keep /tmp/w   # keep the server folder (log, outputs)
+    python tools/comfy_run_workflow.py video_to_4d --lane 0.30.0   # another CI lane (E4D_COMFY_ROOT: any tree)
 
 Prints one JSON line: workflow, status, seconds, error (if any), per-node seconds (with --profile).
 """
@@ -39,25 +40,23 @@ def main(argv=None) -> int:
     ap.add_argument("workflow", help="name in workflows/ without .json")
     ap.add_argument("--profile", action="store_true", help="sample the server with py-spy (20 Hz)")
     ap.add_argument("--keep", help="server base folder to create and keep (default: a temporary one)")
+    ap.add_argument("--lane", default=None, help="ComfyUI lane of tests/comfy_env.py (default: the in-process one)")
     args = ap.parse_args(argv)
 
     import comfy_env
-    import test_comfy_server as T
+    import comfy_tiny as T
     from comfy_harness import start_server, ui_to_api
 
     comfy_env.make_importable()
     base = Path(args.keep or tempfile.mkdtemp(prefix="e4d-wf-"))
     shutil.rmtree(base, ignore_errors=True)
-    (base / "input").mkdir(parents=True)
-    T.write_inputs(base / "input", REPO.parent / "shared")
-    missing = T.write_models(base / "models")
-    server = start_server(base)
-    out = {"workflow": args.workflow, "missing_writers": missing}
+    missing = T.prepare_base(base)
+    server = start_server(base, lane=args.lane)
+    out = {"workflow": args.workflow, "lane": server.lane, "missing_writers": missing}
     try:
         info = server.object_info()
-        tiny = {k: {**v, **T.PER_WORKFLOW.get(args.workflow, {}).get(k, {})} for k, v in T.TINY.items()}
-        prompt = ui_to_api(T._load_workflow(args.workflow), info, tiny, strict=True)
-        T._pick_models(prompt, info)
+        prompt = ui_to_api(T.load_workflow(args.workflow), info, T.tiny_overrides(args.workflow), strict=True)
+        T.pick_models(prompt, info)
         rec = None
         prof = base / "profile.txt"
         if args.profile:
@@ -67,7 +66,7 @@ def main(argv=None) -> int:
         entry = server.run(prompt, timeout=900)
         out.update(status=entry["status"]["status_str"], seconds=round(time.monotonic() - t0, 1))
         if out["status"] != "success":
-            out["error"] = T._error_text(entry)
+            out["error"] = T.error_text(entry)
         if rec is not None:
             rec.send_signal(2)
             rec.wait(60)

@@ -219,28 +219,32 @@ def _sockets(info: dict) -> list[tuple[str, str, bool]]:
 
 
 def _widget_values(node: N, info: dict) -> list:
-    """``widgets_values`` in the frontend's layout (``comfy_harness.widget_slots``: control values right after
-    their widget, the upload placeholder after all widgets)."""
-    values, unknown = [], set(node.values)
-    for name, kind, wtype, opts in _harness().widget_slots(info):
-        if kind == "control":
+    """``widgets_values`` in the frontend's layout (``comfy_harness.iter_widget_slots``: control values right after
+    their widget, a dynamic combo's chosen inputs right after it, the upload placeholder after all widgets)."""
+    h = _harness()
+    values, unknown, chosen = [], set(node.values), {}
+
+    def value_of(slot):
+        if slot.name in node.values:
+            return node.values[slot.name]
+        if "default" in slot.opts:
+            return slot.opts["default"]
+        if slot.type == "DYNAMIC":
+            return h._default_option(slot.opts)
+        if slot.type == "COMBO":
+            options = slot.opts.get("options") or [""]
+            return options[0]
+        return {"INT": 0, "FLOAT": 0.0, "STRING": "", "BOOLEAN": False}[slot.type]
+
+    for slot in h.iter_widget_slots(info, choose=lambda sl: chosen.get(sl.name)):
+        if slot.kind == "control":
             values.append("fixed")
-            continue
-        if kind == "upload":
+        elif slot.kind == "upload":
             values.append("image")  # what the frontend's upload button stores, for images and videos alike
-            continue
-        unknown.discard(name)
-        if name in node.values:
-            v = node.values[name]
-        elif "default" in opts:
-            v = opts["default"]
-        elif wtype == "COMBO":
-            spec = info["input"].get("required", {}).get(name) or info["input"]["optional"][name]
-            options = spec[0] if isinstance(spec[0], list) else opts.get("options", [])
-            v = options[0] if options else ""
         else:
-            v = {"INT": 0, "FLOAT": 0.0, "STRING": "", "BOOLEAN": False}[wtype]
-        values.append(v)
+            unknown.discard(slot.name)
+            chosen[slot.name] = value_of(slot)
+            values.append(chosen[slot.name])
     if unknown:
         raise ValueError(f"{node.key} ({node.type}) has no widgets {sorted(unknown)}")
     return values

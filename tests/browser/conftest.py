@@ -1,4 +1,5 @@
-"""Browser-test fixtures: Chromium (skipped only outside CI when missing), a static server, artifacts folder."""
+"""Browser-test fixtures: Chromium (skipped only outside CI when missing), a static server, artifacts folder, and a
+real ComfyUI serving its frontend on every lane (``comfy_frontend``)."""
 from __future__ import annotations
 
 import os
@@ -54,3 +55,36 @@ def site(tmp_path_factory):
 def browser(chromium_path):
     with Chromium(chromium_path, width=512, height=512) as b:
         yield b
+
+
+NATIVE = "blob.e4d.safetensors"
+"""A small native 4D Gaussian file the ``comfy_frontend`` server has in its input folder."""
+
+
+@pytest.fixture(scope="session")
+def comfy_frontend(request, tmp_path_factory):
+    """ComfyUI of one lane (parametrized over ``comfy_env.lanes()``) serving that lane's real frontend, with the
+    tiny models and inputs of ``comfy_tiny`` and :data:`NATIVE`; ``.missing_writers`` as in the server tests."""
+    from comfy_env import require_comfy
+    from comfy_harness import start_server
+    from comfy_tiny import prepare_base
+    from e4d.export import save_native
+    from e4d_scene import moving_blob
+
+    require_comfy()
+    lane = request.param
+    base = tmp_path_factory.mktemp(f"comfy_fe-{lane}")
+    missing = prepare_base(base)
+    save_native(moving_blob(3000), base / "input" / NATIVE)
+    server = start_server(base, lane=lane, frontend=True, threads=1)
+    server.missing_writers = missing
+    server.native = NATIVE
+    yield server
+    server.stop()
+
+
+def pytest_generate_tests(metafunc) -> None:
+    if "comfy_frontend" in metafunc.fixturenames:
+        from comfy_env import lanes
+
+        metafunc.parametrize("comfy_frontend", lanes(), indirect=True, scope="session")

@@ -6,6 +6,7 @@ Playwright uses). Used by the browser tests and ``bench/web_player.py``; needs D
 from __future__ import annotations
 
 import base64
+import fcntl
 import functools
 import http.server
 import json
@@ -54,8 +55,11 @@ class Chromium:
         self._from_r, from_w = os.pipe()
 
         def child_fds() -> None:  # runs in the child before exec: the pipe ends become fds 3 and 4
-            os.dup2(to_r, 3)
-            os.dup2(from_w, 4)
+            # Park both ends above 4 first: a pipe end that already is fd 3 or 4 would be clobbered by the other
+            # dup2, or keep its close-on-exec flag (dup2 onto itself changes nothing).
+            r, w = fcntl.fcntl(to_r, fcntl.F_DUPFD, 10), fcntl.fcntl(from_w, fcntl.F_DUPFD, 10)
+            os.dup2(r, 3)
+            os.dup2(w, 4)
 
         args = [exe, *CHROMIUM_FLAGS, "--enable-unsafe-swiftshader", "--use-angle=swiftshader",
                 "--remote-debugging-pipe", f"--user-data-dir={self._profile}", f"--window-size={width},{height}",
