@@ -22,7 +22,7 @@ from torch import Tensor
 from ..cameras import Cameras
 from ..gaussians4d import Gaussians4D
 from ..progress import ProgressCallback, report
-from ..slicing import Gaussians3D, TimesLike, as_times, slice_at
+from ..slicing import TimesLike, as_times, slice_at
 from .config import MeshConfig
 from .surface import compact, decimate, drop_small_components, marching_cubes, vertex_normals
 from .track import track

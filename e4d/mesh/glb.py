@@ -16,8 +16,6 @@ from pathlib import Path
 from typing import List, Optional, Sequence, Union
 
 import numpy as np
-import torch
-from torch import Tensor
 
 from ..atomic import atomic_dir, atomic_path
 from .extract import MeshSequence

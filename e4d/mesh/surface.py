@@ -40,8 +40,9 @@ def marching_cubes(tsdf: TSDF) -> Tuple[Tensor, Tensor]:
 
 
 def drop_small_components(verts: Tensor, faces: Tensor, min_fraction: float) -> Tuple[Tensor, Tensor]:
-    """Remove connected pieces with fewer than ``min_fraction`` of the faces (and unused vertices)."""
-    if min_fraction <= 0 or faces.shape[0] == 0:
+    """Remove connected pieces with fewer than ``min_fraction`` of the faces, and closed pieces enclosing no
+    positive volume (cavities inside the object, whose normals point inwards), and the vertices left unused."""
+    if faces.shape[0] == 0:
         return verts, faces
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
@@ -53,7 +54,11 @@ def drop_small_components(verts: Tensor, faces: Tensor, min_fraction: float) -> 
     _, label = connected_components(coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(n, n)), directed=False)
     face_label = label[f[:, 0]]
     counts = np.bincount(face_label)
-    keep = counts[face_label] >= min_fraction * len(f)
+    v = verts.detach().double().cpu().numpy()
+    # Signed volume of each piece by the divergence theorem: sum of a . (b x c) / 6 over its triangles.
+    vol6 = np.einsum("ij,ij->i", v[f[:, 0]], np.cross(v[f[:, 1]], v[f[:, 2]]))
+    volume = np.bincount(face_label, weights=vol6) / 6.0
+    keep = (counts[face_label] >= min_fraction * len(f)) & (volume[face_label] > 0)
     return compact(verts, faces[torch.from_numpy(keep).to(faces.device)])
 
 

@@ -9,9 +9,9 @@ Each 4D Gaussian's conditional mean moves linearly in time (Yang et al. 2024, eq
    ``mu(t_b) - mu(t_a)``, weighted by opacity x ``sqrt(p(t_a) p(t_b))`` x a Gaussian kernel of the distance
    (bandwidth: the vertex's mean neighbour distance);
 2. the step field is smoothed over the mesh (uniform Laplacian), which keeps neighbouring vertices together;
-3. the vertices are projected onto that time's fused surface along the TSDF gradient (the normal), a few
-   Newton steps ``x <- x - d(x) grad d / |grad d|^2``, alternating with one smoothing step of the
-   displacement, so the surface cannot drift while its detail (relative to the reference) is kept.
+3. the vertices are projected onto that time's fused surface along their normals, a few steps
+   ``x <- x - d(x) n(x)`` (``d`` the TSDF distance), alternating with one smoothing step of the displacement, so
+   the surface cannot drift while its detail (relative to the reference) is kept.
 
 Tracking runs forward and backward from the reference time, so errors accumulate over at most half the clip.
 """
@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from ..slicing import Gaussians3D
-from .surface import smooth, uniform_laplacian
+from .surface import smooth, uniform_laplacian, vertex_normals
 from .tsdf import TSDF
 
 DISTANCES_PER_CHUNK = 1 << 25
@@ -58,13 +58,18 @@ def gaussian_step(verts: Tensor, slices: Gaussians3D, a: int, b: int, k: int) ->
     return (w[..., None] * (pb - pa)[idx]).sum(dim=1)
 
 
-def project_to_surface(verts: Tensor, tsdf: TSDF) -> Tensor:
-    """One Newton step of ``verts [M, 3]`` towards the zero level of ``tsdf`` along its gradient, clamped to the
-    truncation band (beyond it the TSDF carries no distance)."""
-    d = tsdf.sample(verts)
-    g = tsdf.gradient(verts)
-    step = (d / g.square().sum(-1).clamp_min(1e-8)).clamp(-tsdf.band, tsdf.band)
-    return verts - step[:, None] * g
+def project_to_surface(verts: Tensor, normals: Tensor, tsdf: TSDF) -> Tensor:
+    """One step of ``verts [M, 3]`` towards the zero level of ``tsdf`` along the mesh's own unit ``normals [M, 3]``
+    (not the TSDF gradient, which is noisy and would let vertices slide along the surface), by the signed distance
+    clamped to the truncation band (beyond it the TSDF carries no distance)."""
+    d = tsdf.sample(verts).clamp(-tsdf.band, tsdf.band)
+    return verts - d[:, None] * normals
+
+
+def _normals(verts: Tensor, faces: Tensor, adj: Tensor) -> Tensor:
+    """Vertex normals averaged over the one-ring twice: marching-cubes slivers have unreliable normals of their own."""
+    n = smooth(vertex_normals(verts, faces), adj, 2)
+    return n / n.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
 def track(verts_ref: Tensor, faces: Tensor, slices: Gaussians3D, tsdfs: List[Optional[TSDF]], ref: int,
@@ -94,10 +99,10 @@ def track(verts_ref: Tensor, faces: Tensor, slices: Gaussians3D, tsdfs: List[Opt
             cur = cur + smooth(gaussian_step(cur, slices, a, b, neighbours), adj, smoothing)
             if tsdfs[b] is not None:
                 for _ in range(refit_iterations):
-                    cur = project_to_surface(cur, tsdfs[b])
+                    cur = project_to_surface(cur, _normals(cur, faces, adj), tsdfs[b])
                     cur = start + smooth(cur - start, adj, 1)
                 if refit_iterations:
-                    cur = project_to_surface(cur, tsdfs[b])
+                    cur = project_to_surface(cur, _normals(cur, faces, adj), tsdfs[b])
             out[b] = cur
             if on_step is not None:
                 on_step()
