@@ -146,7 +146,7 @@ def extract_mesh_4d(g: Gaussians4D, times: TimesLike, config: Optional[MeshConfi
             g3, _ = slices.compact(b)
             with_colour = not cfg.fixed_topology or b == ref
             depth, alpha, rgb = render_depth_colour(g3, cams, backend, colour=with_colour)
-            tsdf = fuse(depth, alpha, cams, grid, band, cfg.alpha_threshold)
+            tsdf = fuse(depth, alpha, cams, grid, band, cfg.alpha_threshold, bounds.center, bounds.radius)
             if cfg.fixed_topology:
                 tsdfs.append(tsdf)
                 if b == ref:

@@ -7,7 +7,8 @@ Each camera updates a voxel that projects into its image:
 * otherwise the voxel takes ``clamp((depth - z) / band, -1, 1)`` unless it lies more than a band behind the
   observed surface (occluded: no update).
 
-The result is the weighted mean; voxels no camera updated are occluded from every side, hence inside (-1). A
+The result is the weighted mean; voxels no camera updated are occluded from every side, hence inside (-1), and
+voxels outside the sphere the cameras frame are outside (+1). A
 light ``[1, 2, 1]`` blur then removes single-voxel noise.
 """
 from __future__ import annotations
@@ -73,8 +74,13 @@ class TSDF:
         return (plus - minus) / (2.0 * h)
 
 
-def fuse(depth: Tensor, alpha: Tensor, cams: Cameras, grid: Grid, band: float, alpha_threshold: float) -> TSDF:
-    """Fuse ``depth [V, H, W]`` and ``alpha [V, H, W]`` seen by ``cams`` (V cameras) into a :class:`TSDF`."""
+def fuse(depth: Tensor, alpha: Tensor, cams: Cameras, grid: Grid, band: float, alpha_threshold: float,
+         center: Tensor, radius: float) -> TSDF:
+    """Fuse ``depth [V, H, W]`` and ``alpha [V, H, W]`` seen by ``cams`` (V cameras) into a :class:`TSDF`.
+
+    The object lies inside the sphere (``center [3]``, ``radius``) the cameras frame; voxels outside it are outside
+    (the grid's corners are not in every camera's frame, so the cameras could not carve them).
+    """
     V, H, W = depth.shape
     if alpha.shape != depth.shape or len(cams) != V or (cams.height, cams.width) != (H, W):
         raise ValueError(f"fuse needs depth and alpha [V, H, W] from V cameras of that size; got depth "
@@ -105,6 +111,8 @@ def fuse(depth: Tensor, alpha: Tensor, cams: Cameras, grid: Grid, band: float, a
         acc[s:s + step] = (obs * w).sum(0)
         wsum[s:s + step] = w.sum(0)
     values = torch.where(wsum > 0, acc / wsum.clamp_min(1e-6), torch.full_like(acc, -1.0))
+    outside = (centres - center.to(dev, dt)).norm(dim=-1) > radius
+    values = torch.where(outside, torch.ones_like(values), values)
     return TSDF(blur(values.reshape(grid.res, grid.res, grid.res)), grid, band)
 
 

@@ -52,7 +52,8 @@ def object_bounds(slices: Gaussians3D, min_opacity: float = 0.05, margin: float 
     hi = torch.where(keep[..., None], slices.means + 2 * std, torch.full_like(std, -math.inf)).amax(dim=(0, 1))
     center = 0.5 * (lo + hi)
     side = float((hi - lo).max()) * (1.0 + 2.0 * margin)
-    radius = 0.5 * float((hi - lo).norm()) * (1.0 + margin)
+    reach = (slices.means - center).norm(dim=-1) + 2 * std.amax(dim=-1)  # [B, N]: a sphere, tighter than the box's
+    radius = float(torch.where(keep, reach, torch.zeros_like(reach)).max()) * (1.0 + margin)
     return Bounds(center - 0.5 * side, side, center, radius)
 
 
