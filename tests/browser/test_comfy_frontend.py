@@ -47,7 +47,7 @@ def test_preview_node_plays_inside_comfyui(comfy_frontend, chromium_path, artifa
         b.evaluate("(() => { const c = window.app.canvas; c.ds.scale = 1; c.ds.offset = [40, 110];"
                    " c.setDirty(true, true); })()")
         previews = server.base / "temp" / "efficient4d"
-        before = set(previews.glob("e4d_preview_*.e4dc"))  # the template test may share this server
+        old_previews = set(previews.glob("e4d_preview_*.e4dc"))  # the template test shares this server
         try:
             entry = queue_from_frontend(b, server, timeout=180)
             assert entry["status"]["status_str"] == "success", error_text(entry)
@@ -78,5 +78,5 @@ def test_preview_node_plays_inside_comfyui(comfy_frontend, chromium_path, artifa
                    " await p.whenSorted(); p.renderNow({finish: true}); })()")
         b.screenshot(artifacts_dir / f"comfyui_{server.lane}_player_orbited.png", clip=rect)
         # the file came through ComfyUI's /view from its temp folder
-        files = set(previews.glob("e4d_preview_*.e4dc")) - before
+        files = set(previews.glob("e4d_preview_*.e4dc")) - old_previews
         assert len(files) == 1, files
