@@ -48,7 +48,7 @@ def launch_sweep(g, times, w2c, K, S, gt, t4, w2c_t, K_t, args) -> list:
     from e4d.render.triton_backend import TritonLaunch, render_triton
 
     out = []
-    for chunk, warps in itertools.product((16, 32, 64), (2, 4, 8)):
+    for chunk, warps in itertools.product((4, 8, 16, 32), (4, 8)):
         launch = TritonLaunch(chunk, warps, chunk, warps)
 
         def fwd():

@@ -17,7 +17,7 @@ render they run on CPU tensors in Triton's interpreter (slow: tests only).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -28,16 +28,22 @@ from .reference import sh_colors
 
 @dataclass(frozen=True)
 class TritonLaunch:
-    """Launch shape of the compositing kernels (speed only; results do not depend on it)."""
+    """Launch shape of the compositing kernels (speed only; results do not depend on it). Defaults: the fastest
+    of 7 shapes timed on an H200 at the fit's shape (32 images of 256^2, 50k Gaussians; bench/render.py
+    --launch-sweep times them); larger chunks spill registers (chunk 32 with 4 warps: 3.5x slower backward)."""
 
-    chunk: int = 32
+    chunk: int = 4
     """Gaussians evaluated together per program step (power of two)."""
     warps: int = 4
     """Warps per program in the forward kernel."""
-    backward_chunk: int = 32
+    backward_chunk: int = 8
     """Gaussians per program step in the backward kernel (power of two)."""
     backward_warps: int = 4
     """Warps per program in the backward kernel."""
+
+
+DEFAULT_LAUNCH = TritonLaunch()
+"""Launch shape used when ``render_triton`` gets none (benchmarks may replace it to compare shapes)."""
 
 
 def triton_available() -> bool:
@@ -146,7 +152,7 @@ def bin_tiles(mean2d: Tensor, radii: Tensor, on: Tensor, depth: Tensor, image: T
 def render_triton(means: Tensor, covs: Tensor, opacities: Tensor, sh: Tensor, sh_degree: int,
                   w2c: Tensor, K: Tensor, width: int, height: int, backgrounds: Tensor,
                   settings: RasterSettings = RasterSettings(),
-                  launch: TritonLaunch = TritonLaunch()) -> Tuple[Tensor, Tensor]:
+                  launch: Optional[TritonLaunch] = None) -> Tuple[Tensor, Tensor]:
     """Render B slices x C cameras with the Triton tile rasterizer: ``rgb [B, C, H, W, 3]``, ``alpha [B, C, H, W, 1]``.
 
     Args: ``means [B, N, 3]``, ``covs [B, N, 3, 3]``, ``opacities [B, N]``, ``sh [B, N, K, 3]``,
@@ -156,6 +162,7 @@ def render_triton(means: Tensor, covs: Tensor, opacities: Tensor, sh: Tensor, sh
     """
     _check_device(means.device)
     k = _kernels()
+    launch = launch if launch is not None else DEFAULT_LAUNCH
     dtype = means.dtype
     f32 = lambda t: t if t.dtype == torch.float32 else t.float()  # noqa: E731  (the kernels are fp32)
     means, covs, opacities, sh, w2c, K = map(f32, (means, covs, opacities, sh, w2c, K))
