@@ -138,7 +138,6 @@ def test_template_queues_from_the_frontend(comfy_frontend, page, name, artifacts
         b.screenshot(artifacts_dir / f"template_{server.lane}_{name}_failed.png")
         raise
     assert entry["status"]["status_str"] == "success", f"{name} on ComfyUI {server.lane}: {error_text(entry)}"
-    assert entry["prompt"][2].keys() == edited.keys() and all(
-        entry["prompt"][2][k]["inputs"] == v["inputs"] for k, v in edited.items()), \
-        "the server ran another prompt than the frontend built"
+    ran = {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in entry["prompt"][2].items()}
+    _assert_same_prompt(ran, edited, info, f"{name}: the prompt the server ran vs the one the frontend built")
     print(f"{server.lane} {name} from the frontend: {time.monotonic() - t0:.1f} s")
