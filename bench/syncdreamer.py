@@ -9,6 +9,7 @@ guidance <= 30 s and <= 16 GB; a view_batch that fits a 12 GB card.
     python bench/syncdreamer.py --configs 16:8 --dtype bf16
     python bench/syncdreamer.py --tiny --device cpu --steps 1 --configs 2:8   # script check without a GPU
     python bench/syncdreamer.py --configs 16:16 --profile   # top-25 CUDA kernels + per-stage GPU time, 2 steps
+    # defaults (CUDA-graph replay, no compile), H200: 40.5 s, 7.4 GB alloc / 11.5 GB reserved at view_batch 16
     # fastest measured (H100, 27.1 s, 7.1 GB alloc / 11.3 GB reserved; ~2.3 min compile warm-up, not timed):
     python bench/syncdreamer.py --configs 16:32 --compile --vae-dtype bf16
 """
