@@ -223,9 +223,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.image is not None:
         result = image_to_4d(_read_image(args.image), models, cfg, progress, hooks, device=dev)
     else:
-        from .video_decode import FrameSelection, decode_video
+        from .video_decode import DecodeConfig, decode_video
 
-        video = decode_video(args.video, FrameSelection(max_frames=args.max_frames))
+        video = decode_video(args.video, DecodeConfig(max_frames=args.max_frames))
         result = video_to_4d(video.frames, models, cfg, progress, hooks, alpha=video.alpha, device=dev)
     source = str(args.image if args.image is not None else args.video)
     files = save_outputs(result, args.out, cfg, progress, [timer], meta={"source": source, "models": models.sources})

@@ -40,8 +40,8 @@ Source = Union[str, Path, BinaryIO]
 
 
 @dataclass
-class FrameSelection:
-    """Which source frames to keep: ``start, start + stride, ...`` up to ``max_frames`` of them."""
+class DecodeConfig:
+    """How a video is decoded: keep frames ``start, start + stride, ...``, at most ``max_frames``, downscaled to ``max_side``."""
 
     start: int = 0
     """Index of the first kept frame (0-based)."""
@@ -58,7 +58,8 @@ class FrameSelection:
         """The number of frames kept at most (``max_frames``, or the default cap when it is 0)."""
         return self.max_frames if self.max_frames > 0 else max_video_frames()
 
-    def check(self) -> None:
+    def validate(self) -> None:
+        """Raise ValueError naming the field when a value is out of range."""
         if self.start < 0 or self.stride < 1 or self.max_frames < 0 or self.max_side < 0:
             raise ValueError(f"frame selection needs start >= 0, stride >= 1, max_frames >= 0, max_side >= 0; got "
                              f"start={self.start}, stride={self.stride}, max_frames={self.max_frames}, "
@@ -179,7 +180,7 @@ def read_image(path: Path) -> tuple[np.ndarray, Optional[np.ndarray]]:
         return pil_float(im)
 
 
-def _pil_rgba(im, sel: FrameSelection) -> np.ndarray:
+def _pil_rgba(im, sel: DecodeConfig) -> np.ndarray:
     from PIL import Image
 
     rgba = pil_rgba_uint8(im)
@@ -189,12 +190,12 @@ def _pil_rgba(im, sel: FrameSelection) -> np.ndarray:
     return rgba
 
 
-def _target(path: Path, sel: FrameSelection) -> Optional[tuple[int, int]]:
+def _target(path: Path, sel: DecodeConfig) -> Optional[tuple[int, int]]:
     """The decode size ``max_side`` asks for (for JPEG draft decoding), or None when it keeps the size."""
     return (sel.max_side, sel.max_side) if sel.max_side > 0 else None
 
 
-def _iter_folder(folder: Path, sel: FrameSelection, info: dict) -> Iterator[tuple[int, np.ndarray, bool]]:
+def _iter_folder(folder: Path, sel: DecodeConfig, info: dict) -> Iterator[tuple[int, np.ndarray, bool]]:
     files = frame_files(folder)
     if not files:
         raise FileNotFoundError(f"no image frames ({', '.join(FRAME_EXTENSIONS)}) in folder {folder}")
@@ -215,7 +216,7 @@ def _iter_folder(folder: Path, sel: FrameSelection, info: dict) -> Iterator[tupl
         kept += 1
 
 
-def _iter_pil_animation(path: Path, sel: FrameSelection, info: dict) -> Iterator[tuple[int, np.ndarray, bool]]:
+def _iter_pil_animation(path: Path, sel: DecodeConfig, info: dict) -> Iterator[tuple[int, np.ndarray, bool]]:
     from PIL import ImageSequence
 
     with open_image(path) as im:
@@ -263,7 +264,7 @@ def _pix_fmt_has_alpha(name: Optional[str]) -> bool:
     return fmt.has_palette or len(fmt.components) in (2, 4)
 
 
-def _iter_pyav(source, sel: FrameSelection, info: dict) -> Iterator[tuple[int, np.ndarray, bool]]:
+def _iter_pyav(source, sel: DecodeConfig, info: dict) -> Iterator[tuple[int, np.ndarray, bool]]:
     import av
 
     with av.open(source) as container:
@@ -306,7 +307,7 @@ def _iter_pyav(source, sel: FrameSelection, info: dict) -> Iterator[tuple[int, n
             kept += 1
 
 
-def _iter_opencv(path: Path, sel: FrameSelection, info: dict) -> Iterator[tuple[int, np.ndarray, bool]]:
+def _iter_opencv(path: Path, sel: DecodeConfig, info: dict) -> Iterator[tuple[int, np.ndarray, bool]]:
     import cv2
 
     cap = cv2.VideoCapture(str(path))
@@ -359,7 +360,7 @@ def _is_animated(path: Path) -> bool:
         return False
 
 
-def iter_frames(source: Source, selection: FrameSelection = FrameSelection(),
+def iter_frames(source: Source, selection: DecodeConfig = DecodeConfig(),
                 info: Optional[dict] = None) -> Iterator[tuple[int, np.ndarray, bool]]:
     """Yield ``(source_index, uint8 [H, W, 3|4], has_alpha)`` for every kept frame, decoding lazily.
 
@@ -369,7 +370,7 @@ def iter_frames(source: Source, selection: FrameSelection = FrameSelection(),
     Raises ValueError for damaged files (naming the frame where decoding broke), non-images and images above the
     pixel limit.
     """
-    selection.check()
+    selection.validate()
     info = {} if info is None else info
     if not isinstance(source, (str, Path)):
         import av
@@ -414,7 +415,7 @@ def _damaged(source, info: dict, e: Exception) -> ValueError:
                       "re-encode it (e.g. ffmpeg -i in.mp4 -c:v libx264 out.mp4) or re-download it")
 
 
-def _iter_folder_single(path: Path, sel: FrameSelection) -> Iterator[tuple[int, np.ndarray, bool]]:
+def _iter_folder_single(path: Path, sel: DecodeConfig) -> Iterator[tuple[int, np.ndarray, bool]]:
     if not sel.keeps(0):
         return
     with open_image(path, _target(path, sel)) as im:
@@ -425,13 +426,13 @@ def _iter_folder_single(path: Path, sel: FrameSelection) -> Iterator[tuple[int, 
         yield 0, rgba, _pil_has_alpha(im)
 
 
-def decode_video(source: Source, selection: FrameSelection = FrameSelection(), default_fps: float = 8.0,
+def decode_video(source: Source, selection: DecodeConfig = DecodeConfig(), default_fps: float = 8.0,
                  callback=None) -> DecodedVideo:
     """Decode the kept frames of ``source`` (video file, animated image, frame folder or a binary stream).
 
     Args:
         source: path of a file or folder, or a binary file object (e.g. ComfyUI's VIDEO stream source).
-        selection: start / stride / cap / downscale, see :class:`FrameSelection`.
+        selection: start / stride / cap / downscale, see :class:`DecodeConfig`.
         default_fps: rate reported for sources without timing (frame folders, still images).
         callback: optional ``ProgressCallback`` called after each kept frame and at least every
             :data:`HEARTBEAT_SECONDS` while frames are skipped (it may raise to cancel).
@@ -493,7 +494,7 @@ def decode_video(source: Source, selection: FrameSelection = FrameSelection(), d
     return DecodedVideo(rgb, alpha, src_fps / selection.stride, src_fps, indices, notes)
 
 
-def _notes(name: str, sel: FrameSelection, info: dict, kept: int) -> list[str]:
+def _notes(name: str, sel: DecodeConfig, info: dict, kept: int) -> list[str]:
     """The default cap reached, or fewer frames decoded than the file declares (a truncated file)."""
     notes = []
     declared, seen = int(info.get("frames") or 0), int(info.get("seen") or 0)

@@ -41,7 +41,7 @@ def _select_components(images: torch.Tensor, sel) -> torch.Tensor:
 class LoadVideo(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        from e4d.video_decode import FrameSelection as F, decode_video
+        from e4d.video_decode import DecodeConfig as F, decode_video
 
         return io.Schema(
             node_id="E4D_LoadVideo",
@@ -109,10 +109,10 @@ class LoadVideo(io.ComfyNode):
     @classmethod
     def execute(cls, video=None, start_frame=0, stride=1, max_frames=0, max_side=0, fps_if_unknown=8.0,
                 video_in=None) -> io.NodeOutput:
-        from e4d.video_decode import FrameSelection, decode_video
+        from e4d.video_decode import DecodeConfig, decode_video
 
-        sel = FrameSelection(int(start_frame), int(stride), int(max_frames), int(max_side))
-        sel.check()
+        sel = DecodeConfig(int(start_frame), int(stride), int(max_frames), int(max_side))
+        sel.validate()
         cb = C.progress_callback()
         if video_in is not None:
             if type(video_in).__name__ == "VideoFromComponents":  # already tensors: slice, no re-encode

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from comfy_env import comfy, comfy_dirs  # noqa: F401  (fixtures)
-from e4d.video_decode import FrameSelection, decode_video
+from e4d.video_decode import DecodeConfig, decode_video
 
 W, H, N = 40, 32, 7
 
@@ -76,7 +76,7 @@ def test_decode_keeps_alpha_and_selects_frames(tmp_path, kind):
         "mov_qtrle": lambda: write_video(tmp_path / "a.mov", "qtrle", "argb"),
         "mov_png": lambda: write_video(tmp_path / "b.mov", "png", "rgba"),
     }[kind]()
-    d = decode_video(src, FrameSelection(start=1, stride=2, max_frames=2), default_fps=5.0)
+    d = decode_video(src, DecodeConfig(start=1, stride=2, max_frames=2), default_fps=5.0)
     assert d.indices == [1, 3]
     assert d.frames.shape == (2, H, W, 3) and d.alpha is not None and d.alpha.shape == (2, H, W)
     for k, i in enumerate(d.indices):  # the moving square is where frame i put it
@@ -93,7 +93,7 @@ def test_decode_keeps_alpha_and_selects_frames(tmp_path, kind):
 
 def test_opaque_video_has_no_alpha_and_downscales(tmp_path):
     src = write_video(tmp_path / "a.mp4", "mpeg4", "yuv420p")
-    d = decode_video(src, FrameSelection(max_frames=3, max_side=20))
+    d = decode_video(src, DecodeConfig(max_frames=3, max_side=20))
     assert d.alpha is None and d.frames.shape == (3, 16, 20, 3) and d.indices == [0, 1, 2]
     red = [float(d.frames[k, ..., 0].mean()) * 255 for k in range(3)]
     assert red[0] < red[1] < red[2]  # frame order kept (red grows with the index)
@@ -102,7 +102,7 @@ def test_opaque_video_has_no_alpha_and_downscales(tmp_path):
 def test_decoding_stops_at_the_cap(tmp_path):
     folder = write_folder(tmp_path / "frames")
     (folder / "frame5.png").write_bytes(b"not a png")  # would fail if it were read
-    assert decode_video(folder, FrameSelection(max_frames=4)).indices == [0, 1, 2, 3]
+    assert decode_video(folder, DecodeConfig(max_frames=4)).indices == [0, 1, 2, 3]
     with pytest.raises(ValueError, match="frame5.png"):
         decode_video(folder)
 
@@ -115,9 +115,9 @@ def test_bad_sources_give_clear_errors(tmp_path):
         decode_video(tmp_path / "empty")
     src = write_folder(tmp_path / "frames", n=3)
     with pytest.raises(ValueError, match="lower 'start'"):
-        decode_video(src, FrameSelection(start=5))
+        decode_video(src, DecodeConfig(start=5))
     with pytest.raises(ValueError, match="stride >= 1"):
-        decode_video(src, FrameSelection(stride=0))
+        decode_video(src, DecodeConfig(stride=0))
 
 
 # ----------------------------------------------------------------------------------------------------------------

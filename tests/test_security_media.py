@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from e4d import limits
-from e4d.video_decode import FrameSelection, decode_video, read_image
+from e4d.video_decode import DecodeConfig, decode_video, read_image
 
 W, H = 32, 24
 
@@ -44,7 +44,7 @@ def test_default_cap_keeps_a_bounded_number_of_frames_and_says_so(tmp_path, monk
     assert d.frames.shape[0] == 5 and d.indices == [0, 1, 2, 3, 4]
     assert d.notes and "kept 5 frames" in d.notes[0] and limits.MAX_VIDEO_FRAMES_ENV in d.notes[0]
     assert any("kept 5 frames" in r.message for r in caplog.records)
-    d = decode_video(folder, FrameSelection(max_frames=8))  # an explicit cap is the user's choice: no note
+    d = decode_video(folder, DecodeConfig(max_frames=8))  # an explicit cap is the user's choice: no note
     assert d.frames.shape[0] == 8 and d.notes == []
     monkeypatch.setenv(limits.MAX_VIDEO_FRAMES_ENV, "100")
     d = decode_video(folder)  # the whole clip fits under the cap: nothing to say
@@ -57,7 +57,7 @@ def test_frame_stack_budget_refuses_before_filling_memory(tmp_path, monkeypatch)
     monkeypatch.setenv(limits.MAX_TENSOR_BYTES_ENV, str(3.5 * per_frame / 2**30))
     with pytest.raises(ValueError, match=r"4 frames of 32x24 need .*lower max_frames.*E4D_MAX_TENSOR_GB"):
         decode_video(folder)
-    assert decode_video(folder, FrameSelection(max_frames=3)).frames.shape[0] == 3
+    assert decode_video(folder, DecodeConfig(max_frames=3)).frames.shape[0] == 3
 
 
 def test_budget_checks_sizes_up_front():
@@ -77,7 +77,7 @@ def test_images_above_the_pixel_limit_are_refused_or_decoded_reduced(tmp_path, m
         read_image(big)
     jpg = tmp_path / "big.jpg"
     Image.new("RGB", (400, 400), (200, 100, 50)).save(jpg, quality=95)
-    d = decode_video(jpg, FrameSelection(max_side=100))  # JPEG draft: decoded at 1/4 scale, never at full size
+    d = decode_video(jpg, DecodeConfig(max_side=100))  # JPEG draft: decoded at 1/4 scale, never at full size
     assert d.frames.shape[1:3] == (100, 100)
     assert abs(float(d.frames[..., 0].mean()) - 200 / 255) < 0.02
 
@@ -137,7 +137,7 @@ def test_cancel_is_checked_while_skipped_frames_are_decoded(tmp_path, monkeypatc
     folder = _write_frames(tmp_path / "frames", 8)
     monkeypatch.setattr(vd, "HEARTBEAT_SECONDS", 0.0)  # every decoded frame is "a second later"
     calls = []
-    d = decode_video(folder, FrameSelection(stride=100), callback=lambda s, t, i: calls.append(s))
+    d = decode_video(folder, DecodeConfig(stride=100), callback=lambda s, t, i: calls.append(s))
     assert d.frames.shape[0] == 1 and len(calls) >= 8  # one kept frame, a heartbeat for every skipped one
 
     class Cancelled(Exception):
@@ -147,4 +147,4 @@ def test_cancel_is_checked_while_skipped_frames_are_decoded(tmp_path, monkeypatc
         raise Cancelled
 
     with pytest.raises(Cancelled):
-        decode_video(folder, FrameSelection(start=5), callback=cancel)  # cancelled before the first kept frame
+        decode_video(folder, DecodeConfig(start=5), callback=cancel)  # cancelled before the first kept frame
