@@ -19,6 +19,8 @@ from typing import List, Optional, Sequence
 
 import torch
 
+from .render.backends import BACKENDS
+
 
 def _device(name: str) -> torch.device:
     if name == "auto":
@@ -137,7 +139,16 @@ def cmd_export(args: argparse.Namespace) -> int:
     with atomic_dir(args.out, overwrite=True) as tmp:  # a re-export replaces the old sequence as a whole
         paths = save_ply_sequence(g, times, tmp, prefix=args.prefix, sh_degree_out=args.sh_degree_out)
     paths = [Path(args.out) / p.name for p in paths]
-    print(json.dumps({"folder": str(args.out), "files": len(paths), "times": times}))
+    summary = {"folder": str(args.out), "files": len(paths), "times": times}
+    if args.mesh:  # after the PLY folder swap, which replaces --out as a whole
+        from .mesh import MeshConfig, cli_export
+
+        over = {k: v for k, v in dict(resolution=args.mesh_resolution, views=args.mesh_views,
+                                      decimate_faces=args.mesh_decimate).items() if v is not None}
+        summary["mesh"] = cli_export(args.model, args.out, times=times,
+                                     config=MeshConfig(fixed_topology=not args.mesh_independent, **over),
+                                     sequence_formats=tuple(x for x in args.mesh_formats.split(",") if x))
+    print(json.dumps(summary, default=str))
     return 0
 
 
@@ -245,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--points", type=int, default=None, help="number of Gaussians (default 50000)")
     f.add_argument("--preset", default="recommended", choices=["recommended", "paper", "official-release"])
     f.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
-    f.add_argument("--backend", default=None, choices=["auto", "gsplat", "reference"])
+    f.add_argument("--backend", default=None, choices=list(BACKENDS))
     f.add_argument("--seed", type=int, default=None)
     f.add_argument("--no-input", action="store_true", help="do not train on the input-video view")
     f.add_argument("--quiet", action="store_true", help="no per-step loss lines")
@@ -263,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--fixed-time", type=float, default=None)
     r.add_argument("--fps", type=float, default=24.0)
     r.add_argument("--device", default="auto")
-    r.add_argument("--backend", default="auto", choices=["auto", "gsplat", "reference"])
+    r.add_argument("--backend", default="auto", choices=list(BACKENDS))
     r.set_defaults(func=cmd_render)
 
     e = sub.add_parser("export", help="per-time 3DGS PLY sequence of a native 4D file")
@@ -273,6 +284,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--count", type=int, default=None, help="evenly spaced times over the model's time range")
     e.add_argument("--prefix", default="frame")
     e.add_argument("--sh-degree-out", type=int, default=None, help="pad/truncate SH (3 for viewers expecting 45 f_rest)")
+    e.add_argument("--mesh", action="store_true", help="also write mesh_animated.glb (one tracked mesh, morph-target "
+                   "animation) and mesh_frames/ (one mesh per time)")
+    e.add_argument("--mesh-resolution", type=int, default=None, help="fusion grid voxels per side (MeshConfig)")
+    e.add_argument("--mesh-views", type=int, default=None, help="depth cameras around the object (MeshConfig)")
+    e.add_argument("--mesh-decimate", type=int, default=None, help="target faces, 0 = off (MeshConfig)")
+    e.add_argument("--mesh-independent", action="store_true", help="one mesh per time instead of one tracked mesh")
+    e.add_argument("--mesh-formats", default="glb", help="per-time files: comma list of glb, ply, obj ('' = none)")
     e.set_defaults(func=cmd_export)
 
     d = sub.add_parser("demo", help="fit the bundled example; write video, PLYs and the native file")

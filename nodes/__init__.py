@@ -14,7 +14,7 @@ from comfy_api.latest import ComfyExtension, io
 
 log = logging.getLogger("efficient4d")
 
-TOPIC_MODULES = ("video", "prepare", "viewmatrix", "fit", "render", "export",
+TOPIC_MODULES = ("video", "prepare", "viewmatrix", "fit", "render", "export", "mesh",
                  "syncdreamer", "rife", "svd", "guidance", "preview", "splat")
 """Node modules in menu order; each defines ``NODES = [io.ComfyNode subclasses]``."""
 

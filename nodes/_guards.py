@@ -21,18 +21,21 @@ _GUARDED = "_e4d_float_guard"
 def float_inputs(cls: type[io.ComfyNode]) -> dict[str, tuple[Any, Any]]:
     """``{input id: (min, max)}`` of the FLOAT inputs in ``cls``'s schema (None where unbounded)."""
     out = {}
-    for inp in cls.GET_SCHEMA().inputs:
+    # define_schema(), not GET_SCHEMA(): ComfyUI runs execute on a locked copy of the class, on which GET_SCHEMA's
+    # caching assignment raises.
+    for inp in cls.define_schema().inputs:
         if isinstance(inp, io.Float.Input):
             out[inp.id] = (getattr(inp, "min", None), getattr(inp, "max", None))
     return out
 
 
-def check_float_inputs(cls: type[io.ComfyNode], values: dict[str, Any]) -> None:
+def check_float_inputs(cls: type[io.ComfyNode], values: dict[str, Any],
+                       ranges: "dict[str, tuple[Any, Any]] | None" = None) -> None:
     """ValueError naming the node, the input, its rule and the value when a FLOAT input is NaN, inf or outside its
-    widget range (inputs left out, e.g. optional ones, are skipped)."""
-    schema = cls.GET_SCHEMA()
+    widget range (inputs left out, e.g. optional ones, are skipped). ``ranges`` defaults to :func:`float_inputs`."""
+    schema = cls.define_schema()
     node = schema.display_name or schema.node_id
-    for name, (lo, hi) in float_inputs(cls).items():
+    for name, (lo, hi) in (float_inputs(cls) if ranges is None else ranges).items():
         if name not in values or values[name] is None:
             continue
         v = values[name]
@@ -54,6 +57,7 @@ def guard_float_inputs(cls: type[io.ComfyNode]) -> type[io.ComfyNode]:
         return cls
     func = original.__func__ if isinstance(original, classmethod) else original
     positional = list(inspect.signature(func).parameters)[1:]  # after cls
+    ranges = float_inputs(cls)  # once, at registration
 
     def named(klass, args, kwargs) -> dict[str, Any]:
         return {**dict(zip(positional, args)), **kwargs}
@@ -61,12 +65,12 @@ def guard_float_inputs(cls: type[io.ComfyNode]) -> type[io.ComfyNode]:
     if inspect.iscoroutinefunction(func):
         @functools.wraps(func)
         async def execute(klass, *args, **kwargs):
-            check_float_inputs(klass, named(klass, args, kwargs))
+            check_float_inputs(klass, named(klass, args, kwargs), ranges)
             return await func(klass, *args, **kwargs)
     else:
         @functools.wraps(func)
         def execute(klass, *args, **kwargs):
-            check_float_inputs(klass, named(klass, args, kwargs))
+            check_float_inputs(klass, named(klass, args, kwargs), ranges)
             return func(klass, *args, **kwargs)
 
     setattr(execute, _GUARDED, True)

@@ -88,3 +88,19 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
 def test_module_entry_point():
     r = subprocess.run([sys.executable, "-m", "e4d", "--help"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "fit" in r.stdout and "demo" in r.stdout
+
+
+def test_export_mesh_writes_animated_glb(tmp_path, capsys):
+    from e4d.export import save_native
+    from e4d.mesh import read_animated_glb
+    from mesh_scene import moving_sphere
+
+    model = tmp_path / "sphere.e4d.safetensors"
+    save_native(moving_sphere(), model)
+    out = tmp_path / "exp"
+    assert main(["export", "--model", str(model), "--out", str(out), "--count", "3", "--mesh",
+                 "--mesh-resolution", "32", "--mesh-views", "8", "--mesh-decimate", "0"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["files"] == 3 and "mesh" in summary
+    anim = read_animated_glb(out / "mesh_animated.glb")
+    assert anim.positions.shape[0] == 3 and anim.positions.shape[1] > 100  # one vertex set, moved per time

@@ -78,3 +78,15 @@ def test_every_float_field_of_the_core_configs_refuses_nan():
                 getattr(bad, method)()
             checked += 1
     assert checked >= 20
+
+
+def test_guard_runs_on_a_locked_class(monkeypatch):
+    """ComfyUI executes a locked copy of the class whose GET_SCHEMA cannot cache: the guard must not call it."""
+    cls, name = CASES[0]
+
+    def locked(*_a, **_k):
+        raise AttributeError("Cannot modify class attribute 'SCHEMA' on locked class")
+
+    monkeypatch.setattr(cls, "GET_SCHEMA", classmethod(locked))
+    with pytest.raises(ValueError, match=rf"input '{name}' must be a finite number"):
+        cls.execute(**{name: math.nan})
