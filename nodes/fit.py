@@ -136,7 +136,10 @@ class Fit4DGS(io.ComfyNode):
                 if callable(release):
                     release()
         g = result.gaussians.to(D.intermediate_device())
-        C.log.info("Efficient4D: fitted %d Gaussians in %.1f s", g.num, result.seconds)
+        from e4d.render import describe_backend
+
+        C.log.info("Efficient4D: fitted %d Gaussians in %.1f s, renderer %s", g.num, result.seconds,
+                   describe_backend(config.backend, device))
         return io.NodeOutput(g)
 
 

@@ -22,6 +22,7 @@ from ..confidence import Confidence
 from ..gaussians4d import Gaussians4D, init_random
 from ..masks import informative_alpha
 from ..progress import ProgressCallback, report
+from ..render.backends import fit_time_estimate, log_backend
 from ..viewmatrix import ViewMatrix
 from .config import FitConfig
 from .densify import DensifyState, DensifyStrategy
@@ -326,9 +327,13 @@ def fit(vm: ViewMatrix, confidence: Optional[Confidence] = None, config: Optiona
         check_guidance(guidance)
     run = _setup(vm, confidence, config, guidance, init)
     history: List[Dict[str, float]] = []
-    _synchronize(vm.images.device)
+    dev = vm.images.device
+    log_backend(config.backend, dev)
+    _synchronize(dev)
     start = time.perf_counter()
     for step in range(config.iterations):
+        if step == 2 and dev.type != "cuda":  # step 2 is typical (step 1 allocates); CUDA fits are seconds long
+            fit_time_estimate(config.backend, dev, (time.perf_counter() - start) / 2, config.iterations - 2)
         run.xyz_group["lr"] = lr = xyz_learning_rate(step, config)
         terms = _step_terms(run, step)
         terms["loss"] = loss = weighted_sum(terms, run.weights)
