@@ -100,18 +100,6 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------- render
-def _model_times(path: Path, count: Optional[int]) -> List[float]:
-    from .export import read_native_meta
-
-    md = read_native_meta(path)
-    times = md["meta"].get("times")
-    if count is None and times:
-        return [float(t) for t in times]
-    t0, t1 = md["time_range"]
-    n = count or 16
-    return [t0 + (t1 - t0) * i / max(n - 1, 1) for i in range(n)]
-
-
 def cmd_render(args: argparse.Namespace) -> int:
     from .export import load_native, read_native_meta
     from .orbit import OrbitConfig, orbit_render
@@ -132,10 +120,10 @@ def cmd_render(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------- export
 def cmd_export(args: argparse.Namespace) -> int:
     from .atomic import atomic_dir
-    from .export import load_native, save_ply_sequence
+    from .export import fitted_times, load_native, save_ply_sequence
 
     g = load_native(args.model)
-    times = args.times if args.times else _model_times(Path(args.model), args.count)
+    times = args.times if args.times else fitted_times(args.model, args.count)
     with atomic_dir(args.out, overwrite=True) as tmp:  # a re-export replaces the old sequence as a whole
         paths = save_ply_sequence(g, times, tmp, prefix=args.prefix, sh_degree_out=args.sh_degree_out)
     paths = [Path(args.out) / p.name for p in paths]

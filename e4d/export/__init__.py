@@ -7,7 +7,7 @@
 Every exporter takes a :class:`~e4d.gaussians4d.Gaussians4D` and validates it with
 :func:`e4d.export.common.check_gaussians`; 3D slices come from :func:`e4d.export.common.export_slice`.
 """
-from .native import load_native, read_native_meta, save_native
+from .native import fitted_times, load_native, read_native_meta, save_native
 from .ply import read_ply, save_ply, save_ply_sequence
 
-__all__ = ["save_native", "load_native", "read_native_meta", "save_ply", "save_ply_sequence", "read_ply"]
+__all__ = ["save_native", "load_native", "read_native_meta", "fitted_times", "save_ply", "save_ply_sequence", "read_ply"]

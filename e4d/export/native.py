@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -105,3 +105,16 @@ def load_native(path: PathLike, device=None) -> Gaussians4D:
 
 
 __all__ = ["save_native", "load_native", "read_native_meta", "FORMAT", "FORMAT_VERSION"]
+
+
+def fitted_times(path: PathLike, count: Optional[int] = None) -> List[float]:
+    """The times a native file was fitted at (its metadata), else ``count`` (default 16) evenly spaced over its
+    time range."""
+    md = read_native_meta(path)
+    times = md["meta"].get("times")
+    if count is None and times:
+        return [float(t) for t in times]
+    t0, t1 = md["time_range"]
+    n = count or 16
+    return [t0 + (t1 - t0) * i / max(n - 1, 1) for i in range(n)]
+

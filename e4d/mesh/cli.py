@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, Optional, Sequence, Union
 
 import torch
 
@@ -13,20 +13,6 @@ from .config import MeshConfig
 PathLike = Union[str, os.PathLike]
 ANIMATED_NAME = "mesh_animated.glb"
 SEQUENCE_DIR = "mesh_frames"
-
-
-def model_times(model_path: PathLike, count: Optional[int] = None) -> List[float]:
-    """The times a native file was fitted at (its metadata), else ``count`` (default 16) evenly spaced over its
-    time range."""
-    from ..export import read_native_meta
-
-    md = read_native_meta(model_path)
-    times = md["meta"].get("times")
-    if count is None and times:
-        return [float(t) for t in times]
-    t0, t1 = md["time_range"]
-    n = count or 16
-    return [t0 + (t1 - t0) * i / max(n - 1, 1) for i in range(n)]
 
 
 def cli_export(model_path: PathLike, out_dir: PathLike, times: Optional[Sequence[float]] = None,
@@ -43,7 +29,7 @@ def cli_export(model_path: PathLike, out_dir: PathLike, times: Optional[Sequence
     when available), "cpu", "cuda"... Returns a JSON-ready summary (paths, counts, seconds). Nothing is written
     when the extraction fails or ``callback`` raises.
     """
-    from ..export import load_native
+    from ..export import fitted_times, load_native
     from .extract import extract_mesh_4d
     from .glb import write_animated_glb, write_mesh_sequence
 
@@ -51,7 +37,7 @@ def cli_export(model_path: PathLike, out_dir: PathLike, times: Optional[Sequence
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        ("cpu" if device == "auto" else device))
     g = load_native(model_path, device=dev)
-    t = list(times) if times else model_times(model_path, count)
+    t = list(times) if times else fitted_times(model_path, count)
     seq = extract_mesh_4d(g, t, cfg, callback=callback, backend=backend)
     out = Path(out_dir)
     summary: Dict[str, object] = {"times": [float(x) for x in t], "vertices": seq.info["vertices"][0],
@@ -64,4 +50,4 @@ def cli_export(model_path: PathLike, out_dir: PathLike, times: Optional[Sequence
     return summary
 
 
-__all__ = ["cli_export", "model_times", "ANIMATED_NAME", "SEQUENCE_DIR"]
+__all__ = ["cli_export", "ANIMATED_NAME", "SEQUENCE_DIR"]
