@@ -182,13 +182,16 @@ def _run_config(args: argparse.Namespace, dev: torch.device):
 
 
 def _read_image(path: Path) -> torch.Tensor:
+    """``[H, W, 4]`` RGBA in [0, 1] through the video loader's checks (pixel limit, 16-bit, damaged files)."""
     import numpy as np
-    from PIL import Image
+
+    from .video_decode import read_image
 
     if not path.is_file():
         raise FileNotFoundError(f"--image {path}: file not found")
-    with Image.open(path) as im:
-        return torch.from_numpy(np.asarray(im.convert("RGBA"))).float() / 255.0
+    rgb, alpha = read_image(path)
+    alpha = np.ones(rgb.shape[:2], np.float32) if alpha is None else alpha
+    return torch.from_numpy(np.concatenate([rgb, alpha[..., None]], axis=-1))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
