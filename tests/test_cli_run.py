@@ -69,3 +69,19 @@ def test_flow_and_no_sds_need_only_syncdreamer(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc != 0 and "SyncDreamer checkpoint not found" in err
     assert "RIFE" not in err and "Zero123" not in err
+
+
+def test_run_image_goes_through_the_loader_checks(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from e4d.cli import _read_image
+
+    grey = tmp_path / "grey16.png"
+    Image.fromarray(np.full((6, 5), 32768, np.uint16)).save(grey)  # 16-bit greyscale: about 0.5, not white
+    rgba = _read_image(grey)
+    assert rgba.shape == (6, 5, 4) and abs(float(rgba[..., :3].mean()) - 0.5) < 0.01 and float(rgba[..., 3].min()) == 1.0
+    fake = tmp_path / "notes.png"
+    fake.write_text("not an image")
+    with pytest.raises(ValueError):
+        _read_image(fake)
