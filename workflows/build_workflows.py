@@ -119,8 +119,9 @@ def descriptions() -> dict[str, dict]:
                                   "SyncDreamer-T (16 views per frame, time-synchronised) -> RIFE x4 in time + "
                                   "confidence maps -> 4D Gaussian fit (+ optional Zero123 SDS guidance: delete the "
                                   "guidance node to fit without it) -> orbit video, PLY/native/splatv export and an "
-                                  "interactive preview. No alpha? Put a background-removal node before Prepare "
-                                  "Object Frames and connect its mask.", 1.0),
+                                  "interactive preview. No alpha? Put core 'Remove Background' (one mask per frame) or "
+                                  "'SAM3 Video Track' (a tracked mask through the video) between Load Video and "
+                                  "Prepare Object Frames and connect its MASK to the mask input.", 1.0),
                Note("n2", 0, 2.2, WEIGHTS_NOTE, 1.0)],
     )
 
@@ -184,7 +185,8 @@ def descriptions() -> dict[str, dict]:
         links=[L("load", "asm", out="IMAGE", inp="images"), L("load", "asm", out="MASK", inp="mask"), *tail_links],
         notes=[Note("n1", 0, 1.2, "Swap in another multi-view generator: feed T x V views (here a folder of RGBA "
                                   "PNGs in time-major order: time 0 view 0..5, time 1 view 0..5, ...; or the IMAGE "
-                                  "output of a Zero123++ / SV3D node run on each frame), pick its camera preset "
+                                  "output of a Zero123++ node, or core 'SV3D Conditioning' + a video model (Wan, LTXV, "
+                                  "HunyuanVideo) sampling 21 orbit frames per time), pick its camera preset "
                                   "(zero123plus6, sv3d21, syncdreamer16 or custom azimuths/elevations) and fit. "
                                   "Only RIFE weights are needed (or none, with the flow fallback).", 1.0),
                Note("n2", 0, 2.0, "Weights: models/rife/rife47.pth (21 MB, as in ComfyUI-Frame-Interpolation) or "
