@@ -29,12 +29,17 @@ def float_inputs(cls: type[io.ComfyNode]) -> dict[str, tuple[Any, Any]]:
     return out
 
 
-def check_float_inputs(cls: type[io.ComfyNode], values: dict[str, Any],
-                       ranges: "dict[str, tuple[Any, Any]] | None" = None) -> None:
-    """ValueError naming the node, the input, its rule and the value when a FLOAT input is NaN, inf or outside its
-    widget range (inputs left out, e.g. optional ones, are skipped). ``ranges`` defaults to :func:`float_inputs`."""
+def _node_name(cls: type[io.ComfyNode]) -> str:
     schema = cls.define_schema()
-    node = schema.display_name or schema.node_id
+    return schema.display_name or schema.node_id
+
+
+def check_float_inputs(cls: type[io.ComfyNode], values: dict[str, Any],
+                       ranges: "dict[str, tuple[Any, Any]] | None" = None, node: "str | None" = None) -> None:
+    """ValueError naming the node, the input, its rule and the value when a FLOAT input is NaN, inf or outside its
+    widget range (inputs left out, e.g. optional ones, are skipped). ``ranges`` and ``node`` default to the
+    schema's (the guard passes them, read once at registration)."""
+    node = _node_name(cls) if node is None else node
     for name, (lo, hi) in (float_inputs(cls) if ranges is None else ranges).items():
         if name not in values or values[name] is None:
             continue
@@ -57,7 +62,7 @@ def guard_float_inputs(cls: type[io.ComfyNode]) -> type[io.ComfyNode]:
         return cls
     func = original.__func__ if isinstance(original, classmethod) else original
     positional = list(inspect.signature(func).parameters)[1:]  # after cls
-    ranges = float_inputs(cls)  # once, at registration
+    ranges, node = float_inputs(cls), _node_name(cls)  # once, at registration
 
     def named(klass, args, kwargs) -> dict[str, Any]:
         return {**dict(zip(positional, args)), **kwargs}
@@ -65,12 +70,12 @@ def guard_float_inputs(cls: type[io.ComfyNode]) -> type[io.ComfyNode]:
     if inspect.iscoroutinefunction(func):
         @functools.wraps(func)
         async def execute(klass, *args, **kwargs):
-            check_float_inputs(klass, named(klass, args, kwargs), ranges)
+            check_float_inputs(klass, named(klass, args, kwargs), ranges, node)
             return await func(klass, *args, **kwargs)
     else:
         @functools.wraps(func)
         def execute(klass, *args, **kwargs):
-            check_float_inputs(klass, named(klass, args, kwargs), ranges)
+            check_float_inputs(klass, named(klass, args, kwargs), ranges, node)
             return func(klass, *args, **kwargs)
 
     setattr(execute, _GUARDED, True)

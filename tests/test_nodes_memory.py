@@ -3,6 +3,7 @@ node asks ComfyUI to load it (so the manager reports it while the node runs), an
 survives our nodes. Helpers here (``user_model``, ``spy_loaded``) are reused by the per-model node tests."""
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -68,6 +69,7 @@ def spy_loaded(monkeypatch, module, name: str) -> list:
     seen: list = []
     real = getattr(module, name)
 
+    @functools.wraps(real)  # nodes read widget defaults from the core function's signature
     def wrapper(*args, **kwargs):
         seen.append(loaded_patchers())
         return real(*args, **kwargs)
