@@ -34,6 +34,25 @@ INTERPRETED = bool(knobs.runtime.interpret)
 
 
 @triton.jit
+def _chunk(feat_ptr, row, inb, fx, fy):
+    """Features of a chunk of Gaussians (rows ``row``, ``inb`` in range) and, for every pixel centre ``(fx, fy)``,
+    the offsets ``dx, dy`` and the Mahalanobis half-distance ``sigma`` (``[pixels, BG]``)."""
+    mx = tl.load(feat_ptr + row, mask=inb, other=0.0)
+    my = tl.load(feat_ptr + row + 1, mask=inb, other=0.0)
+    ca = tl.load(feat_ptr + row + 2, mask=inb, other=0.0)
+    cb = tl.load(feat_ptr + row + 3, mask=inb, other=0.0)
+    cc = tl.load(feat_ptr + row + 4, mask=inb, other=0.0)
+    op = tl.load(feat_ptr + row + 5, mask=inb, other=0.0)
+    cr = tl.load(feat_ptr + row + 6, mask=inb, other=0.0)
+    cg = tl.load(feat_ptr + row + 7, mask=inb, other=0.0)
+    cbl = tl.load(feat_ptr + row + 8, mask=inb, other=0.0)
+    dx = mx[None, :] - fx[:, None]
+    dy = my[None, :] - fy[:, None]
+    sigma = 0.5 * (ca[None, :] * dx * dx + cc[None, :] * dy * dy) + cb[None, :] * dx * dy
+    return ca, cb, cc, op, cr, cg, cbl, dx, dy, sigma
+
+
+@triton.jit
 def composite_forward(feat_ptr, ids_ptr, offsets_ptr, color_ptr, trans_ptr, count_ptr, height, width, tiles_x,
                       n_tiles, BG: tl.constexpr, TS: tl.constexpr):
     pid = tl.program_id(0)
@@ -59,18 +78,7 @@ def composite_forward(feat_ptr, ids_ptr, offsets_ptr, color_ptr, trans_ptr, coun
         offs = j0 + tl.arange(0, BG)
         inb = offs < end
         row = tl.load(ids_ptr + offs, mask=inb, other=0).to(tl.int64) * 9
-        mx = tl.load(feat_ptr + row, mask=inb, other=0.0)
-        my = tl.load(feat_ptr + row + 1, mask=inb, other=0.0)
-        ca = tl.load(feat_ptr + row + 2, mask=inb, other=0.0)
-        cb = tl.load(feat_ptr + row + 3, mask=inb, other=0.0)
-        cc = tl.load(feat_ptr + row + 4, mask=inb, other=0.0)
-        op = tl.load(feat_ptr + row + 5, mask=inb, other=0.0)
-        cr = tl.load(feat_ptr + row + 6, mask=inb, other=0.0)
-        cg = tl.load(feat_ptr + row + 7, mask=inb, other=0.0)
-        cbl = tl.load(feat_ptr + row + 8, mask=inb, other=0.0)
-        dx = mx[None, :] - fx[:, None]
-        dy = my[None, :] - fy[:, None]
-        sigma = 0.5 * (ca[None, :] * dx * dx + cc[None, :] * dy * dy) + cb[None, :] * dx * dy
+        ca, cb, cc, op, cr, cg, cbl, dx, dy, sigma = _chunk(feat_ptr, row, inb, fx, fy)
         alpha = tl.minimum(op[None, :] * tl.exp(-sigma), 0.999)
         ok = (sigma >= 0.0) & (alpha >= 1.0 / 255.0) & inb[None, :] & (done == 0)[:, None]
         alpha = tl.where(ok, alpha, 0.0)
@@ -110,7 +118,6 @@ def composite_backward(feat_ptr, ids_ptr, offsets_ptr, color_ptr, trans_ptr, cou
     fy = py.to(tl.float32) + 0.5
     pix = (img.to(tl.int64) * height + py) * width + px
     start = tl.load(offsets_ptr + pid)
-    end = tl.load(offsets_ptr + pid + 1)
     count = tl.load(count_ptr + pix, mask=inside, other=0)
     T_final = tl.load(trans_ptr + pix, mask=inside, other=1.0)
     tot_r = tl.load(color_ptr + pix * 3, mask=inside, other=0.0)
@@ -131,18 +138,7 @@ def composite_backward(feat_ptr, ids_ptr, offsets_ptr, color_ptr, trans_ptr, cou
         inb = offs < stop
         gid = tl.load(ids_ptr + offs, mask=inb, other=0).to(tl.int64)
         row = gid * 9
-        mx = tl.load(feat_ptr + row, mask=inb, other=0.0)
-        my = tl.load(feat_ptr + row + 1, mask=inb, other=0.0)
-        ca = tl.load(feat_ptr + row + 2, mask=inb, other=0.0)
-        cb = tl.load(feat_ptr + row + 3, mask=inb, other=0.0)
-        cc = tl.load(feat_ptr + row + 4, mask=inb, other=0.0)
-        op = tl.load(feat_ptr + row + 5, mask=inb, other=0.0)
-        cr = tl.load(feat_ptr + row + 6, mask=inb, other=0.0)
-        cg = tl.load(feat_ptr + row + 7, mask=inb, other=0.0)
-        cbl = tl.load(feat_ptr + row + 8, mask=inb, other=0.0)
-        dx = mx[None, :] - fx[:, None]
-        dy = my[None, :] - fy[:, None]
-        sigma = 0.5 * (ca[None, :] * dx * dx + cc[None, :] * dy * dy) + cb[None, :] * dx * dy
+        ca, cb, cc, op, cr, cg, cbl, dx, dy, sigma = _chunk(feat_ptr, row, inb, fx, fy)
         vis = tl.exp(-sigma)
         raw = op[None, :] * vis
         alpha = tl.minimum(raw, 0.999)
