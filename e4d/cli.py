@@ -185,7 +185,7 @@ def _read_image(path: Path) -> torch.Tensor:
     """``[H, W, 4]`` RGBA in [0, 1] through the video loader's checks (pixel limit, 16-bit, damaged files)."""
     import numpy as np
 
-    from .video_decode import read_image
+    from .image_read import read_image
 
     if not path.is_file():
         raise FileNotFoundError(f"--image {path}: file not found")

@@ -23,7 +23,7 @@ from .atomic import atomic_dir
 from .cameras import Cameras, cameras_from_json, cameras_to_json
 from .dataset_checks import check_cameras_json, check_view_folders, check_views_have_object
 from .limits import check_frames_budget, inside_folder
-from .video_decode import read_image
+from .image_read import read_image
 from .masks import composite_on_white
 
 

@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from e4d import limits
-from e4d.video_decode import DecodeConfig, decode_video, read_image
+from e4d.image_read import read_image
+from e4d.video_decode import DecodeConfig, decode_video
 
 W, H = 32, 24
 
