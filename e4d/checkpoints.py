@@ -112,8 +112,13 @@ def _read_torchscript(path: Path, prefix: str) -> dict[str, Tensor]:
     return out
 
 
-def _torch_load(path: Path, **kw) -> Any:
-    """``torch.load`` on the CPU, memory-mapped when the file is a zip archive (legacy pickles cannot be)."""
+def _torch_load(path: Path, restricted_pickle: Any = None) -> Any:
+    """``torch.load`` on the CPU, memory-mapped when the file is a zip archive (legacy pickles cannot be).
+
+    ``weights_only=True`` unless ``restricted_pickle`` (our tensor-only unpickler) is given: then torch's own
+    allow-list is replaced by that stricter one, never by plain pickle."""
+    kw = ({"weights_only": True} if restricted_pickle is None
+          else {"weights_only": False, "pickle_module": restricted_pickle})
     try:
         return torch.load(str(path), map_location="cpu", mmap=True, **kw)
     except RuntimeError as e:
@@ -125,7 +130,7 @@ def _torch_load(path: Path, **kw) -> Any:
 def _read_pickled(path: Path, hint: str) -> tuple[Any, str]:
     """The unpickled object and, when ``weights_only`` refused the file, its reason ("" otherwise)."""
     try:
-        return _torch_load(path, weights_only=True), ""
+        return _torch_load(path), ""
     except pickle.UnpicklingError as e:
         refused = str(e)
     except Exception as e:  # noqa: BLE001 -- any reader failure means an unusable file; re-raised with context
@@ -136,7 +141,7 @@ def _read_pickled(path: Path, hint: str) -> tuple[Any, str]:
     # (tests/test_syncdreamer_model.py proves a malicious __reduce__ is not executed).
     log.info("%s: objects refused by weights_only=True; reading its tensors only", path.name)
     try:
-        obj = _torch_load(path, weights_only=False, pickle_module=_restricted_pickle_module())
+        obj = _torch_load(path, _restricted_pickle_module())
     except Exception as e:  # noqa: BLE001
         raise ValueError(f"cannot read {path}: torch.load(weights_only=True) refused it ({refused[:200]}) and the "
                          f"tensor-only reader failed ({type(e).__name__}: {str(e)[:200]}); the file is corrupt, "
