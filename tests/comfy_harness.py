@@ -52,8 +52,20 @@ class PromptRejected(RuntimeError):
 
 def free_port() -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind(("", 0))  # free on every interface: the server may listen on all of them
         return s.getsockname()[1]
+
+
+def lan_address() -> Optional[str]:
+    """This machine's address on its default route (what another computer would type), or None when it has only
+    loopback. No packet is sent: connecting a UDP socket only picks the route."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("198.51.100.1", 9))  # TEST-NET-2 (never answers): any routable address picks the route
+            addr = s.getsockname()[0]
+        except OSError:
+            return None
+    return None if addr.startswith("127.") or addr == "0.0.0.0" else addr
 
 
 @dataclass
@@ -66,11 +78,13 @@ class ComfyServer:
     """The ``comfy_env`` lane this server runs."""
     start_seconds: float = 0.0
     """Seconds from launch to the first answer of ``/system_stats``."""
+    host: str = "127.0.0.1"
+    """The address clients use (a LAN address when the server listens on every interface)."""
     _object_info: Optional[dict] = field(default=None, repr=False)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     # -- HTTP ---------------------------------------------------------------------------------
     def request(self, path: str, data: Any = None, timeout: float = 30.0) -> tuple[int, Any]:
@@ -151,13 +165,16 @@ class ComfyServer:
 
 
 def start_server(base: Path, pack_dir: Path = REPO, timeout: float = 180.0, threads: int = 2,
-                 lane: Optional[str] = None, frontend: bool = False) -> ComfyServer:
+                 lane: Optional[str] = None, frontend: bool = False, listen: str = "127.0.0.1",
+                 host: Optional[str] = None) -> ComfyServer:
     """Start ComfyUI of ``lane`` (``comfy_env.LANES``; default: the in-process lane) with the pack linked into
     ``base/custom_nodes``; returns once ``/system_stats`` answers.
 
     ``frontend``: serve the lane's real frontend (``comfy_env.frontend_root``), for browser tests; otherwise an
     empty folder (no frontend files to load) is served. The settings of a returning user go into
-    ``base/user/default`` so no first-run dialog covers the canvas.
+    ``base/user/default`` so no first-run dialog covers the canvas. ``listen`` is ComfyUI's ``--listen``
+    (``0.0.0.0``: reachable from other computers, as users run it to share a GPU box); ``host``: the address the
+    returned server's ``url`` uses (default: ``listen``, or loopback for ``0.0.0.0``).
     """
     from comfy_env import DEFAULT_LANE, comfy_root, frontend_root, stubs_dir
 
@@ -185,7 +202,7 @@ def start_server(base: Path, pack_dir: Path = REPO, timeout: float = 180.0, thre
     env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
     port = free_port()
     launcher = Path(__file__).with_name("comfy_launch.py")  # torchvision/torchaudio stubs for the start-up only
-    cmd = [sys.executable, str(launcher), str(root), str(stubs_dir()), "--cpu", "--listen", "127.0.0.1", "--port",
+    cmd = [sys.executable, str(launcher), str(root), str(stubs_dir()), "--cpu", "--listen", listen, "--port",
            str(port), "--disable-auto-launch", "--disable-api-nodes", "--base-directory", str(base)]
     if fe is not None:
         cmd += ["--front-end-root", str(fe)]
@@ -193,7 +210,8 @@ def start_server(base: Path, pack_dir: Path = REPO, timeout: float = 180.0, thre
     log = open(log_path, "w")
     proc = subprocess.Popen(cmd, cwd=str(root), env=env, stdout=log, stderr=subprocess.STDOUT)
     log.close()
-    server = ComfyServer(base, port, proc, log_path, lane=lane)
+    server = ComfyServer(base, port, proc, log_path, lane=lane,
+                         host=host or ("127.0.0.1" if listen in ("0.0.0.0", "::") else listen))
     t0 = time.monotonic()
     while True:
         text = server.log_text()

@@ -64,9 +64,13 @@ NATIVE = "blob.e4d.safetensors"
 @pytest.fixture(scope="session")
 def comfy_frontend(request, tmp_path_factory):
     """ComfyUI of one lane (parametrized over ``comfy_env.lanes()``) serving that lane's real frontend, with the
-    tiny models and inputs of ``comfy_tiny`` and :data:`NATIVE`; ``.missing_writers`` as in the server tests."""
+    tiny models and inputs of ``comfy_tiny`` and :data:`NATIVE`; ``.missing_writers`` as in the server tests.
+
+    It listens on every interface (``--listen 0.0.0.0``, how a GPU box is shared) and the browser reaches it by the
+    machine's LAN address, as another computer would: the frontend, our web extension, the previews' ``/view`` URLs
+    and queueing are all tested off loopback. A machine without a LAN address falls back to loopback, except in CI."""
     from comfy_env import require_comfy
-    from comfy_harness import start_server
+    from comfy_harness import lan_address, start_server
     from comfy_tiny import prepare_base
     from e4d.export import save_native
     from e4d_scene import moving_blob
@@ -76,7 +80,11 @@ def comfy_frontend(request, tmp_path_factory):
     base = tmp_path_factory.mktemp(f"comfy_fe-{lane}")
     missing = prepare_base(base)
     save_native(moving_blob(3000), base / "input" / NATIVE)
-    server = start_server(base, lane=lane, frontend=True, threads=1)
+    host = lan_address()
+    if host is None and _in_ci():
+        pytest.fail("no LAN address: the browser tests must reach ComfyUI off loopback in CI")
+    server = start_server(base, lane=lane, frontend=True, threads=1, listen="0.0.0.0" if host else "127.0.0.1",
+                          host=host)
     server.missing_writers = missing
     server.native = NATIVE
     yield server
