@@ -60,6 +60,28 @@ def eval_sh(degree: int, coeffs: Tensor, dirs: Tensor) -> Tensor:
     return (basis[..., None] * coeffs[..., :k, :]).sum(dim=-2)
 
 
+def rotate_sh(sh: Tensor, degree: int, rot: Tensor) -> Tensor:
+    """SH coefficients ``[N, K, 3]`` of colours seen along directions ``d``, re-expressed for a rotated world (the
+    colour seen along ``d`` before is seen along ``rot @ d`` after; ``rot``: ``[3, 3]`` proper rotation). Band by
+    band, ``sh'_l = pinv(Y_l(D R^T)) Y_l(D) sh_l`` on fixed random directions ``D`` (exact: a rotation maps each
+    band's span onto itself); the constant band is unchanged."""
+    if sh.ndim != 3 or sh.shape[1] < num_sh_bases(degree) or sh.shape[2] != 3:
+        raise ValueError(f"rotate_sh: sh must be [N, K>={num_sh_bases(degree)}, 3] for degree {degree}, "
+                         f"got {tuple(sh.shape)}")
+    if degree == 0:
+        return sh
+    gen = torch.Generator().manual_seed(0)
+    dirs = torch.nn.functional.normalize(torch.randn(64, 3, generator=gen, dtype=torch.float64), dim=-1)
+    r = rot.to(torch.float64)
+    before, after = sh_basis(degree, dirs), sh_basis(degree, dirs @ r.T)  # [64, K]
+    out = sh.clone()
+    for band in range(1, degree + 1):
+        sl = slice(band * band, (band + 1) * (band + 1))
+        m = torch.linalg.pinv(after[:, sl]) @ before[:, sl]  # [2l+1, 2l+1]
+        out[:, sl] = torch.einsum("ij,njc->nic", m.to(sh.dtype), sh[:, sl])
+    return out
+
+
 def sh_to_rgb(values: Tensor) -> Tensor:
     """The 3DGS/gsplat colour activation: ``max(values + 0.5, 0)`` (no upper clamp, as in gsplat)."""
     return torch.clamp_min(values + 0.5, 0.0)

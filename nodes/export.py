@@ -46,8 +46,9 @@ class Export4D(io.ComfyNode):
             display_name="Export 4D Gaussians (Efficient4D)",
             category=CATEGORY,
             description="Write the 4D Gaussians into ComfyUI's output folder: a standard 3DGS PLY per time step "
-                        "(opens in any 3DGS viewer), the native 4D file (lossless, loads back with Load 4D "
-                        "Gaussians), a .splatv for the splaTV web viewer, and an orbit video. Returns the paths.",
+                        "(opens in any 3DGS viewer; our +Z-up axes), the native 4D file (lossless, loads back with "
+                        "Load 4D Gaussians), a .splatv for the splaTV web viewer, an orbit video, and one +Y-up PLY "
+                        "for core Preview 3D (ply_preview). Returns the paths.",
             is_output_node=True,
             inputs=[
                 E4D_GAUSSIANS4D.Input("gaussians", tooltip="The 4D Gaussians to export."),
@@ -69,8 +70,8 @@ class Export4D(io.ComfyNode):
                 io.Image.Input("frames", optional=True,
                                tooltip="Optional frames for the video (e.g. from Orbit Render 4D)."),
                 io.Float.Input("preview_time", default=0.0, min=0.0, max=1.0, step=0.01, optional=True,
-                               tooltip="Normalized time whose PLY the 'ply_preview' output names (the nearest "
-                                       "time step of the PLY sequence)."),
+                               tooltip="Normalized time of the 'ply_preview' file (the nearest time step of the "
+                                       "PLY sequence)."),
             ],
             outputs=[
                 io.String.Output(display_name="native_path", tooltip="Path of the native file ('' if not written)."),
@@ -80,9 +81,9 @@ class Export4D(io.ComfyNode):
                 io.String.Output(display_name="splat_folder",
                                  tooltip="Folder of the per-time .splat files ('' if not written)."),
                 io.String.Output(display_name="ply_preview",
-                                 tooltip="The PLY at preview_time, relative to the output folder: connect it to core "
-                                         "Preview 3D's model_file ('' without the PLY sequence). The PLY keeps our "
-                                         "+Z-up axes."),
+                                 tooltip="<prefix>_NNNNN_preview.ply: the PLY at preview_time turned +Y-up for core "
+                                         "Preview 3D (connect to its model_file; relative to the output folder). "
+                                         "The PLY sequence keeps our +Z-up axes. '' without the PLY sequence."),
             ],
         )
 
@@ -94,7 +95,7 @@ class Export4D(io.ComfyNode):
         import folder_paths
 
         from e4d.atomic import atomic_dir
-        from e4d.export import save_native, save_ply_sequence
+        from e4d.export import save_native, save_ply, save_ply_sequence
 
         g = gaussians.detach().to("cpu")
         folder, name, counter, _ = P.output_target(filename_prefix)
@@ -111,11 +112,12 @@ class Export4D(io.ComfyNode):
             times = torch.linspace(0.0, 1.0, int(ply_frames)) if ply_frames > 1 else torch.zeros(1)
             ply_dir = stem.with_name(stem.name + "ply")
             with atomic_dir(ply_dir) as tmp:  # never leave a half-written sequence
-                names = [p.name for p in save_ply_sequence(g, times, tmp, callback=C.progress_callback())]
+                save_ply_sequence(g, times, tmp, callback=C.progress_callback())
             paths["ply"] = str(ply_dir)
-            nearest = int((times - float(preview_time)).abs().argmin())
-            out_dir = folder_paths.get_output_directory()
-            preview = os.path.relpath(ply_dir / names[nearest], out_dir).replace(os.sep, "/")
+            # core Preview 3D (three.js) is +Y up: its copy of the nearest time step is turned; the sequence is not
+            nearest = float(times[int((times - float(preview_time)).abs().argmin())])
+            preview_path = save_ply(g, nearest, stem.with_name(stem.name + "preview.ply"), rotation=T.ZUP_TO_YUP)
+            preview = os.path.relpath(preview_path, folder_paths.get_output_directory()).replace(os.sep, "/")
         if splat_sequence:
             from e4d.export.splat import save_splat_sequence
 

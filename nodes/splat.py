@@ -22,6 +22,7 @@ CATEGORY = "Efficient4D/export"
 UP_AXES = ("y (ComfyUI)", "z (Efficient4D)")
 """y: rotate our +Z-up world into ComfyUI's +Y-up 3D world (core viewers, Create Camera Info); z: keep our axes."""
 
+
 def parse_times(text: str) -> list[float]:
     """``"0, 0.5, 1"`` -> normalized times; each must lie in [0, 1] and at least one is needed."""
     times = T.parse_floats(text, "times")
@@ -33,25 +34,6 @@ def parse_times(text: str) -> list[float]:
     return times
 
 
-def rotate_sh(sh: Tensor, degree: int, rot: Tensor) -> Tensor:
-    """SH coefficients ``[N, K, 3]`` of colours seen along directions ``d``, re-expressed for the rotated world
-    (new direction ``rot @ d``): band by band, ``sh'_l = pinv(Y_l(R D)) Y_l(D) sh_l`` on random directions ``D``
-    (exact: a rotation maps each band's span onto itself)."""
-    from e4d.sh import sh_basis
-
-    if degree == 0:
-        return sh
-    gen = torch.Generator().manual_seed(0)
-    dirs = torch.nn.functional.normalize(torch.randn(64, 3, generator=gen, dtype=torch.float64), dim=-1)
-    before, after = sh_basis(degree, dirs), sh_basis(degree, dirs @ rot.T)  # [64, K]
-    out = sh.clone()
-    for band in range(1, degree + 1):
-        sl = slice(band * band, (band + 1) * (band + 1))
-        m = torch.linalg.pinv(after[:, sl]) @ before[:, sl]  # [2l+1, 2l+1]
-        out[:, sl] = torch.einsum("ij,njc->nic", m.to(sh.dtype), sh[:, sl])
-    return out
-
-
 def splat_batch(g, times: list[float], y_up: bool = True):
     """Core ``Types.SPLAT`` with one item per time of ``g`` (a ``Gaussians4D``), culled Gaussians dropped."""
     from comfy_api.latest import Types
@@ -61,12 +43,8 @@ def splat_batch(g, times: list[float], y_up: bool = True):
     check_gaussians(g, "SPLAT output")
     items = []
     for t in times:
-        s = export_slice(g, t)  # batch 1, float64, CPU
+        s = export_slice(g, t, rotation=T.ZUP_TO_YUP if y_up else None)  # batch 1, float64, CPU
         means, covs, sh = s.means[0], s.covs[0], s.sh[0]
-        if y_up:
-            rot = T.ZUP_TO_YUP
-            means, covs = means @ rot.T, rot @ covs @ rot.T
-            sh = rotate_sh(sh, s.sh_degree, rot)
         scales, quats = covariance_to_scale_rotation(covs)
         items.append((means, scales, quats, s.opacities[0].clamp(0.0, 1.0)[:, None], sh))
     n = max(it[0].shape[0] for it in items)

@@ -133,7 +133,8 @@ def test_fit_render_export_load(comfy_dirs, vm, monkeypatch, user_model):
     native, ply, splatv, video, splat, preview = Export4D.execute(g, "e4d/obj", True, True, 2, True, True, 8.0, True,
                                                                   frames=img, preview_time=0.9).result
     assert all(p.startswith(str(comfy_dirs["output"])) for p in (native, ply, splatv, video, splat))
-    assert preview == os.path.relpath(ply, comfy_dirs["output"]) + "/frame_0001.ply"  # for core Preview 3D
+    assert preview == os.path.relpath(ply, comfy_dirs["output"])[:-3] + "preview.ply"  # Y-up, for core Preview 3D
+    assert (comfy_dirs["output"] / preview).is_file()
     assert sorted(os.listdir(splat)) == ["frame_0000.splat", "frame_0001.splat"]
     assert splatv.endswith("_.splatv") and os.path.getsize(splatv) > 0
     assert sorted(os.listdir(ply)) == ["frame_0000.ply", "frame_0001.ply"] and os.path.getsize(video) > 0

@@ -45,13 +45,16 @@ def covariance_to_log_scale_rotation(covs: Tensor) -> Tuple[Tensor, Tensor]:
     return torch.log(scales).float(), quats.float()
 
 
-def slice_to_ply_arrays(g: Gaussians4D, time: float, sh_degree_out: Optional[int] = None) -> Dict[str, np.ndarray]:
+def slice_to_ply_arrays(g: Gaussians4D, time: float, sh_degree_out: Optional[int] = None,
+                        rotation: Optional[Tensor] = None) -> Dict[str, np.ndarray]:
     """The PLY columns (name -> float32 ``[N']``) of ``g`` sliced at ``time``, culled Gaussians dropped.
 
     ``sh_degree_out`` pads (with zeros) or truncates the SH bands, e.g. 3 for viewers that expect 45 f_rest.
+    ``rotation`` (``[3, 3]``) writes the slice in another world's axes (:func:`~e4d.export.common.rotate_slice`),
+    e.g. a +Y-up viewer's; None keeps ours (+Z up).
     """
     check_gaussians(g, "PLY export")
-    s = export_slice(g, time)
+    s = export_slice(g, time, rotation=rotation)
     with torch.no_grad():
         means, covs, opac, sh = s.means[0], s.covs[0], s.opacities[0], s.sh[0]  # [N',3] [N',3,3] [N'] [N',K,3]
         deg = int(g.sh_degree) if sh_degree_out is None else int(sh_degree_out)
@@ -97,9 +100,11 @@ def write_ply(columns: Dict[str, np.ndarray], path: PathLike) -> Path:
     return path
 
 
-def save_ply(g: Gaussians4D, time: float, path: PathLike, sh_degree_out: Optional[int] = None) -> Path:
-    """Write the slice of ``g`` at normalized ``time`` as a standard 3DGS PLY; returns the path."""
-    return write_ply(slice_to_ply_arrays(g, time, sh_degree_out), path)
+def save_ply(g: Gaussians4D, time: float, path: PathLike, sh_degree_out: Optional[int] = None,
+             rotation: Optional[Tensor] = None) -> Path:
+    """Write the slice of ``g`` at normalized ``time`` as a standard 3DGS PLY (axes turned by ``rotation``, see
+    :func:`slice_to_ply_arrays`); returns the path."""
+    return write_ply(slice_to_ply_arrays(g, time, sh_degree_out, rotation), path)
 
 
 def save_ply_sequence(g: Gaussians4D, times: Union[Sequence[float], Tensor], folder: PathLike,
