@@ -9,6 +9,8 @@ Usage (repo root)::
     python bench/sds.py --fit              # + 500-iteration CesiumMan fit without / with SDS every 1st, 2nd step
     python bench/sds.py --fit --every 1,2,2-    # also SDS every 2nd step without carry_skipped
     python bench/sds.py --no-cuda-graphs   # eager guided UNet call (the SDSConfig.cuda_graphs=False path)
+    python bench/sds.py --batches 4 --encoder-graph both   # VAE encoder fwd/bwd eager, then from CUDA graphs
+    python bench/sds.py --steps 0 --fit --every 1 --encoder-graph both --skip-no-sds   # the PSNR guard
     python bench/sds.py --device cpu --tiny --steps 2 --batches 1     # CPU smoke run of this script
 
 Each measurement prints one JSON line. Issue 6 target: a 500-iteration fit with SDS <= 30 s on an H100.
@@ -68,10 +70,10 @@ def synthetic_vm(T: int, size: int = 256):
 
 
 def bench_steps(comps, dev: torch.device, batches: List[int], steps: int, warmup: int,
-                cuda_graphs: bool = True) -> None:
+                cuda_graphs: bool = True, graph_encoder: bool = True) -> None:
     from e4d.guidance.zero123 import SDSConfig, Zero123Guidance
 
-    guid = Zero123Guidance(comps, SDSConfig(every=1, cuda_graphs=cuda_graphs), device=dev)
+    guid = Zero123Guidance(comps, SDSConfig(every=1, cuda_graphs=cuda_graphs, graph_encoder=graph_encoder), device=dev)
     vm = synthetic_vm(16).to(dev)
     t0 = time.perf_counter()
     guid.prepare(vm)
@@ -101,7 +103,7 @@ def bench_steps(comps, dev: torch.device, batches: List[int], steps: int, warmup
         print_json({"bench": "sds_step", "B": B, "size": 256, "ms_per_step": round(ms, 2),
                     "sds_s_per_500_steps": round(ms * 0.5, 2), "peak_vram_gb": peak_vram_gb(dev),
                     "prepare_s_16_frames": round(prep, 3), "grad_finite": all(finite), "dtype": str(comps.dtype),
-                    "cuda_graphs": cuda_graphs, "env": env_info(dev),
+                    "cuda_graphs": cuda_graphs, "graph_encoder": graph_encoder and cuda_graphs, "env": env_info(dev),
                     "note": "random weights: cost only, no quality gain can be shown"})
 
 
@@ -112,7 +114,8 @@ def parse_every(spec: str) -> List[tuple]:
 
 
 def bench_fit(comps, dev: torch.device, data: Path, iterations: int, points: Optional[int] = None,
-              every: List[tuple] = ((1, True),), preset_name: str = "recommended") -> None:
+              every: List[tuple] = ((1, True),), preset_name: str = "recommended", graph_encoder: bool = True,
+              no_sds: bool = True) -> None:
     from e4d.fit import evaluate, fit, preset
     from e4d.guidance.zero123 import SDSConfig, Zero123Guidance
     from e4d.viewmatrix import load_view_matrix
@@ -122,9 +125,10 @@ def bench_fit(comps, dev: torch.device, data: Path, iterations: int, points: Opt
     test = dataclasses.replace(vm.select_views(range(16, 20)), input_images=None, input_alpha=None, input_camera=None)
     cfg = preset(preset_name, iterations=iterations, **({"num_points": points} if points else {}))
     fit(train, config=cfg.replace(iterations=min(20, iterations)))  # warm-up (kernels)
-    variants = [("no_sds", None)] + [(f"sds_every{k}" + ("" if carry else "_nocarry"),
-                                      Zero123Guidance(comps, SDSConfig(every=k, carry_skipped=carry), device=dev))
-                                     for k, carry in every]
+    variants = [("no_sds", None)] if no_sds else []
+    variants += [(f"sds_every{k}" + ("" if carry else "_nocarry"),
+                  Zero123Guidance(comps, SDSConfig(every=k, carry_skipped=carry, graph_encoder=graph_encoder),
+                                  device=dev)) for k, carry in every]
     for name, guid in variants:
         reset_peak(dev)
         try:  # fit.seconds is the loop only; guidance.prepare (16 frames encoded once) runs before it
@@ -137,6 +141,7 @@ def bench_fit(comps, dev: torch.device, data: Path, iterations: int, points: Opt
                     "preset": preset_name, "sds_every": guid.config.every if guid else None,
                     "carry_skipped": guid.config.carry_skipped if guid else None,
                     "cuda_graphs": guid.config.cuda_graphs if guid else None,
+                    "graph_encoder": guid.config.graph_encoder if guid else None,
                     "gaussians": int(res.gaussians.means.shape[0]),
                     "sds_views_per_step": cfg.times_per_batch if guid else 0, "psnr_heldout": round(held["psnr"], 3),
                     "peak_vram_gb": peak_vram_gb(dev), "target_30s_met": bool(res.seconds <= 30.0),
@@ -147,7 +152,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--batches", default="1,2,3,4", help="SDS views per step to time")
-    ap.add_argument("--steps", type=int, default=20, help="timed steps per batch size")
+    ap.add_argument("--steps", type=int, default=20, help="timed steps per batch size (0: no step timing)")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--tiny", action="store_true", help="tiny models (CPU smoke run of the script)")
     ap.add_argument("--fp32", action="store_true", help="fp32 weights (default fp16 on CUDA)")
@@ -157,6 +162,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--every", default="1,2", help="SDSConfig.every values of the --fit runs; a trailing '-' "
                                                     "(e.g. '2-') runs that value without carry_skipped")
     ap.add_argument("--no-cuda-graphs", action="store_true", help="time the SDS steps eagerly (cuda_graphs=False)")
+    ap.add_argument("--encoder-graph", default="on", choices=["on", "off", "both"],
+                    help="SDSConfig.graph_encoder: VAE encoder forward/backward replayed from CUDA graphs (on), eager "
+                         "(off; the guided UNet call stays graphed), or both one after the other")
+    ap.add_argument("--skip-no-sds", action="store_true", help="--fit: leave out the fit without SDS")
     ap.add_argument("--preset", default="recommended", help="fit preset of the --fit runs")
     ap.add_argument("--data", type=Path, default=None,
                     help="CesiumMan view-matrix folder (default: that of $E4D_SHARED or ../shared)")
@@ -164,11 +173,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     dev = pick_device(args.device)
     dtype = torch.float16 if dev.type == "cuda" and not args.fp32 else torch.float32
     comps = random_zero123(dev, dtype, args.tiny)
-    bench_steps(comps, dev, [int(b) for b in args.batches.split(",")], args.steps, args.warmup,
-                cuda_graphs=not args.no_cuda_graphs)
-    if args.fit:
-        bench_fit(comps, dev, args.data or cesium_data("cameras.json"), args.iterations, args.points,
-                  parse_every(args.every), args.preset)
+    modes = {"on": [True], "off": [False], "both": [False, True]}[args.encoder_graph]
+    for i, graph_encoder in enumerate(modes):
+        if args.steps > 0:
+            bench_steps(comps, dev, [int(b) for b in args.batches.split(",")], args.steps, args.warmup,
+                        cuda_graphs=not args.no_cuda_graphs, graph_encoder=graph_encoder)
+        if args.fit:
+            bench_fit(comps, dev, args.data or cesium_data("cameras.json"), args.iterations, args.points,
+                      parse_every(args.every), args.preset, graph_encoder=graph_encoder,
+                      no_sds=not args.skip_no_sds and i == 0)
     return 0
 
 

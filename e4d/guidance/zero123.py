@@ -23,6 +23,7 @@ from ..cameras import Cameras, orbit_cameras
 from .camera_embed import VARIANTS, orbit_coordinates, sample_relative_views, zero123_camera_embedding
 from .cfg_graph import GraphedCFG
 from .components import Zero123Components
+from .encoder_graph import GraphedEncoder, encoder_moments
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,9 @@ class SDSConfig:
     cuda_graphs: bool = True
     """On CUDA, capture the guided UNet call of an SDS step once per batch shape and replay it (same results,
     no per-step kernel launch overhead); ignored on CPU."""
+    graph_encoder: bool = True
+    """With ``cuda_graphs``, also capture the VAE encoder's forward and backward of the renders
+    (:mod:`.encoder_graph`); same kernels and results as eager, fewer launches."""
 
 
 def sds_timesteps(step: int, total: int, batch: int, t_min: float, t_max: float, anneal: bool,
@@ -185,6 +189,7 @@ class Zero123Guidance:
         self.last: dict = {}
         self.keep_debug = False
         self._graphs = GraphedCFG(cfg_noise_prediction)
+        self._encoder = GraphedEncoder()
 
     def _eps(self, unet, z_t: Tensor, t: Tensor, cond: Tensor, ref: Tensor, scale: float) -> Tensor:
         """Guided eps through the captured CUDA graph when enabled (CUDA, no grad), else eagerly."""
@@ -208,6 +213,7 @@ class Zero123Guidance:
         dtype = self.dtype or (torch.float16 if device.type == "cuda" else torch.float32)
         if self._model.device != device or self._model.dtype != dtype:
             self._graphs.clear()
+            self._encoder.clear()
             self._model.to(device=device, dtype=dtype)
         if self._alphas is None:
             self._alphas = self._model.alphas_cumprod()
@@ -288,8 +294,12 @@ class Zero123Guidance:
         comps, s = self.components, self.config.render_size
         if renders.shape[-2:] != (s, s):
             renders = F.interpolate(renders, (s, s), mode="bilinear", align_corners=False)
+        from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
         x = (renders * 2.0 - 1.0).to(comps.device, comps.dtype)  # autograd carries the gradient back across devices
-        post = comps.vae.encode(x).latent_dist
+        graphed = self.config.cuda_graphs and self.config.graph_encoder
+        moments = self._encoder(comps.vae, x) if graphed else encoder_moments(comps.vae, x)
+        post = DiagonalGaussianDistribution(moments)
         return post.sample(generator=self._gen) * comps.vae.config.scaling_factor
 
     def _sds_terms(self, renders: Tensor, time_idx: Tensor, step: int, total: int):
@@ -322,6 +332,7 @@ class Zero123Guidance:
         if self._loader is not None:
             self._model = None
         self._graphs.clear()
+        self._encoder.clear()
         self.cache, self._pending, self._alphas = None, None, None
 
 
