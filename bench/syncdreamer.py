@@ -156,6 +156,8 @@ def main(argv=None) -> int:
     ap.add_argument("--tiny", action="store_true", help="tiny CI model (script check on CPU)")
     ap.add_argument("--no-warmup", action="store_true", help="skip the 1-step warm-up run")
     ap.add_argument("--channels-last", action="store_true", help="UNet convs + input in channels_last")
+    ap.add_argument("--no-fused-norm", action="store_true",
+                    help="PyTorch's GroupNorm + activation kernels instead of the fused Triton kernel (the default)")
     ap.add_argument("--compile", nargs="?", const="default", default=None,
                     help="torch.compile the UNet with this mode (default 'default'; e.g. max-autotune-no-cudagraphs);"
                          " compile time is reported as compile_s (the untimed warm-up step)")
@@ -183,7 +185,7 @@ def main(argv=None) -> int:
     from e4d.syncdreamer.speed import accelerate
 
     accelerate(model, channels_last=a.channels_last, compile_mode=a.compile,
-               literal_depth_attention=a.literal_depth_attn, cache_dir=a.cache_dir)
+               literal_depth_attention=a.literal_depth_attn, cache_dir=a.cache_dir, fused_norm=not a.no_fused_norm)
     sync(device)
     params = sum(p.numel() for p in model.parameters())
     weights_gb = (torch.cuda.memory_allocated(device) / 2 ** 30) if device.type == "cuda" else None
@@ -202,6 +204,7 @@ def main(argv=None) -> int:
             if not a.no_warmup:  # 1 step with the same shapes: cudnn autotuning / compilation is not timed
                 run_config(model, device, k, vb, 1, a.guidance, size, cuda_graphs=graphs)
             tags = {"channels_last": a.channels_last, "compile": a.compile, "warmup_s": round(time.perf_counter() - tw, 1),
+                    "fused_norm": not a.no_fused_norm,
                     "depth_attn": "literal" if a.literal_depth_attn else "fused", "cuda_graphs": graphs,
                     "cudnn_benchmark": a.cudnn_benchmark,
                     "vae_dtype": str(model.first_stage_model.post_quant_conv.weight.dtype).replace("torch.", "")}

@@ -96,3 +96,56 @@ def test_compile_cache_is_optional_and_tolerant(tmp_path, caplog):
         assert not load_compile_cache(p)
     assert "ignoring unreadable compile cache" in caplog.text
     assert save_compile_cache(torch.nn.Linear(2, 2)) is None  # an uncompiled model has no cache file
+
+
+_TRITON_NORM_CHECK = """
+import torch, torch.nn.functional as F
+from e4d.syncdreamer.triton_norm import group_norm_act
+torch.manual_seed(0)
+acts = {"silu": F.silu, "relu": F.relu, "none": lambda v: v}
+cases = [((2, 40, 8, 8), 8, None, "silu"), ((3, 64, 5, 7), 32, torch.channels_last, "relu"),
+         ((2, 16, 3, 4, 5), 8, None, "none"), ((2, 16, 3, 4, 5), 4, torch.channels_last_3d, "silu"),
+         ((2, 160, 9, 9), 2, None, "silu")]
+for shape, groups, fmt, act in cases:
+    x = torch.randn(shape) * 3 + 5  # an offset mean: the variance must not come from E[x^2] - E[x]^2
+    x = x if fmt is None else x.contiguous(memory_format=fmt)
+    w, b = torch.randn(shape[1]), torch.randn(shape[1])
+    y = group_norm_act(x, groups, w, b, 1e-5, act)
+    ref = acts[act](F.group_norm(x, groups, w, b, 1e-5))
+    assert y.stride() == x.stride(), (shape, fmt, y.stride(), x.stride())
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
+print("ok")
+"""
+
+
+def test_triton_group_norm_kernel_in_interpreter():
+    """The fused GroupNorm + activation kernel, run by Triton's CPU interpreter: equals F.group_norm + act for
+    contiguous, channels_last and 3-D layouts, keeps the memory format (the CUDA run is in test_syncdreamer_gpu)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([sys.executable, "-c", _TRITON_NORM_CHECK], env=env, capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[1], timeout=300)
+    assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-2000:]
+
+
+def test_group_norm_act_layer_is_literal_on_cpu():
+    """Off CUDA (and for float32) the layer is GroupNorm32 followed by its activation, with the checkpoint's keys."""
+    from e4d.syncdreamer.layers import GroupNormAct
+    from e4d.syncdreamer.unet import ResBlock
+
+    torch.manual_seed(0)
+    gn = GroupNormAct(4, 8, act="silu")
+    with torch.no_grad():
+        gn.weight.normal_()
+        gn.bias.normal_()
+    x = torch.randn(2, 8, 5, 5)
+    torch.testing.assert_close(gn(x), F.silu(F.group_norm(x, 4, gn.weight, gn.bias, gn.eps)))
+    with pytest.raises(ValueError, match="act must be one of"):
+        GroupNormAct(4, 8, act="gelu")
+    keys = set(ResBlock(64, 16, 32).state_dict())
+    assert {"in_layers.0.weight", "in_layers.2.weight", "out_layers.0.bias", "out_layers.3.weight"} <= keys

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .layers import GroupNormAct
+
 
 class CrossAttention(nn.Module):
     """Multi-head attention (q/k/v without bias, out with bias) through fused ``scaled_dot_product_attention``.
@@ -77,7 +79,7 @@ class SpatialTransformer(nn.Module):
     def __init__(self, ch: int, heads: int, dim_head: int, depth: int, context_dim: int):
         super().__init__()
         inner = heads * dim_head
-        self.norm = nn.GroupNorm(32, ch, eps=1e-6, affine=True)
+        self.norm = GroupNormAct(32, ch, eps=1e-6)
         self.proj_in = nn.Conv2d(ch, inner, 1)
         self.transformer_blocks = nn.ModuleList(BasicTransformerBlock(inner, heads, dim_head, context_dim)
                                                 for _ in range(depth))
@@ -169,12 +171,15 @@ class DepthTransformer(nn.Module):
         super().__init__()
         dh = context_dim // 2
         inner = heads * dh
-        self.proj_in = nn.Sequential(nn.Conv2d(dim, inner, 1), nn.GroupNorm(8, inner), nn.SiLU())
+        # GroupNorm + activation as one layer; each Identity keeps the checkpoint's layer indices
+        self.proj_in = nn.Sequential(nn.Conv2d(dim, inner, 1), GroupNormAct(8, inner, act="silu"), nn.Identity())
         self.proj_context = nn.Sequential(nn.Conv3d(context_dim, context_dim, 1, bias=False),
-                                          nn.GroupNorm(8, context_dim), nn.ReLU())
+                                          GroupNormAct(8, context_dim, act="relu"), nn.Identity())
         self.depth_attn = DepthAttention(inner, context_dim, heads, dh)
-        self.proj_out = nn.Sequential(nn.GroupNorm(8, inner), nn.ReLU(), nn.Conv2d(inner, inner, 3, 1, 1, bias=False),
-                                      nn.GroupNorm(8, inner), nn.ReLU(), nn.Conv2d(inner, dim, 3, 1, 1, bias=False))
+        self.proj_out = nn.Sequential(GroupNormAct(8, inner, act="relu"), nn.Identity(),
+                                      nn.Conv2d(inner, inner, 3, 1, 1, bias=False),
+                                      GroupNormAct(8, inner, act="relu"), nn.Identity(),
+                                      nn.Conv2d(inner, dim, 3, 1, 1, bias=False))
 
     def forward(self, x: Tensor, context: Tensor, layout: Optional[Tuple[int, int]] = None) -> Tensor:
         """``x [B, C, H, W]``; ``context [M, Cc, D, H, W]``; ``layout = (R, Z)``: the B = (R + Z) * M rows of ``x``
@@ -210,8 +215,9 @@ class DepthTransformer(nn.Module):
     def zero_volume_value(self) -> Tensor:
         """Attention output ``[inner]`` for an all-zero volume: conv(0) = 0 (no bias), GroupNorm(0) = beta, so every
         depth sample holds relu(beta); equal logits give uniform weights and the output is ``W_v relu(beta)``."""
-        _, norm, act = self.proj_context
-        c0 = act(norm.bias if norm.bias is not None else torch.zeros(norm.num_channels, device=norm.weight.device))
+        norm = self.proj_context[1]  # GroupNorm + ReLU
+        c0 = norm.activate(norm.bias if norm.bias is not None else torch.zeros(norm.num_channels,
+                                                                                device=norm.weight.device))
         wv = self.depth_attn.to_v.weight
         return wv.reshape(wv.shape[0], -1) @ c0.to(wv.dtype)
 

@@ -1,6 +1,8 @@
-"""Small shared layers: sinusoidal timestep embedding and GroupNorm that normalises in float32."""
+"""Small shared layers: sinusoidal timestep embedding, GroupNorm that normalises in float32, GroupNorm fused with
+its activation."""
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -41,3 +43,57 @@ class LayerNorm32(nn.LayerNorm):
     def forward(self, x: Tensor) -> Tensor:
         return F.layer_norm(x.float(), self.normalized_shape, self.weight.float(), self.bias.float(),
                             self.eps).type(x.dtype)
+
+
+_ACTIVATIONS = {"none": lambda x: x, "silu": F.silu, "relu": F.relu}
+
+
+@functools.lru_cache(maxsize=None)
+def triton_available() -> bool:
+    """Whether the Triton GroupNorm kernel can be imported (Linux CUDA wheels ship Triton; others may not)."""
+    try:
+        from . import triton_norm  # noqa: F401
+    except Exception:  # noqa: BLE001 -- ImportError, or a Triton that cannot find its compiler
+        return False
+    return True
+
+
+class GroupNormAct(GroupNorm32):
+    """GroupNorm (float32 statistics, as :class:`GroupNorm32`) followed by ``act`` (``none``/``silu``/``relu``).
+
+    On CUDA half/bfloat16 tensors (outside autocast and ``torch.compile``) both run as one Triton kernel
+    (:mod:`.triton_norm`: one read for the statistics, one read and one write for the output, in the input's memory
+    format) instead of PyTorch's three kernels; elsewhere the literal ``act(GroupNorm32(x))``. Where it replaces a
+    ``GroupNorm, SiLU`` pair of the official ``nn.Sequential``, an ``nn.Identity`` keeps the checkpoint's indices.
+    """
+
+    fused: bool = True
+    """Use the Triton kernel where it applies (:func:`use_fused_group_norm` switches a whole model)."""
+
+    def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, act: str = "none"):
+        super().__init__(num_groups, num_channels, eps=eps, affine=True)
+        if act not in _ACTIVATIONS:
+            raise ValueError(f"act must be one of {tuple(_ACTIVATIONS)}, got {act!r}")
+        self.act = act
+
+    def forward(self, x: Tensor) -> Tensor:
+        if (self.fused and x.is_cuda and x.dtype in (torch.float16, torch.bfloat16) and not torch.is_autocast_enabled("cuda")
+                and not torch.compiler.is_compiling() and triton_available()):
+            from .triton_norm import group_norm_act
+
+            return group_norm_act(x, self.num_groups, self.weight, self.bias, self.eps, self.act)
+        return self.activate(super().forward(x))
+
+    def activate(self, x: Tensor) -> Tensor:
+        """This layer's activation alone."""
+        return _ACTIVATIONS[self.act](x)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, act={self.act}"
+
+
+def use_fused_group_norm(model: nn.Module, fused: bool = True) -> None:
+    """Switch every :class:`GroupNormAct` in ``model`` to the Triton kernel (where it applies) or the literal ops."""
+    for m in model.modules():
+        if isinstance(m, GroupNormAct):
+            m.fused = fused

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .attention import use_literal_depth_attention
+from .layers import use_fused_group_norm
 from .model import SyncDreamer
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,8 @@ def save_compile_cache(model: nn.Module) -> Optional[Path]:
 
 
 def accelerate(model: SyncDreamer, channels_last: bool = False, compile_mode: Optional[str] = None,
-               literal_depth_attention: bool = False, cache_dir: Optional[Union[str, Path]] = None) -> SyncDreamer:
+               literal_depth_attention: bool = False, cache_dir: Optional[Union[str, Path]] = None,
+               fused_norm: bool = True) -> SyncDreamer:
     """Configure ``model`` in place for fast sampling and return it.
 
     Args:
@@ -73,11 +75,14 @@ def accelerate(model: SyncDreamer, channels_last: bool = False, compile_mode: Op
         cache_dir: with ``compile_mode``, a folder (e.g. the user's ComfyUI temp or model folder) for the
             compiled artifacts: read here if present, written after the first compiled step. Nothing else
             (no environment variable) is changed.
+        fused_norm: GroupNorm + activation as one Triton kernel on CUDA half tensors (the default of every
+            model, :class:`~.layers.GroupNormAct`); False = PyTorch's kernels.
     """
     if compile_mode is not None and compile_mode not in COMPILE_MODES:
         raise ValueError(f"compile_mode must be one of {COMPILE_MODES} or None, got {compile_mode!r}")
     unet = model.unet
     use_literal_depth_attention(unet, literal_depth_attention)
+    use_fused_group_norm(model, fused_norm)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     for mod in unet.modules():
         if isinstance(mod, nn.Conv2d):  # 2-D only: the 1x1x1 Conv3d run as matmuls

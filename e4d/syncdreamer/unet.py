@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from .attention import DepthTransformer, SpatialTransformer
 from .dims import UNetDims
-from .layers import GroupNorm32, timestep_embedding
+from .layers import GroupNormAct, timestep_embedding
 
 # output block index -> output_conditions index (official mapping, fixed for 4 levels x 2 res blocks)
 OUTPUT_TO_CONDITION = {i: i - 3 for i in range(3, 12)}
@@ -19,9 +19,11 @@ OUTPUT_TO_CONDITION = {i: i - 3 for i in range(3, 12)}
 class ResBlock(nn.Module):
     def __init__(self, cin: int, emb_dim: int, cout: int):
         super().__init__()
-        self.in_layers = nn.Sequential(GroupNorm32(32, cin), nn.SiLU(), nn.Conv2d(cin, cout, 3, 1, 1))
+        # GroupNorm + SiLU as one layer; the Identity keeps the checkpoint's indices (in_layers.2, out_layers.3)
+        self.in_layers = nn.Sequential(GroupNormAct(32, cin, act="silu"), nn.Identity(), nn.Conv2d(cin, cout, 3, 1, 1))
         self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, cout))
-        self.out_layers = nn.Sequential(GroupNorm32(32, cout), nn.SiLU(), nn.Dropout(0.0), nn.Conv2d(cout, cout, 3, 1, 1))
+        self.out_layers = nn.Sequential(GroupNormAct(32, cout, act="silu"), nn.Identity(), nn.Dropout(0.0),
+                                        nn.Conv2d(cout, cout, 3, 1, 1))
         self.skip_connection = nn.Identity() if cin == cout else nn.Conv2d(cin, cout, 1)
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
@@ -103,7 +105,7 @@ class DepthWiseAttentionUNet(nn.Module):
                 if lvl and i == d.num_res_blocks:
                     layers.append(Upsample(ch))
                 self.output_blocks.append(TimestepSequential(*layers))
-        self.out = nn.Sequential(GroupNorm32(32, ch), nn.SiLU(), nn.Conv2d(mc, d.out_channels, 3, 1, 1))
+        self.out = nn.Sequential(GroupNormAct(32, ch, act="silu"), nn.Identity(), nn.Conv2d(mc, d.out_channels, 3, 1, 1))
 
         d0, d1, d2, d3 = d.volume_dims
         m = d.channel_mult

@@ -8,26 +8,27 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .dims import VAEDims
+from .layers import GroupNormAct
 
 SCALE_FACTOR = 0.18215
 """Latent scaling of SD-1.x (the UNet works on ``z * 0.18215``)."""
 
 
-def _norm(c: int) -> nn.GroupNorm:
-    return nn.GroupNorm(32, c, eps=1e-6, affine=True)
+def _norm(c: int, act: str = "none") -> GroupNormAct:
+    return GroupNormAct(32, c, eps=1e-6, act=act)
 
 
 class ResnetBlock(nn.Module):
     def __init__(self, cin: int, cout: int):
         super().__init__()
-        self.norm1, self.conv1 = _norm(cin), nn.Conv2d(cin, cout, 3, 1, 1)
-        self.norm2, self.conv2 = _norm(cout), nn.Conv2d(cout, cout, 3, 1, 1)
+        self.norm1, self.conv1 = _norm(cin, "silu"), nn.Conv2d(cin, cout, 3, 1, 1)
+        self.norm2, self.conv2 = _norm(cout, "silu"), nn.Conv2d(cout, cout, 3, 1, 1)
         if cin != cout:
             self.nin_shortcut = nn.Conv2d(cin, cout, 1)
 
     def forward(self, x: Tensor) -> Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.conv2(F.silu(self.norm2(h)))
+        h = self.conv1(self.norm1(x))  # norms include their SiLU
+        h = self.conv2(self.norm2(h))
         if hasattr(self, "nin_shortcut"):
             x = self.nin_shortcut(x)
         return x + h
@@ -101,7 +102,7 @@ class Encoder(nn.Module):
                 lvl.downsample = Downsample(cin)
             self.down.append(lvl)
         self.mid = _Mid(cin)
-        self.norm_out = _norm(cin)
+        self.norm_out = _norm(cin, "silu")
         self.conv_out = nn.Conv2d(cin, 2 * d.z_channels, 3, 1, 1)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -113,7 +114,7 @@ class Encoder(nn.Module):
                     h = lvl.attn[j](h)
             if hasattr(lvl, "downsample"):
                 h = lvl.downsample(h)
-        return self.conv_out(F.silu(self.norm_out(self.mid(h))))
+        return self.conv_out(self.norm_out(self.mid(h)))
 
 
 class Decoder(nn.Module):
@@ -134,7 +135,7 @@ class Decoder(nn.Module):
                 lvl.upsample = Upsample(cin)
             ups.insert(0, lvl)  # stored low-index-first, like the checkpoint's ``up.{i}``
         self.up = nn.ModuleList(ups)
-        self.norm_out = _norm(cin)
+        self.norm_out = _norm(cin, "silu")
         self.conv_out = nn.Conv2d(cin, d.out_ch, 3, 1, 1)
 
     def forward(self, z: Tensor) -> Tensor:
@@ -146,7 +147,7 @@ class Decoder(nn.Module):
                     h = lvl.attn[j](h)
             if hasattr(lvl, "upsample"):
                 h = lvl.upsample(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(self.norm_out(h))
 
 
 class AutoencoderKL(nn.Module):

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .dims import VolumeDims
+from .layers import GroupNormAct
 
 
 class Image2DResBlockWithTV(nn.Module):
@@ -20,8 +21,9 @@ class Image2DResBlockWithTV(nn.Module):
         super().__init__()
         self.time_embed = nn.Conv2d(tdim, dim, 1)
         self.view_embed = nn.Conv2d(vdim, dim, 1)
-        self.conv = nn.Sequential(nn.GroupNorm(8, dim), nn.SiLU(), nn.Conv2d(dim, dim, 3, 1, 1),
-                                  nn.GroupNorm(8, dim), nn.SiLU(), nn.Conv2d(dim, dim, 3, 1, 1))
+        # GroupNorm + SiLU as one layer; each Identity keeps the checkpoint's layer indices
+        self.conv = nn.Sequential(GroupNormAct(8, dim, act="silu"), nn.Identity(), nn.Conv2d(dim, dim, 3, 1, 1),
+                                  GroupNormAct(8, dim, act="silu"), nn.Identity(), nn.Conv2d(dim, dim, 3, 1, 1))
 
     def forward(self, x: Tensor, t: Tensor, v: Tensor) -> Tensor:
         return x + self.conv(x + self.time_embed(t) + self.view_embed(v))
@@ -36,7 +38,8 @@ class NoisyTargetViewEncoder(nn.Module):
         self.out_conv0 = Image2DResBlockWithTV(run_dim, tdim, vdim)
         self.out_conv1 = Image2DResBlockWithTV(run_dim, tdim, vdim)
         self.out_conv2 = Image2DResBlockWithTV(run_dim, tdim, vdim)
-        self.final_out = nn.Sequential(nn.GroupNorm(8, run_dim), nn.SiLU(), nn.Conv2d(run_dim, out_dim, 3, 1, 1))
+        self.final_out = nn.Sequential(GroupNormAct(8, run_dim, act="silu"), nn.Identity(),
+                                       nn.Conv2d(run_dim, out_dim, 3, 1, 1))
 
     def forward(self, x: Tensor, t: Tensor, v: Tensor) -> Tensor:
         t, v = t[..., None, None], v[..., None, None]
@@ -47,14 +50,14 @@ class NoisyTargetViewEncoder(nn.Module):
 
 
 class _PreActBlock3D(nn.Module):
-    """``x + Conv1(t) [+ Conv1(v)]`` -> GN(8) -> SiLU -> (transposed) Conv3d k3."""
+    """``x + Conv1(t) [+ Conv1(v)]`` -> GN(8) + SiLU (one layer) -> (transposed) Conv3d k3."""
 
     def __init__(self, cin: int, cout: int, tdim: int, vdim: int = 0, stride: int = 1, up: bool = False):
         super().__init__()
         self.t_conv = nn.Conv3d(tdim, cin, 1)
         if vdim:
             self.v_conv = nn.Conv3d(vdim, cin, 1)
-        norm = nn.GroupNorm(8, cin)
+        norm = GroupNormAct(8, cin, act="silu")
         if up:  # checkpoint names: ``norm`` for up-blocks, ``bn`` for the others
             self.norm = norm
             self.conv = nn.ConvTranspose3d(cin, cout, 3, stride=2, padding=1, output_padding=1)
@@ -67,7 +70,7 @@ class _PreActBlock3D(nn.Module):
         if hasattr(self, "v_conv"):
             x = x + self.v_conv(v)
         norm = self.norm if hasattr(self, "norm") else self.bn
-        return self.conv(F.silu(norm(x)))
+        return self.conv(norm(x))
 
 
 class SpatialTime3DNet(nn.Module):
