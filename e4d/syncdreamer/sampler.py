@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence, Tuple
 
@@ -178,6 +179,20 @@ def decode_views(model: SyncDreamer, latents: Tensor, batch: int = 16) -> Tensor
     return img.permute(0, 2, 3, 1).reshape(K, N, img.shape[-2], img.shape[-1], 3)
 
 
+def white_masks(images: Tensor, workers: int = 8) -> Tensor:
+    """:func:`e4d.masks.masks_from_white` of CPU images ``[F, H, W, 3]`` -> ``[F, H, W]``, split over up to
+    ``workers`` threads (OpenCV releases the GIL; the K x 16 generated views took seconds on one core)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ..masks import masks_from_white
+
+    n = max(1, min(workers, os.cpu_count() or 1, images.shape[0]))
+    if n == 1:
+        return masks_from_white(images)
+    with ThreadPoolExecutor(n) as pool:
+        return torch.cat(list(pool.map(masks_from_white, images.chunk(n))))
+
+
 def generate_view_matrix(model: SyncDreamer, frames: Tensor, alpha: Optional[Tensor] = None,
                          config: SamplerConfig = SamplerConfig(), times: Optional[Sequence[float]] = None,
                          callback: Optional[ProgressCallback] = None, estimate_alpha: bool = True):
@@ -207,11 +222,7 @@ def generate_view_matrix(model: SyncDreamer, frames: Tensor, alpha: Optional[Ten
     if tt.shape != (K,):
         raise ValueError(f"times must have K={K} entries, got {tuple(tt.shape)}")
     cams = syncdreamer16(views.shape[-2])
-    view_alpha = None
-    if estimate_alpha:
-        from ..masks import masks_from_white
-
-        view_alpha = masks_from_white(views.flatten(0, 1)).view(views.shape[:-1])
+    view_alpha = white_masks(views.flatten(0, 1)).view(views.shape[:-1]) if estimate_alpha else None
     return ViewMatrix(images=views, cameras=cams, times=tt, alpha=view_alpha,
                       input_images=frames.detach().float().cpu(),
                       input_alpha=None if alpha is None else alpha.detach().float().cpu(),
