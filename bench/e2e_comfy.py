@@ -157,6 +157,19 @@ def first_step_at(events: list, prompt_id: str, node: Optional[str]) -> Optional
     return None
 
 
+def table(rec: Dict[str, Any]) -> str:
+    """A run record as a readable table: the run's figures, then one line per node."""
+    lines = [f"{rec.get('workflow')} run {rec.get('run')}: {rec.get('status')}, wall {rec.get('wall_s')} s, queue -> "
+             f"first DDIM step {rec.get('queue_to_first_step_s')} s, device peak {rec.get('gpu_peak_gb')} GiB "
+             f"(before {rec.get('gpu_before_gb')}), torch peak allocated {rec.get('torch_peak_alloc_gb')} GiB",
+             f"  {'node':>4} {'class':28} {'s':>8} {'smi GiB':>8} {'alloc':>7} {'reserved':>8}  managed (GiB on device)"]
+    for n in rec.get("nodes", []):
+        lines.append(f"  {n['node']:>4} {n['class_type']!s:28} {n['s']:8.2f} {n.get('gpu_peak_gb')!s:>8} "
+                     f"{n.get('torch_peak_alloc_gb')!s:>7} {n.get('torch_peak_reserved_gb')!s:>8}  "
+                     f"{n.get('managed_models_gb')}")
+    return "\n".join(lines)
+
+
 # ------------------------------------------------------------------------------------------------------------------
 # workflows -> prompts
 # ------------------------------------------------------------------------------------------------------------------
@@ -398,7 +411,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     gpu.start()
     pypath = ([av] if av is not None else []) + [p for p in (site,) if p is not None]  # the stub must shadow
     server, up_s = start(root, base, pypath, tv, cpu, args.port)
-    rc = 0
+    rc, tables = 0, []
     try:
         info = server.object_info()
         missing = [n for n in ("E4D_SyncDreamerT", "E4D_Fit4DGS", "E4D_RIFELoader") if n not in info]
@@ -423,11 +436,13 @@ def main(argv: Optional[List[str]] = None) -> int:
             rec["quick"], rec["tiny"] = args.quick, args.tiny
             emit(rec, args.json_out)
             rc |= int(rec["status"] != "success")
+            tables.append(table(rec))
     finally:
         server.stop()
         gpu.stop()
     emit({"bench": "e2e_comfy", "event": "done", "wall_s": round(time.perf_counter() - t_all, 2), "rc": rc},
          args.json_out)
+    print("\n".join(tables), flush=True)
     return rc
 
 

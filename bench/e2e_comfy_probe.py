@@ -17,7 +17,7 @@ _OPEN: dict = {}
 
 
 def _loaded_models() -> list:
-    """(class name, bytes on the compute device) of every model ComfyUI's memory manager holds loaded."""
+    """(name, bytes on the compute device) of every model ComfyUI's memory manager holds loaded."""
     import comfy.model_management as mm
 
     out = []
@@ -25,7 +25,8 @@ def _loaded_models() -> list:
         try:
             patcher = lm.model
             inner = getattr(patcher, "model", None)
-            out.append((type(inner).__name__, int(patcher.loaded_size())))
+            name = getattr(inner, "name", None)  # our ModelBundle names its model
+            out.append((name if isinstance(name, str) else type(inner).__name__, int(patcher.loaded_size())))
         except Exception:  # noqa: BLE001 - a half-unloaded entry must not break the run being measured
             continue
     return out
