@@ -103,9 +103,16 @@ def profile_range(name: str):
 
 
 def pointwise_conv3d(conv: nn.Conv3d, x: Tensor) -> Tensor:
-    """A 1x1x1 Conv3d as one batched matmul ``[O, C] @ [B, C, DHW]`` (CPU has no fast 3-D conv path)."""
+    """A 1x1x1 Conv3d as one batched matmul ``[O, C] @ [B, C, DHW]`` (CPU has no fast 3-D conv path); a
+    channels_last_3d input is multiplied in place of its layout and gives a channels_last_3d result."""
     b, c = x.shape[:2]
-    y = torch.matmul(conv.weight.reshape(conv.out_channels, c), x.reshape(b, c, -1))
+    w = conv.weight.reshape(conv.out_channels, c)
+    if x.dim() == 5 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last_3d):
+        y = torch.matmul(x.permute(0, 2, 3, 4, 1), w.t())  # channels-last input: [b, D, H, W, O], no copy
+        if conv.bias is not None:
+            y = y + conv.bias
+        return y.permute(0, 4, 1, 2, 3)  # a channels_last_3d view
+    y = torch.matmul(w, x.reshape(b, c, -1))
     if conv.bias is not None:
         y = y + conv.bias[:, None]
     return y.reshape(b, conv.out_channels, *x.shape[2:])

@@ -61,7 +61,7 @@ def save_compile_cache(model: nn.Module) -> Optional[Path]:
 
 def accelerate(model: SyncDreamer, channels_last: bool = False, compile_mode: Optional[str] = None,
                literal_depth_attention: bool = False, cache_dir: Optional[Union[str, Path]] = None,
-               fused_norm: bool = True) -> SyncDreamer:
+               fused_norm: bool = True, volume_channels_last: bool = False) -> SyncDreamer:
     """Configure ``model`` in place for fast sampling and return it.
 
     Args:
@@ -77,6 +77,8 @@ def accelerate(model: SyncDreamer, channels_last: bool = False, compile_mode: Op
             (no environment variable) is changed.
         fused_norm: GroupNorm + activation as one Triton kernel on CUDA half tensors (the default of every
             model, :class:`~.layers.GroupNormAct`); False = PyTorch's kernels.
+        volume_channels_last: the spatial/frustum volume nets' conv weights in channels_last(_3d), so cuDNN runs
+            them without NCDHW <-> NDHWC transposes (the fused norms keep the layout).
     """
     if compile_mode is not None and compile_mode not in COMPILE_MODES:
         raise ValueError(f"compile_mode must be one of {COMPILE_MODES} or None, got {compile_mode!r}")
@@ -88,6 +90,13 @@ def accelerate(model: SyncDreamer, channels_last: bool = False, compile_mode: Op
         if isinstance(mod, nn.Conv2d):  # 2-D only: the 1x1x1 Conv3d run as matmuls
             mod.weight.data = mod.weight.data.contiguous(memory_format=fmt)
     unet.channels_last = channels_last
+    fmt3 = torch.channels_last_3d if volume_channels_last else torch.contiguous_format
+    for mod in model.spatial_volume.modules():  # the volume nets' convolutions then run on NDHWC / NHWC tensors
+        if isinstance(mod, (nn.Conv3d, nn.ConvTranspose3d)) and mod.weight.dim() == 5:
+            mod.weight.data = mod.weight.data.contiguous(memory_format=fmt3)
+        elif isinstance(mod, nn.Conv2d):
+            mod.weight.data = mod.weight.data.contiguous(
+                memory_format=torch.channels_last if volume_channels_last else torch.contiguous_format)
     if compile_mode is not None:
         model.compiled = True  # the sampler then leaves CUDA graphs to torch.compile
         model.compile_cache = None if cache_dir is None else compile_cache_file(cache_dir, compile_mode)
