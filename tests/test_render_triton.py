@@ -98,22 +98,16 @@ def test_triton_empty_and_culled_scene_is_background():
 
 
 def test_bin_tiles_lists_every_overlapping_tile_in_depth_order():
-    mean2d = torch.tensor([[15.5, 15.5], [3.0, 3.0], [39.0, 20.0], [-50.0, 5.0], [20.0, 8.0]], device=DEV)
-    radii = torch.tensor([[2.0, 2.0], [1.0, 1.0], [30.0, 1.0], [3.0, 3.0], [1.0, 1.0]], device=DEV)
-    on = torch.tensor([True, True, True, False, True], device=DEV)
-    depth = torch.tensor([2.0, 1.0, 0.5, 1.0, 3.0], device=DEV)
-    image = torch.tensor([0, 0, 1, 1, 1], device=DEV)
-    ids, offsets = bin_tiles(mean2d, radii, on, depth, image, 2, W, H, 16)
-    tiles = {}
-    for t in range(offsets.numel() - 1):
-        tiles[t] = ids[offsets[t]:offsets[t + 1]].tolist()
-    # 3 x 2 tiles per image; Gaussian 0 straddles the corner of tiles 0, 1, 3, 4 of image 0
-    assert tiles[0] == [1, 0] and tiles[1] == [0] and tiles[3] == [0] and tiles[4] == [0]
-    assert tiles[2] == [] and tiles[5] == []
-    # image 1: the wide Gaussian 2 (x 9..69, y 19..21) covers the second tile row (3..5); Gaussian 4 is in tile 1
-    assert tiles[6 + 1] == [4] and tiles[6 + 3] == [2] and tiles[6 + 4] == [2] and tiles[6 + 5] == [2]
-    assert tiles[6 + 0] == [] and tiles[6 + 2] == []
-    assert int(offsets[-1]) == ids.numel() == 9
+    # 2 images x 3 Gaussians = 6 pairs on a 3 x 2 tile grid; boxes are tile ranges [x0, x1) x [y0, y1)
+    box = torch.tensor([[0, 0, 2, 2], [0, 0, 1, 1], [0, 0, 0, 0], [0, 1, 3, 2], [1, 0, 2, 1], [1, 0, 2, 2]],
+                       dtype=torch.int32, device=DEV)
+    count = ((box[:, 2] - box[:, 0]) * (box[:, 3] - box[:, 1])).to(torch.int32)
+    depth = torch.tensor([2.0, 1.0, 1.0, 0.5, 3.0, 1.0], device=DEV)
+    ids, offsets = bin_tiles(box, count, depth, 3, 6, 3)
+    tiles = [ids[offsets[t]:offsets[t + 1]].tolist() for t in range(offsets.numel() - 1)]
+    assert tiles[:6] == [[1, 0], [0], [], [0], [0], []]  # image 0: pair 0 covers 2 x 2 tiles, behind pair 1
+    assert tiles[6:] == [[], [5, 4], [], [3], [3, 5], [3]]  # image 1: depth order inside each tile
+    assert int(offsets[-1]) == ids.numel() == 11
 
 
 def test_triton_batched_equals_single_calls():

@@ -1,14 +1,14 @@
 """Triton backend: a differentiable tile rasterizer that needs no compiler beyond the Triton wheel.
 
-Pipeline of one call (B time slices x C cameras = I images):
+Pipeline of one call (B time slices x C cameras = I images, N Gaussians, P = I * N pairs), one autograd Function:
 
-1. projection in torch (:mod:`e4d.render.projection`, the same code as the reference renderer, so autograd
-   differentiates it): camera-space means of every (image, Gaussian), the near/far/opacity cull, then EWA
-   means2d, conics and box radii of the kept pairs only, and their colours (SH evaluated per image in torch);
-2. tile binning and depth sort in torch: each kept pair is repeated over the 16x16 tiles its box touches, the
-   pairs are sorted by ``tile * G + depth rank`` and each tile's range is found with a bincount;
-3. alpha compositing per tile as Triton kernels (:mod:`e4d.render.triton_kernels`), wrapped in an autograd
-   Function whose backward returns the gradients of means2d, conics, opacities and colours.
+1. projection kernel (:mod:`e4d.render.triton_projection`): per pair, the EWA projection of
+   :mod:`e4d.render.projection` (means2d, conic, opacity-aware box, culling) and its tile box; colours come in
+   from torch (SH evaluated there, so autograd covers them);
+2. binning: the pairs' tile counts are summed (the one host sync: the list size), a kernel writes one
+   ``(tile << 32) | depth`` key per (pair, tile) and one sort orders every tile's list front to back;
+3. compositing per 16x16 tile (:mod:`e4d.render.triton_kernels`); the backward runs the compositing backward
+   kernel, then the projection backward kernel, and sums the per-image gradients over a slice's cameras.
 
 Triton ships with torch's Linux CUDA and ROCm wheels; on Windows it is the ``triton-windows`` wheel. The kernels
 are compiled by Triton on first use (seconds, no CUDA toolkit). With ``TRITON_INTERPRET=1`` set before the first
@@ -22,22 +22,21 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from .projection import RasterSettings, conic_and_box, depth_keep, project_pinhole
+from .projection import RasterSettings
 from .reference import sh_colors
 
 
 @dataclass(frozen=True)
 class TritonLaunch:
-    """Launch shape of the compositing kernels (speed only; results do not depend on it). Defaults: the fastest
-    of 7 shapes timed on an H200 at the fit's shape (32 images of 256^2, 50k Gaussians; bench/render.py
-    --launch-sweep times them); larger chunks spill registers (chunk 32 with 4 warps: 3.5x slower backward)."""
+    """Launch shape of the compositing kernels (speed only; results do not depend on it); bench/render.py
+    --launch-sweep times the shapes."""
 
-    chunk: int = 4
-    """Gaussians evaluated together per program step (power of two)."""
+    chunk: int = 8
+    """Gaussians per unrolled group of the forward walk (the all-pixels-done test runs once per group)."""
     warps: int = 4
     """Warps per program in the forward kernel."""
-    backward_chunk: int = 8
-    """Gaussians per program step in the backward kernel (power of two)."""
+    backward_chunk: int = 4
+    """Gaussians per unrolled group of the backward walk."""
     backward_warps: int = 4
     """Warps per program in the backward kernel."""
 
@@ -75,78 +74,110 @@ def _check_device(device: torch.device) -> None:
                      "use backend='reference' there, or move the Gaussians and cameras to a CUDA/ROCm GPU")
 
 
-class _Composite(torch.autograd.Function):
-    """Tile compositing of projected Gaussians ``feat [G, 9]``: colour sum ``[I, H, W, 3]``, transmittance
-    ``[I, H, W]``."""
+def _projection():
+    from . import triton_projection
+    return triton_projection
+
+
+PROJECT_BLOCK = 256
+"""(image, Gaussian) pairs per program of the projection kernels."""
+
+
+def bin_tiles(box: Tensor, count: Tensor, depth: Tensor, N: int, n_tiles: int, tiles_x: int) -> Tuple[Tensor, Tensor]:
+    """Tile lists of P = I * N projected pairs: ``ids [M]`` int32 (pair indices, tile-major, depth-sorted within a
+    tile) and ``offsets [I * n_tiles + 1]`` int32 (tile ``t`` owns ``ids[offsets[t]:offsets[t + 1]]``).
+
+    Args: ``box [P, 4]`` int32 tile box (x0, y0, x1, y1), ``count [P]`` int32 tiles per pair (0: culled),
+    ``depth [P]`` positive camera depths, N Gaussians per image, tiles per image and per row. One host sync (the
+    list size), one sort of int64 ``(tile << 32) | depth bits`` keys.
+    """
+    P = count.shape[0]
+    images = P // N
+    first = torch.cumsum(count, 0)
+    total = int(first[-1]) if P else 0  # the one host sync: the size of the lists
+    if total >= 2 ** 31:
+        raise ValueError(f"the triton backend handles < 2^31 (tile, Gaussian) pairs per call, got {total}; "
+                         "render fewer images per call")
+    offsets_index = torch.arange(images * n_tiles + 1, device=box.device, dtype=torch.int64)
+    if total == 0:
+        return torch.zeros(1, dtype=torch.int32, device=box.device), torch.zeros_like(offsets_index, dtype=torch.int32)
+    keys = torch.empty(total, dtype=torch.int64, device=box.device)
+    vals = torch.empty(total, dtype=torch.int32, device=box.device)
+    first = first - count
+    pk = _projection()
+    block = 128
+    pk.emit_keys[(_cdiv(P, block),)](box, count, first, depth, keys, vals, P, N, n_tiles, tiles_x, BLOCK=block)
+    keys, order = torch.sort(keys, stable=True)
+    ids = vals[order]
+    offsets = torch.searchsorted(keys >> 32, offsets_index).to(torch.int32)
+    return ids, offsets
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+class _Rasterize(torch.autograd.Function):
+    """Projection, binning and compositing of B slices x C cameras: colour sum ``[I, H, W, 3]`` and transmittance
+    ``[I, H, W]``; gradients to means ``[B, N, 3]``, covariances ``[B, N, 3, 3]``, opacities ``[B, N]`` and colours
+    (``[B, N, 3]``, shared by a slice's cameras, or ``[B * C, N, 3]`` per image)."""
 
     @staticmethod
-    def forward(ctx, feat: Tensor, ids: Tensor, offsets: Tensor, images: int, width: int, height: int,
-                launch: TritonLaunch) -> Tuple[Tensor, Tensor]:
-        k = _kernels()
-        tiles_x, tiles_y = -(-width // k.TILE), -(-height // k.TILE)
+    def forward(ctx, means: Tensor, covs: Tensor, opacities: Tensor, colors: Tensor, w2c: Tensor, K: Tensor,
+                width: int, height: int, settings: RasterSettings, launch: TritonLaunch) -> Tuple[Tensor, Tensor]:
+        k, pk = _kernels(), _projection()
+        B, N = opacities.shape
+        images = w2c.shape[0]
+        C = images // B
+        P = images * N
+        tiles_x, tiles_y = _cdiv(width, k.TILE), _cdiv(height, k.TILE)
+        n_tiles = tiles_x * tiles_y
+        dev = means.device
+        feat = torch.empty(max(P, 1), k.FEATURES, dtype=torch.float32, device=dev)
+        depth = torch.empty(P, dtype=torch.float32, device=dev)
+        box = torch.empty(P, 4, dtype=torch.int32, device=dev)
+        count = torch.empty(P, dtype=torch.int32, device=dev)
+        color_div = C if colors.shape[0] == B else 1
+        pk.project_forward[(_cdiv(P, PROJECT_BLOCK),)](
+            means, covs, opacities, colors, w2c, K, feat, depth, box, count, P, N, C, color_div, width, height,
+            tiles_x, tiles_y, float(settings.near_plane), float(settings.far_plane), float(settings.eps2d),
+            BLOCK=PROJECT_BLOCK, TS=k.TILE)
+        ids, offsets = bin_tiles(box, count, depth, N, n_tiles, tiles_x)
         color = feat.new_zeros(images, height, width, 3)
         trans = feat.new_ones(images, height, width)
-        count = torch.zeros(images, height, width, dtype=torch.int32, device=feat.device)
-        grid = (images * tiles_x * tiles_y,)
-        k.composite_forward[grid](feat, ids, offsets, color, trans, count, height, width, tiles_x,
-                                  tiles_x * tiles_y, BG=launch.chunk, TS=k.TILE, num_warps=launch.warps)
-        ctx.save_for_backward(feat, ids, offsets, color, trans, count)
-        ctx.shape = (images, width, height, tiles_x, tiles_y)
-        ctx.launch = launch
-        ctx.mark_non_differentiable(count)
+        last = torch.zeros(images, height, width, dtype=torch.int32, device=dev)
+        k.composite_forward[(images * n_tiles,)](feat, ids, offsets, color, trans, last, height, width, tiles_x,
+                                                 n_tiles, BG=launch.chunk, TS=k.TILE, num_warps=launch.warps)
+        ctx.save_for_backward(means, covs, opacities, w2c, K, feat, ids, offsets, trans, last, count)
+        ctx.shape = (B, C, N, width, height, tiles_x, n_tiles, colors.shape[0])
+        ctx.settings, ctx.launch = settings, launch
         return color, trans
 
     @staticmethod
     def backward(ctx, v_color: Tensor, v_trans: Tensor):
-        k = _kernels()
-        feat, ids, offsets, color, trans, count = ctx.saved_tensors
-        images, width, height, tiles_x, tiles_y = ctx.shape
-        grad = torch.zeros_like(feat)
-        v_color = v_color.contiguous() if v_color is not None else torch.zeros_like(color)
+        k, pk = _kernels(), _projection()
+        means, covs, opacities, w2c, K, feat, ids, offsets, trans, last, count = ctx.saved_tensors
+        B, C, N, width, height, tiles_x, n_tiles, color_rows = ctx.shape
+        images, P = B * C, B * C * N
+        v_feat = torch.zeros_like(feat)
+        v_color = v_color.contiguous() if v_color is not None else trans.new_zeros(images, height, width, 3)
         v_trans = v_trans.contiguous() if v_trans is not None else torch.zeros_like(trans)
-        grid = (images * tiles_x * tiles_y,)
-        k.composite_backward[grid](feat, ids, offsets, color, trans, count, v_color, v_trans, grad, height, width,
-                                   tiles_x, tiles_x * tiles_y, BG=ctx.launch.backward_chunk, TS=k.TILE,
-                                   num_warps=ctx.launch.backward_warps)
-        return grad, None, None, None, None, None, None
-
-
-def bin_tiles(mean2d: Tensor, radii: Tensor, on: Tensor, depth: Tensor, image: Tensor, images: int, width: int,
-              height: int, tile: int) -> Tuple[Tensor, Tensor]:
-    """Tile lists of G projected Gaussians: ``ids [M]`` int32 (tile-major, depth-sorted within a tile) and
-    ``offsets [images * n_tiles + 1]`` int32.
-
-    Args: ``mean2d [G, 2]``, ``radii [G, 2]`` (box half-sizes, pixels), ``on [G]`` bool, ``depth [G]``,
-    ``image [G]`` (image index of each Gaussian), image count and size, tile side in pixels.
-    """
-    dev = mean2d.device
-    tiles_x, tiles_y = -(-width // tile), -(-height // tile)
-    n_tiles = tiles_x * tiles_y
-    with torch.no_grad():
-        lo = torch.floor((mean2d - radii) / tile)
-        hi = torch.ceil((mean2d + radii) / tile)
-        x0 = lo[:, 0].clamp(0, tiles_x).long()
-        y0 = lo[:, 1].clamp(0, tiles_y).long()
-        x1 = hi[:, 0].clamp(0, tiles_x).long()
-        y1 = hi[:, 1].clamp(0, tiles_y).long()
-        span_x = (x1 - x0).clamp_min(0)
-        counts = span_x * (y1 - y0).clamp_min(0) * on
-        total = int(counts.sum())  # one host sync: the size of the tile lists
-        offsets = torch.zeros(images * n_tiles + 1, dtype=torch.int32, device=dev)
-        if total == 0:
-            return torch.zeros(1, dtype=torch.int32, device=dev), offsets
-        g = depth.shape[0]
-        entry = torch.repeat_interleave(torch.arange(g, device=dev), counts, output_size=total)
-        first = torch.cumsum(counts, 0) - counts
-        local = torch.arange(total, device=dev) - first[entry]
-        w = span_x[entry]
-        tile_id = image[entry] * n_tiles + (y0[entry] + local // w) * tiles_x + x0[entry] + local % w
-        rank = torch.empty(g, dtype=torch.long, device=dev)
-        rank[torch.argsort(depth)] = torch.arange(g, device=dev)
-        order = torch.argsort(tile_id * g + rank[entry])
-        ids = entry[order].to(torch.int32)
-        offsets[1:] = torch.cumsum(torch.bincount(tile_id, minlength=images * n_tiles), 0).to(torch.int32)
-    return ids, offsets
+        k.composite_backward[(images * n_tiles,)](feat, ids, offsets, trans, last, v_color, v_trans, v_feat, height,
+                                                  width, tiles_x, n_tiles, BG=ctx.launch.backward_chunk, TS=k.TILE,
+                                                  num_warps=ctx.launch.backward_warps)
+        v_means = torch.empty(P, 3, dtype=torch.float32, device=feat.device)
+        v_covs = torch.empty(P, 6, dtype=torch.float32, device=feat.device)
+        pk.project_backward[(_cdiv(P, PROJECT_BLOCK),)](
+            means, covs, opacities, w2c, K, count, v_feat, v_means, v_covs, P, N, C, width, height,
+            float(ctx.settings.eps2d), BLOCK=PROJECT_BLOCK)
+        v_means = v_means.view(B, C, N, 3).sum(1)
+        s = v_covs.view(B, C, N, 6).sum(1)
+        v_cov3 = torch.stack([s[..., 0], s[..., 1], s[..., 2], s[..., 1], s[..., 3], s[..., 4], s[..., 2], s[..., 4],
+                              s[..., 5]], -1).view(B, N, 3, 3)
+        v_feat = v_feat[:P].view(B, C, N, k.FEATURES)
+        v_opac = v_feat[..., 5].sum(1)
+        v_colors = v_feat[..., 6:9].sum(1) if color_rows == B else v_feat[..., 6:9].reshape(images, N, 3)
+        return v_means, v_cov3, v_opac, v_colors, None, None, None, None, None, None
 
 
 def render_triton(means: Tensor, covs: Tensor, opacities: Tensor, sh: Tensor, sh_degree: int,
@@ -161,36 +192,25 @@ def render_triton(means: Tensor, covs: Tensor, opacities: Tensor, sh: Tensor, sh
     the input dtype.
     """
     _check_device(means.device)
-    k = _kernels()
+    if not settings.near_plane > 0:
+        raise ValueError(f"the triton backend needs near_plane > 0 (it sorts depths as positive floats), got "
+                         f"{settings.near_plane}; use a small positive near plane such as 0.01")
     launch = launch if launch is not None else DEFAULT_LAUNCH
     dtype = means.dtype
-    f32 = lambda t: t if t.dtype == torch.float32 else t.float()  # noqa: E731  (the kernels are fp32)
+    f32 = lambda t: (t if t.dtype == torch.float32 else t.float()).contiguous()  # noqa: E731  (fp32 kernels)
     means, covs, opacities, sh, w2c, K = map(f32, (means, covs, opacities, sh, w2c, K))
     B, C = w2c.shape[:2]
     N = means.shape[1]
-    images = B * C
-    mean_c = torch.einsum("bcij,bnj->bcni", w2c[..., :3, :3], means) + w2c[:, :, None, :3, 3]  # [B, C, N, 3]
-    with torch.no_grad():
-        keep = depth_keep(mean_c[..., 2], opacities[:, None], settings)  # [B, C, N]
-        pair = keep.reshape(-1).nonzero().squeeze(-1)  # kept (image, Gaussian) pairs, G of them
-        image = pair // N
-        n = pair % N
-        b = image // C
-    flat_w2c, flat_K = w2c.reshape(images, 4, 4), K.reshape(images, 3, 3)
-    R = flat_w2c[image, :3, :3]
-    cov_c = R @ covs[b, n] @ R.transpose(-1, -2)
-    mc = mean_c.reshape(-1, 3)[pair]
-    op = opacities[b, n]
-    mean2d, cov2d = project_pinhole(mc, cov_c, flat_K[image], width, height, settings.eps2d)
-    conic, radii, on = conic_and_box(mean2d, cov2d, op, width, height)
-    campos = torch.linalg.inv(flat_w2c)[:, :3, 3] if sh_degree > 0 else None
-    colors = sh_colors(means[b, n], sh[b, n], sh_degree, campos[image] if campos is not None else None)
-    ids, offsets = bin_tiles(mean2d.detach(), radii, on, mc[:, 2].detach(), image, images, width, height, k.TILE)
-    feat = torch.cat([mean2d, conic, op[:, None], colors], 1)  # [G, 9]
-    if feat.shape[0] == 0:  # nothing kept: one inert row, so the kernels get a real pointer
-        feat = torch.cat([feat, feat.new_zeros(1, 9)])
-    feat = feat.contiguous()
-    color, trans = _Composite.apply(feat, ids, offsets, images, int(width), int(height), launch)
+    if B * C * N >= 2 ** 31:
+        raise ValueError(f"the triton backend handles < 2^31 (image, Gaussian) pairs per call, got {B * C * N}; "
+                         "render fewer images per call")
+    if sh_degree > 0:  # view-dependent colours: one row per image
+        campos = torch.linalg.inv(w2c)[..., :3, 3]  # [B, C, 3]
+        colors = sh_colors(means[:, None], sh[:, None], sh_degree, campos[:, :, None]).reshape(B * C, N, 3)
+    else:
+        colors = sh_colors(means, sh, 0, None)  # [B, N, 3]
+    color, trans = _Rasterize.apply(means, covs, opacities, colors.contiguous(), w2c.reshape(B * C, 4, 4),
+                                    K.reshape(B * C, 3, 3), int(width), int(height), settings, launch)
     color = color.reshape(B, C, height, width, 3)
     trans = trans.reshape(B, C, height, width, 1)
     rgb = color + trans * f32(backgrounds)[:, :, None, None, :]
