@@ -35,11 +35,13 @@ class RasterSettings:
     """Gaussians with camera depth above this are dropped."""
     eps2d: float = 0.3
     """Low-pass filter added to the diagonal of every projected 2D covariance, in px^2."""
-    max_elements: int = 1 << 20
-    """Reference only: pixels x Gaussians evaluated at once (bounds its memory, whatever the number of
-    Gaussians: a tile of pixels meets its Gaussians in depth-sorted chunks of ``max_elements / pixels``)."""
-    tile_size: int = 32
-    """Reference only: side of the square pixel tiles it composites one at a time."""
+    max_elements: int = 1 << 22
+    """Reference only: its memory budget, in elements. Pixels x Gaussians evaluated at once (a batch of tiles
+    meets its Gaussians in depth-sorted chunks of at most this many), and (image, Gaussian) pairs projected at
+    once. The peak is about 20 x this x the dtype's bytes (335 MB in fp32 at the default) plus the tile lists and
+    per-Gaussian tensors kept for the backward, whatever the number of Gaussians."""
+    tile_size: int = 16
+    """Reference only: side of the square pixel tiles; a tile composites only the Gaussians whose box meets it."""
 
 
 def world_to_camera(means: Tensor, covs: Tensor, w2c: Tensor) -> Tuple[Tensor, Tensor]:

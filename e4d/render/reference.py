@@ -6,11 +6,19 @@ projection and culling of :mod:`e4d.render.projection`, then per pixel (centre a
 camera depth, stopping before transmittance would drop to <= 1e-4;
 ``rgb = sum_i c_i alpha_i T_i + T_final * background``, ``alpha = 1 - T_final``.
 
-Memory is bounded whatever the number of Gaussians: the image is cut into square pixel tiles; each tile meets
-only the Gaussians whose box overlaps it, in depth-sorted chunks of ``max_elements / tile pixels``, carrying the
-transmittance from chunk to chunk (the result is that of one dense pass). Under autograd every chunk is
-checkpointed (recomputed in the backward), so what is kept for the backward is a few numbers per pixel per chunk
-plus index lists, never a pixels x Gaussians tensor. Differentiable.
+Memory is bounded whatever the number of Gaussians, and the work is vectorized across tiles and images:
+
+* images are projected in groups (at most ``max_elements`` (image, Gaussian) pairs at once, at least one image);
+* every projected Gaussian is listed, front to back, in the square pixel tiles its box overlaps (one sort per
+  group), so a tile composites only the Gaussians that can reach it;
+* tiles are composited in batches: the longest lists first, a batch of ``nt`` tiles meets its lists in chunks of
+  ``K`` Gaussians with ``nt x tile pixels x K <= max_elements``, carrying the transmittance from chunk to chunk
+  (the result is that of one dense pass); a batch stops once every pixel in it is finished.
+
+Under autograd every chunk is checkpointed (recomputed in the backward) unless the whole image fits the budget,
+so what is kept for the backward is a few numbers per pixel per chunk plus the chunk's Gaussians, never a
+pixels x Gaussians tensor: the largest intermediate is ``max_elements`` elements (times a few live
+temporaries), which is what bounds the peak. Differentiable.
 """
 from __future__ import annotations
 
@@ -26,29 +34,31 @@ from .projection import (ALPHA_THRESHOLD, MAX_ALPHA, MIN_TRANSMITTANCE, RasterSe
 
 
 def _chunk_alpha(pix: Tensor, mean2d: Tensor, conic: Tensor, opac: Tensor) -> Tensor:
-    """``alpha [P, M]`` of M Gaussians at P pixel centres (0 below 1/255 or where the quadratic form is < 0)."""
-    d = mean2d[None] - pix[:, None]  # [P, M, 2]
-    dx, dy = d[..., 0], d[..., 1]
-    sigma = 0.5 * (conic[:, 0] * dx * dx + conic[:, 2] * dy * dy) + conic[:, 1] * dx * dy
-    alpha = (opac * torch.exp(-sigma)).clamp(max=MAX_ALPHA)
+    """``alpha [..., P, M]`` of M Gaussians (``mean2d [..., M, 2]``, ``conic [..., M, 3]``, ``opac [..., M]``) at
+    P pixel centres ``pix [..., P, 2]`` (0 below 1/255 or where the quadratic form is < 0)."""
+    dx = mean2d[..., None, :, 0] - pix[..., :, None, 0]
+    dy = mean2d[..., None, :, 1] - pix[..., :, None, 1]
+    a, b, c = (conic[..., None, :, i] for i in range(3))
+    sigma = 0.5 * (a * dx * dx + c * dy * dy) + b * dx * dy
+    alpha = (opac[..., None, :] * torch.exp(-sigma)).clamp(max=MAX_ALPHA)
     return torch.where((sigma >= 0) & (alpha >= ALPHA_THRESHOLD), alpha, torch.zeros_like(alpha))
 
 
 def composite_chunk(alpha: Tensor, colors: Tensor, T_in: Tensor, probe_in: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
-    """Composite one depth-sorted chunk ``alpha [P, M]``, ``colors [M, D]`` behind transmittance ``T_in [P]``.
+    """Composite one depth-sorted chunk ``alpha [..., P, M]``, ``colors [..., M, D]`` behind ``T_in [..., P]``.
 
-    ``probe_in [P]`` (no grad) is the transmittance *including* Gaussians that were stopped at: once it is
+    ``probe_in [..., P]`` (no grad) is the transmittance *including* Gaussians that were stopped at: once it is
     <= 1e-4 the pixel is finished (gsplat stops, exclusively, at the first Gaussian that would bring the
-    transmittance to <= 1e-4, and takes nothing behind it). Returns the colour added ``[P, D]``, the
-    transmittance after the chunk ``[P]`` and the probe after it ``[P]``.
+    transmittance to <= 1e-4, and takes nothing behind it). Returns the colour added ``[..., P, D]``, the
+    transmittance after the chunk ``[..., P]`` and the probe after it ``[..., P]``.
     """
     with torch.no_grad():
-        probe = probe_in[:, None] * torch.cumprod(1.0 - alpha, dim=1)
+        probe = probe_in[..., None] * torch.cumprod(1.0 - alpha, dim=-1)
         include = probe > MIN_TRANSMITTANCE  # a prefix: the probe never increases
     alpha = alpha * include
-    T = T_in[:, None] * torch.cumprod(1.0 - alpha, dim=1)
-    T_before = torch.cat([T_in[:, None], T[:, :-1]], dim=1)
-    return (alpha * T_before) @ colors, T[:, -1], probe[:, -1]
+    T = T_in[..., None] * torch.cumprod(1.0 - alpha, dim=-1)
+    T_before = torch.cat([T_in[..., None], T[..., :-1]], dim=-1)
+    return (alpha * T_before) @ colors, T[..., -1], probe[..., -1]
 
 
 def composite(alpha: Tensor, colors: Tensor, background: Tensor) -> Tuple[Tensor, Tensor]:
@@ -65,67 +75,113 @@ def _tile_chunk(pix: Tensor, T_in: Tensor, probe_in: Tensor, mean2d: Tensor, con
     return composite_chunk(_chunk_alpha(pix, mean2d, conic, opac), colors, T_in, probe_in)
 
 
-def _composite_tile(pix: Tensor, mean2d: Tensor, conic: Tensor, opac: Tensor, colors: Tensor, chunk: int,
-                    recompute: bool) -> Tuple[Tensor, Tensor]:
-    """Colour ``[P, D]`` and transmittance ``[P]`` of one tile's pixels over its depth-sorted Gaussians;
-    ``recompute``: checkpoint every chunk (keep nothing pixels x Gaussians for the backward)."""
-    P, D = pix.shape[0], colors.shape[1]
-    rgb = pix.new_zeros(P, D)
-    T = pix.new_ones(P)
-    probe = pix.new_ones(P)
+def _tile_pixels(tiles: Tensor, tiles_x: int, ts: int, dtype: torch.dtype) -> Tensor:
+    """Pixel centres ``[nt, ts * ts, 2]`` of tiles ``tiles [nt]`` (per-image tile indices)."""
+    p = torch.arange(ts * ts, device=tiles.device)
+    x = (tiles % tiles_x)[:, None] * ts + p % ts
+    y = (tiles // tiles_x)[:, None] * ts + p // ts
+    return torch.stack([x, y], -1).to(dtype) + 0.5
+
+
+def _bin(mean2d: Tensor, radii: Tensor, image: Tensor, images: int, tiles_x: int, tiles_y: int,
+         ts: int) -> Tuple[Tensor, Tensor, Tensor]:
+    """Tile lists of G depth-sorted Gaussians: entries ``[E]`` (Gaussian row) grouped by global tile
+    (``image * tiles + tile``), front to back within a tile; list starts and lengths per global tile."""
+    n_tiles = tiles_x * tiles_y
+    lo = torch.floor((mean2d - radii) / ts)
+    hi = torch.ceil((mean2d + radii) / ts)
+    x0, y0 = lo[:, 0].clamp(0, tiles_x).long(), lo[:, 1].clamp(0, tiles_y).long()
+    span_x = (hi[:, 0].clamp(0, tiles_x).long() - x0).clamp_min(0)
+    counts = span_x * (hi[:, 1].clamp(0, tiles_y).long() - y0).clamp_min(0)
+    g = torch.repeat_interleave(torch.arange(mean2d.shape[0], device=mean2d.device), counts)
+    local = torch.arange(g.numel(), device=g.device) - (torch.cumsum(counts, 0) - counts)[g]
+    w = span_x[g]
+    tile = image[g] * n_tiles + (y0[g] + local // w) * tiles_x + x0[g] + local % w
+    tile, order = torch.sort(tile, stable=True)  # entries come in depth order: stable keeps it per tile
+    lengths = torch.bincount(tile, minlength=images * n_tiles)
+    return g[order], torch.cumsum(lengths, 0) - lengths, lengths
+
+
+def _composite_tiles(entries: Tensor, starts: Tensor, lengths: Tensor, mean2d: Tensor, conic: Tensor, opac: Tensor,
+                     colors: Tensor, images: int, tiles_x: int, tiles_y: int, ts: int, budget: int,
+                     recompute: bool) -> Tuple[Tensor, Tensor]:
+    """Colour ``[images, tiles, P, D]`` and transmittance ``[images, tiles, P]`` of every tile (P = ts * ts)."""
+    n_tiles, P, D = tiles_x * tiles_y, ts * ts, colors.shape[-1]
+    rgb = colors.new_zeros(images * n_tiles, P, D)
+    trans = colors.new_ones(images * n_tiles, P)
+    # an inert last row (opacity 0) pads the shorter lists of a batch
+    mean2d, conic = torch.cat([mean2d, mean2d.new_zeros(1, 2)]), torch.cat([conic, conic.new_zeros(1, 3)])
+    opac, colors = torch.cat([opac, opac.new_zeros(1)]), torch.cat([colors, colors.new_zeros(1, D)])
+    pad = mean2d.shape[0] - 1
     grad = recompute and torch.is_grad_enabled() and any(t.requires_grad for t in (mean2d, conic, opac, colors))
-    for start in range(0, mean2d.shape[0], chunk):
-        sl = slice(start, start + chunk)
-        args = (pix, T, probe, mean2d[sl], conic[sl], opac[sl], colors[sl])
-        part, T, probe = checkpoint(_tile_chunk, *args, use_reentrant=False) if grad else _tile_chunk(*args)
-        rgb = rgb + part
-        if not bool((probe > MIN_TRANSMITTANCE).any()):  # every pixel of the tile has stopped
-            break
-    return rgb, T
+    busy = torch.argsort(lengths, descending=True)
+    busy = busy[: int((lengths > 0).sum())]
+    lens = lengths[busy].tolist()
+    i = 0
+    while i < len(busy):
+        K = max(1, min(lens[i], budget // P))
+        nt = max(1, budget // (P * K))
+        tiles = busy[i:i + nt]
+        longest = lens[i]
+        i += nt
+        pix = _tile_pixels(tiles % n_tiles, tiles_x, ts, mean2d.dtype)
+        T = pix.new_ones(tiles.numel(), P)
+        probe = T
+        acc = None
+        for c0 in range(0, longest, K):
+            pos = c0 + torch.arange(K, device=tiles.device)
+            inside = pos[None] < lengths[tiles][:, None]
+            rows = torch.where(inside, entries[(starts[tiles][:, None] + pos[None]).clamp_max(entries.numel() - 1)],
+                               pad)  # [nt, K]
+            args = (pix, T, probe, mean2d[rows], conic[rows], opac[rows], colors[rows])
+            part, T, probe = checkpoint(_tile_chunk, *args, use_reentrant=False) if grad else _tile_chunk(*args)
+            acc = part if acc is None else acc + part
+            if c0 + K < longest and not bool((probe > MIN_TRANSMITTANCE).any()):  # every pixel has stopped
+                break
+        rgb = rgb.index_copy(0, tiles, acc)
+        trans = trans.index_copy(0, tiles, T)
+    return rgb.view(images, n_tiles, P, D), trans.view(images, n_tiles, P)
 
 
-def rasterize_image(means: Tensor, covs: Tensor, opacities: Tensor, colors: Tensor, w2c: Tensor, K: Tensor,
-                    width: int, height: int, background: Tensor,
-                    settings: RasterSettings = RasterSettings()) -> Tuple[Tensor, Tensor]:
-    """One image from world-space Gaussians: ``rgb [H, W, D]`` and ``alpha [H, W, 1]``.
+def _untile(x: Tensor, tiles_x: int, tiles_y: int, ts: int, width: int, height: int) -> Tensor:
+    """``[I, tiles, ts * ts, ...]`` tile-major values to ``[I, H, W, ...]`` images."""
+    rest = x.shape[3:]
+    x = x.reshape(x.shape[0], tiles_y, tiles_x, ts, ts, *rest).transpose(2, 3)
+    return x.reshape(x.shape[0], tiles_y * ts, tiles_x * ts, *rest)[:, :height, :width]
 
-    Args: ``means [N, 3]``, ``covs [N, 3, 3]``, ``opacities [N]``, ``colors [N, D]`` (already activated),
-    ``w2c [4, 4]``, ``K [3, 3]``, ``background [D]``.
+
+def rasterize_images(means: Tensor, covs: Tensor, opacities: Tensor, colors: Tensor, w2c: Tensor, K: Tensor,
+                     width: int, height: int, settings: RasterSettings = RasterSettings()) -> Tuple[Tensor, Tensor]:
+    """I images of one set of world-space Gaussians: colour sum ``[I, H, W, D]`` and transmittance ``[I, H, W]``
+    (no background).
+
+    Args: ``means [N, 3]``, ``covs [N, 3, 3]``, ``opacities [N]``, ``colors [N, D]`` or ``[I, N, D]`` (already
+    activated; per image for view-dependent colour), ``w2c [I, 4, 4]``, ``K [I, 3, 3]``.
     """
-    mean_c, cov_c = world_to_camera(means, covs, w2c)
-    idx = depth_keep(mean_c[:, 2], opacities, settings).nonzero().squeeze(-1)
-    mean_c, cov_c, opac, col = mean_c[idx], cov_c[idx], opacities[idx], colors[idx]
-    mean2d, cov2d = project_pinhole(mean_c, cov_c, K, width, height, settings.eps2d)
-    conic, radii, on = conic_and_box(mean2d, cov2d, opac, width, height)
+    I, N = w2c.shape[0], means.shape[0]
+    mean_c = torch.einsum("iab,nb->ina", w2c[:, :3, :3], means) + w2c[:, None, :3, 3]  # [I, N, 3]
+    with torch.no_grad():
+        pair = depth_keep(mean_c[..., 2], opacities[None], settings).reshape(-1).nonzero().squeeze(-1)
+        image, n = pair // N, pair % N
+    R = w2c[image, :3, :3]
+    cov_c = R @ covs[n] @ R.transpose(-1, -2)
+    mc, op = mean_c.reshape(-1, 3)[pair], opacities[n]
+    col = colors[n] if colors.ndim == 2 else colors.reshape(-1, colors.shape[-1])[pair]
+    mean2d, cov2d = project_pinhole(mc, cov_c, K[image], width, height, settings.eps2d)
+    conic, radii, on = conic_and_box(mean2d, cov2d, op, width, height)
     with torch.no_grad():
         sel = on.nonzero().squeeze(-1)
-        sel = sel[torch.argsort(mean_c[sel, 2], stable=True)]  # front to back
-        lo, hi = (mean2d[sel] - radii[sel]), (mean2d[sel] + radii[sel])  # boxes [M, 2]
-    mean2d, conic, opac, col = mean2d[sel], conic[sel], opac[sel], col[sel]
-    ts = int(settings.tile_size)
-    chunk = max(1, int(settings.max_elements) // (ts * ts))
-    # an image whose whole pixels x Gaussians block fits the bound keeps its intermediates (no recompute)
-    recompute = width * height * sel.numel() > int(settings.max_elements)
-    dev, dt = means.device, means.dtype
-    D = col.shape[1]
-    rgb_rows, T_rows = [], []
-    for y0 in range(0, height, ts):
-        rgb_row, T_row = [], []
-        for x0 in range(0, width, ts):
-            y1, x1 = min(y0 + ts, height), min(x0 + ts, width)
-            ys, xs = torch.meshgrid(torch.arange(y0, y1, device=dev, dtype=dt) + 0.5,
-                                    torch.arange(x0, x1, device=dev, dtype=dt) + 0.5, indexing="ij")
-            pix = torch.stack([xs.reshape(-1), ys.reshape(-1)], -1)  # [P, 2]
-            with torch.no_grad():  # Gaussians whose box overlaps the tile, still in depth order
-                t_sel = ((hi[:, 0] > x0) & (lo[:, 0] < x1) & (hi[:, 1] > y0) & (lo[:, 1] < y1)).nonzero().squeeze(-1)
-            tile_rgb, tile_T = _composite_tile(pix, mean2d[t_sel], conic[t_sel], opac[t_sel], col[t_sel], chunk,
-                                              recompute)
-            rgb_row.append(tile_rgb.reshape(y1 - y0, x1 - x0, D))
-            T_row.append(tile_T.reshape(y1 - y0, x1 - x0))
-        rgb_rows.append(torch.cat(rgb_row, 1))
-        T_rows.append(torch.cat(T_row, 1))
-    T = torch.cat(T_rows, 0)[..., None]
-    return torch.cat(rgb_rows, 0) + T * background, 1.0 - T
+        sel = sel[torch.argsort(mc[sel, 2].detach(), stable=True)]  # front to back
+    mean2d, conic, op, col, image = mean2d[sel], conic[sel], op[sel], col[sel], image[sel]
+    ts = min(int(settings.tile_size), max(width, height))  # a tile larger than the image only adds padding
+    tiles_x, tiles_y = -(-width // ts), -(-height // ts)
+    with torch.no_grad():
+        entries, starts, lengths = _bin(mean2d.detach(), radii[sel], image, I, tiles_x, tiles_y, ts)
+    # a call whose whole pixels x Gaussians block fits the bound keeps its intermediates (no recompute)
+    recompute = I * width * height * sel.numel() > int(settings.max_elements)
+    rgb, trans = _composite_tiles(entries, starts, lengths, mean2d, conic, op, col, I, tiles_x, tiles_y, ts,
+                                  int(settings.max_elements), recompute)
+    return _untile(rgb, tiles_x, tiles_y, ts, width, height), _untile(trans, tiles_x, tiles_y, ts, width, height)
 
 
 def sh_colors(means: Tensor, sh: Tensor, sh_degree: int, campos: Optional[Tensor]) -> Tensor:
@@ -147,22 +203,29 @@ def render_reference(means: Tensor, covs: Tensor, opacities: Tensor, sh: Tensor,
     """Batched reference render: ``rgb [B, C, H, W, 3]``, ``alpha [B, C, H, W, 1]``.
 
     Args: ``means [B, N, 3]``, ``covs [B, N, 3, 3]``, ``opacities [B, N]``, ``sh [B, N, K, 3]``,
-    ``w2c [B, C, 4, 4]``, ``K [B, C, 3, 3]``, ``backgrounds [B, C, 3]``.
+    ``w2c [B, C, 4, 4]``, ``K [B, C, 3, 3]``, ``backgrounds [B, C, 3]``. A slice's C images are projected
+    together, in groups of at most ``settings.max_elements`` (image, Gaussian) pairs.
     """
     B, C = w2c.shape[:2]
-    rgb_rows, alpha_rows = [], []
+    N = means.shape[1]
+    group = max(1, int(settings.max_elements) // max(N, 1))
+    rgb_rows, trans_rows = [], []
     for b in range(B):
-        rgb_row, alpha_row = [], []
-        for c in range(C):
-            col = view_colors(means[b], sh[b], sh_degree, w2c[b, c])
-            rgb, acc = rasterize_image(means[b], covs[b], opacities[b], col, w2c[b, c], K[b, c],
-                                       width, height, backgrounds[b, c], settings)
-            rgb_row.append(rgb)
-            alpha_row.append(acc)
-        rgb_rows.append(torch.stack(rgb_row))
-        alpha_rows.append(torch.stack(alpha_row))
-    return torch.stack(rgb_rows), torch.stack(alpha_rows)
+        for c0 in range(0, C, group):
+            cams = slice(c0, c0 + group)
+            if sh_degree > 0:
+                campos = torch.linalg.inv(w2c[b, cams])[:, :3, 3]
+                col = sh_colors(means[b][None], sh[b][None], sh_degree, campos[:, None])  # [c, N, 3]
+            else:
+                col = sh_colors(means[b], sh[b], 0, None)
+            rgb, trans = rasterize_images(means[b], covs[b], opacities[b], col, w2c[b, cams], K[b, cams], width,
+                                          height, settings)
+            rgb_rows.append(rgb)
+            trans_rows.append(trans)
+    rgb = torch.cat(rgb_rows).view(B, C, height, width, -1)
+    trans = torch.cat(trans_rows).view(B, C, height, width, 1)
+    return rgb + trans * backgrounds[:, :, None, None, :], 1.0 - trans
 
 
-__all__ = ["RasterSettings", "composite", "composite_chunk", "rasterize_image", "sh_colors", "view_colors",
+__all__ = ["RasterSettings", "composite", "composite_chunk", "rasterize_images", "sh_colors", "view_colors",
            "render_reference"]
