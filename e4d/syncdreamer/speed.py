@@ -59,14 +59,35 @@ def save_compile_cache(model: nn.Module) -> Optional[Path]:
     return path
 
 
+def use_channels_last(model: SyncDreamer, unet: bool = True, volume: bool = True) -> None:
+    """Convolution weights (and the UNet input) in channels_last / channels_last_3d, or back to contiguous.
+
+    ``unet``: the UNet's 2-D convolutions; ``volume``: the spatial/frustum volume nets' 2-D and 3-D ones. cuDNN
+    then runs them on NHWC / NDHWC tensors without its NCHW <-> NHWC transposes; the fused GroupNorm kernels
+    (:class:`~.layers.GroupNormAct`) keep the layout from layer to layer. Cheap when already in that layout.
+    """
+    def put(modules, fmt2, fmt3):
+        for mod in modules:
+            if isinstance(mod, (nn.Conv3d, nn.ConvTranspose3d)) and mod.weight.dim() == 5:
+                mod.weight.data = mod.weight.data.contiguous(memory_format=fmt3)
+            elif isinstance(mod, nn.Conv2d):
+                mod.weight.data = mod.weight.data.contiguous(memory_format=fmt2)
+
+    flat = torch.contiguous_format
+    # UNet: 2-D only (its 1x1x1 Conv3d run as matmuls)
+    put(model.unet.modules(), torch.channels_last if unet else flat, flat)
+    model.unet.channels_last = unet
+    put(model.spatial_volume.modules(), *((torch.channels_last, torch.channels_last_3d) if volume else (flat, flat)))
+
+
 def accelerate(model: SyncDreamer, channels_last: bool = False, compile_mode: Optional[str] = None,
                literal_depth_attention: bool = False, cache_dir: Optional[Union[str, Path]] = None,
                fused_norm: bool = True, volume_channels_last: bool = False) -> SyncDreamer:
     """Configure ``model`` in place for fast sampling and return it.
 
     Args:
-        channels_last: 2-D conv weights and the UNet input in channels_last (NHWC) memory format (slower than
-            the default in eager mode on the GPUs we measured, docs/benchmarks.md; kept as an experiment).
+        channels_last: the UNet's 2-D conv weights and input in channels_last (NHWC) memory format
+            (:func:`use_channels_last`).
         compile_mode: ``torch.compile`` the UNet and the frustum 3-D net in place with this mode (one of
             :data:`COMPILE_MODES`; shapes are static, so each new chunk size compiles once: the first step then
             takes a minute or more, not seconds; Inductor's on-disk cache shortens later runs). None = eager.
@@ -77,26 +98,14 @@ def accelerate(model: SyncDreamer, channels_last: bool = False, compile_mode: Op
             (no environment variable) is changed.
         fused_norm: GroupNorm + activation as one Triton kernel on CUDA half tensors (the default of every
             model, :class:`~.layers.GroupNormAct`); False = PyTorch's kernels.
-        volume_channels_last: the spatial/frustum volume nets' conv weights in channels_last(_3d), so cuDNN runs
-            them without NCDHW <-> NDHWC transposes (the fused norms keep the layout).
+        volume_channels_last: the spatial/frustum volume nets' conv weights in channels_last(_3d).
     """
     if compile_mode is not None and compile_mode not in COMPILE_MODES:
         raise ValueError(f"compile_mode must be one of {COMPILE_MODES} or None, got {compile_mode!r}")
     unet = model.unet
     use_literal_depth_attention(unet, literal_depth_attention)
     use_fused_group_norm(model, fused_norm)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    for mod in unet.modules():
-        if isinstance(mod, nn.Conv2d):  # 2-D only: the 1x1x1 Conv3d run as matmuls
-            mod.weight.data = mod.weight.data.contiguous(memory_format=fmt)
-    unet.channels_last = channels_last
-    fmt3 = torch.channels_last_3d if volume_channels_last else torch.contiguous_format
-    for mod in model.spatial_volume.modules():  # the volume nets' convolutions then run on NDHWC / NHWC tensors
-        if isinstance(mod, (nn.Conv3d, nn.ConvTranspose3d)) and mod.weight.dim() == 5:
-            mod.weight.data = mod.weight.data.contiguous(memory_format=fmt3)
-        elif isinstance(mod, nn.Conv2d):
-            mod.weight.data = mod.weight.data.contiguous(
-                memory_format=torch.channels_last if volume_channels_last else torch.contiguous_format)
+    use_channels_last(model, channels_last, volume_channels_last)
     if compile_mode is not None:
         model.compiled = True  # the sampler then leaves CUDA graphs to torch.compile
         model.compile_cache = None if cache_dir is None else compile_cache_file(cache_dir, compile_mode)
