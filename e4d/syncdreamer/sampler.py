@@ -21,7 +21,7 @@ from .attention import profile_range
 from .chunks import ChunkRunner
 from .model import Condition, SyncDreamer
 from .schedule import ddim_schedule, ddim_step
-from .speed import save_compile_cache
+from .speed import save_compile_cache, use_channels_last
 from .temporal import parse_kernel, smooth_volumes
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,11 @@ class SamplerConfig:
     """On CUDA, capture each chunk's frustum-net + UNet pass once per chunk size and replay it at every later step
     (same kernels, same results; removes the per-step launch overhead). Ignored on CPU, under ``autocast_dtype``
     and for ``torch.compile``d models; costs one extra eager pass per chunk size at the first step."""
+
+    channels_last: bool = False
+    """On CUDA, put the UNet's and the volume nets' convolution weights in channels_last(_3d) before sampling
+    (:func:`~.speed.use_channels_last`, changes the model in place; same numbers up to kernel choice); False
+    leaves the model's layout as it is."""
 
     def check(self) -> None:
         check_finite_fields(self)  # NaN passes every range check below
@@ -147,6 +152,8 @@ def sample_latents(model: SyncDreamer, images: Tensor, config: SamplerConfig = S
         else:
             x = _randn((1 if config.shared_noise else K, N, 4, h, h), gen, images).expand(K, -1, -1, -1, -1).clone()
         total = len(sched.timesteps)
+        if config.channels_last and dev.type == "cuda":
+            use_channels_last(model)
         runner = ChunkRunner(model, cond, config.guidance, config.scales,
                              use_graphs=config.cuda_graphs and config.autocast_dtype is None)
         for i in range(total):
