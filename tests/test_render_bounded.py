@@ -8,6 +8,7 @@ from e4d.cameras import orbit_cameras
 from e4d.gaussians4d import init_random
 from e4d.render import RasterSettings, fit_time_estimate, render, resolve_backend
 from e4d.render import backends as backend_choice
+from e4d.render import reference
 
 F64 = torch.float64
 DENSE = RasterSettings(max_elements=1 << 40, tile_size=1 << 10)  # one tile, one chunk: a dense pass
@@ -46,6 +47,32 @@ def test_chunked_reference_equals_dense_pass():
     torch.testing.assert_close(tiled.alpha, dense.alpha)
     for name in g_dense:
         torch.testing.assert_close(g_tiled[name], g_dense[name], msg=name)
+
+
+def test_chunk_backward_equals_autograd_of_the_forward():
+    """The closed-form chunk backward against autograd through the compositing forward (random tiles, some
+    pixels stopping inside the chunk, some alphas clamped at 0.999)."""
+    gen = torch.Generator().manual_seed(3)
+    nt, P, K = 3, 20, 12
+    pix = torch.rand(nt, P, 2, generator=gen, dtype=F64) * 8
+    inputs = [torch.rand(nt, P, generator=gen, dtype=F64) * 0.8 + 0.2,
+              torch.rand(nt, K, 2, generator=gen, dtype=F64) * 8,
+              torch.stack([torch.rand(nt, K, generator=gen, dtype=F64) * 0.5 + 0.1,
+                           torch.rand(nt, K, generator=gen, dtype=F64) * 0.1 - 0.05,
+                           torch.rand(nt, K, generator=gen, dtype=F64) * 0.5 + 0.1], -1),
+              torch.rand(nt, K, generator=gen, dtype=F64) * 1.2, torch.rand(nt, K, 3, generator=gen, dtype=F64)]
+    probe = inputs[0].detach() * 0.9
+    weights = [torch.randn(nt, P, 3, generator=gen, dtype=F64), torch.randn(nt, P, generator=gen, dtype=F64)]
+    grads = []
+    for fn in (lambda *x: reference._TileChunk.apply(pix, x[0], probe, *x[1:]),
+               lambda *x: reference.composite_chunk(reference._chunk_alpha(pix, *x[1:4]), x[4], x[0], probe)):
+        xs = [t.clone().requires_grad_() for t in inputs]
+        part, T, _ = fn(*xs)
+        assert T.min() < 1e-2 and (part * weights[0]).sum().abs() > 0
+        ((part * weights[0]).sum() + (T * weights[1]).sum()).backward()
+        grads.append([x.grad for x in xs])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)
 
 
 class _Largest(TorchDispatchMode):
@@ -89,8 +116,8 @@ def test_reference_memory_has_no_pixels_times_gaussians_term(num):
     assert largest <= max(4 * settings.max_elements, 16 * num), largest
     # kept for the backward: O(N) per-Gaussian values plus a few numbers per pixel per chunk (the chunk inputs)
     assert saved <= 200 * num + 8 * pixels * -(-num // chunk), saved
-    dense_largest, dense_saved = memory_use(num, DENSE)
-    assert dense_largest > 8 * largest and dense_saved > 10 * saved  # what the bound prevents
+    dense_largest, _ = memory_use(num, DENSE)
+    assert dense_largest > 8 * largest  # what the bound prevents
 
 
 def test_backend_choice_and_fit_estimate(monkeypatch, caplog):

@@ -15,10 +15,10 @@ Memory is bounded whatever the number of Gaussians, and the work is vectorized a
   ``K`` Gaussians with ``nt x tile pixels x K <= max_elements``, carrying the transmittance from chunk to chunk
   (the result is that of one dense pass); a batch stops once every pixel in it is finished.
 
-Under autograd every chunk is checkpointed (recomputed in the backward) unless the whole image fits the budget,
-so what is kept for the backward is a few numbers per pixel per chunk plus the chunk's Gaussians, never a
-pixels x Gaussians tensor: the largest intermediate is ``max_elements`` elements (times a few live
-temporaries), which is what bounds the peak. Differentiable.
+A chunk keeps only its inputs for the backward (a few numbers per pixel plus the chunk's Gaussians, never a
+pixels x Gaussians tensor); its backward recomputes the alphas and applies the compositing gradients in closed
+form. The largest intermediate is ``max_elements`` elements (times a few live temporaries), which is what
+bounds the peak. Differentiable.
 """
 from __future__ import annotations
 
@@ -26,7 +26,6 @@ from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
-from torch.utils.checkpoint import checkpoint
 
 from ..sh import SH_C0, eval_sh, sh_to_rgb
 from .projection import (ALPHA_THRESHOLD, MAX_ALPHA, MIN_TRANSMITTANCE, RasterSettings, conic_and_box,
@@ -70,9 +69,53 @@ def composite(alpha: Tensor, colors: Tensor, background: Tensor) -> Tuple[Tensor
     return rgb + T[:, None] * background, 1.0 - T[:, None]
 
 
-def _tile_chunk(pix: Tensor, T_in: Tensor, probe_in: Tensor, mean2d: Tensor, conic: Tensor, opac: Tensor,
-                colors: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
-    return composite_chunk(_chunk_alpha(pix, mean2d, conic, opac), colors, T_in, probe_in)
+class _TileChunk(torch.autograd.Function):
+    """One depth-sorted chunk of a batch of tiles: ``pix [nt, P, 2]`` (no grad), ``T_in``/``probe_in [nt, P]``,
+    ``mean2d [nt, K, 2]``, ``conic [nt, K, 3]``, ``opac [nt, K]``, ``colors [nt, K, D]`` -> colour added
+    ``[nt, P, D]``, transmittance and probe after the chunk ``[nt, P]``.
+
+    Only the inputs are kept for the backward, which recomputes the alphas and applies the compositing gradients
+    in closed form (the colour behind each Gaussian is a reverse cumulative sum), instead of autograd through
+    cumulative products.
+    """
+
+    @staticmethod
+    def forward(ctx, pix, T_in, probe_in, mean2d, conic, opac, colors):
+        part, T_out, probe = composite_chunk(_chunk_alpha(pix, mean2d, conic, opac), colors, T_in, probe_in)
+        ctx.save_for_backward(pix, T_in, probe_in, mean2d, conic, opac, colors)
+        return part, T_out, probe
+
+    @staticmethod
+    def backward(ctx, v_part, v_T_out, _v_probe):
+        pix, T_in, probe_in, mean2d, conic, opac, colors = ctx.saved_tensors
+        dx = mean2d[..., None, :, 0] - pix[..., :, None, 0]
+        dy = mean2d[..., None, :, 1] - pix[..., :, None, 1]
+        a, b, c = (conic[..., None, :, i] for i in range(3))
+        sigma = 0.5 * (a * dx * dx + c * dy * dy) + b * dx * dy
+        vis = torch.exp(-sigma)
+        raw = opac[..., None, :] * vis
+        alpha = raw.clamp(max=MAX_ALPHA)
+        alpha = torch.where((sigma >= 0) & (alpha >= ALPHA_THRESHOLD), alpha, torch.zeros_like(alpha))
+        alpha = alpha * (probe_in[..., None] * torch.cumprod(1.0 - alpha, dim=-1) > MIN_TRANSMITTANCE)
+        one_m = 1.0 - alpha
+        prod = torch.cumprod(one_m, dim=-1)
+        before = torch.cat([torch.ones_like(prod[..., :1]), prod[..., :-1]], dim=-1)  # prod of (1 - alpha) in front
+        T_before = T_in[..., None] * before
+        w = alpha * T_before
+        s = v_part @ colors.transpose(-1, -2)  # [nt, P, K]: colour gradient . Gaussian colour
+        ws = torch.cumsum(w * s, dim=-1)
+        behind = ws[..., -1:] - ws  # colour of the chunk behind each Gaussian, dotted with the gradient
+        T_out = T_in * prod[..., -1]
+        v_alpha = s * T_before - (behind + (v_T_out * T_out)[..., None]) / one_m
+        v_alpha = torch.where((alpha > 0) & (raw <= MAX_ALPHA), v_alpha, torch.zeros_like(v_alpha))
+        v_T_in = (s * alpha * before).sum(-1) + v_T_out * prod[..., -1]
+        v_sigma = -raw * v_alpha
+        v_mean2d = torch.stack([(v_sigma * (a * dx + b * dy)).sum(-2), (v_sigma * (b * dx + c * dy)).sum(-2)], -1)
+        v_conic = torch.stack([(0.5 * v_sigma * dx * dx).sum(-2), (v_sigma * dx * dy).sum(-2),
+                               (0.5 * v_sigma * dy * dy).sum(-2)], -1)
+        v_opac = (v_alpha * vis).sum(-2)
+        v_colors = w.transpose(-1, -2) @ v_part
+        return None, v_T_in, None, v_mean2d, v_conic, v_opac, v_colors
 
 
 def _tile_pixels(tiles: Tensor, tiles_x: int, ts: int, dtype: torch.dtype) -> Tensor:
@@ -103,8 +146,8 @@ def _bin(mean2d: Tensor, radii: Tensor, image: Tensor, images: int, tiles_x: int
 
 
 def _composite_tiles(entries: Tensor, starts: Tensor, lengths: Tensor, mean2d: Tensor, conic: Tensor, opac: Tensor,
-                     colors: Tensor, images: int, tiles_x: int, tiles_y: int, ts: int, budget: int,
-                     recompute: bool) -> Tuple[Tensor, Tensor]:
+                     colors: Tensor, images: int, tiles_x: int, tiles_y: int, ts: int,
+                     budget: int) -> Tuple[Tensor, Tensor]:
     """Colour ``[images, tiles, P, D]`` and transmittance ``[images, tiles, P]`` of every tile (P = ts * ts)."""
     n_tiles, P, D = tiles_x * tiles_y, ts * ts, colors.shape[-1]
     rgb = colors.new_zeros(images * n_tiles, P, D)
@@ -113,7 +156,6 @@ def _composite_tiles(entries: Tensor, starts: Tensor, lengths: Tensor, mean2d: T
     mean2d, conic = torch.cat([mean2d, mean2d.new_zeros(1, 2)]), torch.cat([conic, conic.new_zeros(1, 3)])
     opac, colors = torch.cat([opac, opac.new_zeros(1)]), torch.cat([colors, colors.new_zeros(1, D)])
     pad = mean2d.shape[0] - 1
-    grad = recompute and torch.is_grad_enabled() and any(t.requires_grad for t in (mean2d, conic, opac, colors))
     busy = torch.argsort(lengths, descending=True)
     busy = busy[: int((lengths > 0).sum())]
     lens = lengths[busy].tolist()
@@ -133,8 +175,7 @@ def _composite_tiles(entries: Tensor, starts: Tensor, lengths: Tensor, mean2d: T
             inside = pos[None] < lengths[tiles][:, None]
             rows = torch.where(inside, entries[(starts[tiles][:, None] + pos[None]).clamp_max(entries.numel() - 1)],
                                pad)  # [nt, K]
-            args = (pix, T, probe, mean2d[rows], conic[rows], opac[rows], colors[rows])
-            part, T, probe = checkpoint(_tile_chunk, *args, use_reentrant=False) if grad else _tile_chunk(*args)
+            part, T, probe = _TileChunk.apply(pix, T, probe, mean2d[rows], conic[rows], opac[rows], colors[rows])
             acc = part if acc is None else acc + part
             if c0 + K < longest and not bool((probe > MIN_TRANSMITTANCE).any()):  # every pixel has stopped
                 break
@@ -177,10 +218,8 @@ def rasterize_images(means: Tensor, covs: Tensor, opacities: Tensor, colors: Ten
     tiles_x, tiles_y = -(-width // ts), -(-height // ts)
     with torch.no_grad():
         entries, starts, lengths = _bin(mean2d.detach(), radii[sel], image, I, tiles_x, tiles_y, ts)
-    # a call whose whole pixels x Gaussians block fits the bound keeps its intermediates (no recompute)
-    recompute = I * width * height * sel.numel() > int(settings.max_elements)
     rgb, trans = _composite_tiles(entries, starts, lengths, mean2d, conic, op, col, I, tiles_x, tiles_y, ts,
-                                  int(settings.max_elements), recompute)
+                                  int(settings.max_elements))
     return _untile(rgb, tiles_x, tiles_y, ts, width, height), _untile(trans, tiles_x, tiles_y, ts, width, height)
 
 
