@@ -29,7 +29,7 @@ from torch import Tensor
 
 from ..sh import SH_C0, eval_sh, sh_to_rgb
 from .projection import (ALPHA_THRESHOLD, MAX_ALPHA, MIN_TRANSMITTANCE, RasterSettings, conic_and_box,
-                         depth_keep, project_pinhole, world_to_camera)
+                         depth_keep, element_budget, project_pinhole)
 
 
 def _chunk_alpha(pix: Tensor, mean2d: Tensor, conic: Tensor, opac: Tensor) -> Tensor:
@@ -219,7 +219,7 @@ def rasterize_images(means: Tensor, covs: Tensor, opacities: Tensor, colors: Ten
     with torch.no_grad():
         entries, starts, lengths = _bin(mean2d.detach(), radii[sel], image, I, tiles_x, tiles_y, ts)
     rgb, trans = _composite_tiles(entries, starts, lengths, mean2d, conic, op, col, I, tiles_x, tiles_y, ts,
-                                  int(settings.max_elements))
+                                  element_budget(settings, means.device))
     return _untile(rgb, tiles_x, tiles_y, ts, width, height), _untile(trans, tiles_x, tiles_y, ts, width, height)
 
 
@@ -247,7 +247,7 @@ def render_reference(means: Tensor, covs: Tensor, opacities: Tensor, sh: Tensor,
     """
     B, C = w2c.shape[:2]
     N = means.shape[1]
-    group = max(1, int(settings.max_elements) // max(N, 1))
+    group = max(1, element_budget(settings, means.device) // max(N, 1))
     rgb_rows, trans_rows = [], []
     for b in range(B):
         for c0 in range(0, C, group):
