@@ -26,6 +26,7 @@ from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 from ..sh import SH_C0, eval_sh, sh_to_rgb
 from .projection import (ALPHA_THRESHOLD, MAX_ALPHA, MIN_TRANSMITTANCE, RasterSettings, conic_and_box,
@@ -191,15 +192,11 @@ def _untile(x: Tensor, tiles_x: int, tiles_y: int, ts: int, width: int, height: 
     return x.reshape(x.shape[0], tiles_y * ts, tiles_x * ts, *rest)[:, :height, :width]
 
 
-def rasterize_images(means: Tensor, covs: Tensor, opacities: Tensor, colors: Tensor, w2c: Tensor, K: Tensor,
-                     width: int, height: int, settings: RasterSettings = RasterSettings()) -> Tuple[Tensor, Tensor]:
-    """I images of one set of world-space Gaussians: colour sum ``[I, H, W, D]`` and transmittance ``[I, H, W]``
-    (no background).
-
-    Args: ``means [N, 3]``, ``covs [N, 3, 3]``, ``opacities [N]``, ``colors [N, D]`` or ``[I, N, D]`` (already
-    activated; per image for view-dependent colour), ``w2c [I, 4, 4]``, ``K [I, 3, 3]``.
-    """
-    I, N = w2c.shape[0], means.shape[0]
+def _project(means: Tensor, covs: Tensor, opacities: Tensor, colors: Tensor, w2c: Tensor, K: Tensor, width: int,
+             height: int, settings: RasterSettings) -> Tuple[Tensor, ...]:
+    """The (image, Gaussian) pairs that reach an image, front to back: pixel means ``[G, 2]``, conics ``[G, 3]``,
+    opacities ``[G]``, colours ``[G, D]``, box radii ``[G, 2]`` and image indices ``[G]``."""
+    N = means.shape[0]
     mean_c = torch.einsum("iab,nb->ina", w2c[:, :3, :3], means) + w2c[:, None, :3, 3]  # [I, N, 3]
     with torch.no_grad():
         pair = depth_keep(mean_c[..., 2], opacities[None], settings).reshape(-1).nonzero().squeeze(-1)
@@ -213,11 +210,28 @@ def rasterize_images(means: Tensor, covs: Tensor, opacities: Tensor, colors: Ten
     with torch.no_grad():
         sel = on.nonzero().squeeze(-1)
         sel = sel[torch.argsort(mc[sel, 2].detach(), stable=True)]  # front to back
-    mean2d, conic, op, col, image = mean2d[sel], conic[sel], op[sel], col[sel], image[sel]
+    return mean2d[sel], conic[sel], op[sel], col[sel], radii[sel], image[sel]
+
+
+def rasterize_images(means: Tensor, covs: Tensor, opacities: Tensor, colors: Tensor, w2c: Tensor, K: Tensor,
+                     width: int, height: int, settings: RasterSettings = RasterSettings()) -> Tuple[Tensor, Tensor]:
+    """I images of one set of world-space Gaussians: colour sum ``[I, H, W, D]`` and transmittance ``[I, H, W]``
+    (no background).
+
+    Args: ``means [N, 3]``, ``covs [N, 3, 3]``, ``opacities [N]``, ``colors [N, D]`` or ``[I, N, D]`` (already
+    activated; per image for view-dependent colour), ``w2c [I, 4, 4]``, ``K [I, 3, 3]``.
+    """
+    I = w2c.shape[0]
+    args = (means, covs, opacities, colors, w2c, K, width, height, settings)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (means, covs, opacities, colors)):
+        # recomputed in the backward: keeps O(kept pairs) outputs instead of every pair's 3x3 intermediates
+        mean2d, conic, op, col, radii, image = checkpoint(_project, *args, use_reentrant=False)
+    else:
+        mean2d, conic, op, col, radii, image = _project(*args)
     ts = min(int(settings.tile_size), max(width, height))  # a tile larger than the image only adds padding
     tiles_x, tiles_y = -(-width // ts), -(-height // ts)
     with torch.no_grad():
-        entries, starts, lengths = _bin(mean2d.detach(), radii[sel], image, I, tiles_x, tiles_y, ts)
+        entries, starts, lengths = _bin(mean2d.detach(), radii, image, I, tiles_x, tiles_y, ts)
     rgb, trans = _composite_tiles(entries, starts, lengths, mean2d, conic, op, col, I, tiles_x, tiles_y, ts,
                                   element_budget(settings, means.device))
     return _untile(rgb, tiles_x, tiles_y, ts, width, height), _untile(trans, tiles_x, tiles_y, ts, width, height)

@@ -28,8 +28,10 @@ from .reference import sh_colors
 
 @dataclass(frozen=True)
 class TritonLaunch:
-    """Launch shape of the compositing kernels (speed only; results do not depend on it); bench/render.py
-    --launch-sweep times the shapes."""
+    """A fixed launch shape of the compositing kernels (speed only; results do not depend on it). Without one,
+    a GPU render times a few shapes on its first call per image size and keeps the fastest (Triton's autotuner,
+    :data:`e4d.render.triton_kernels.FORWARD_CONFIGS` / ``BACKWARD_CONFIGS``); the CPU interpreter uses the
+    defaults below. bench/render.py --launch-sweep times shapes."""
 
     chunk: int = 8
     """Gaussians per unrolled group of the forward walk (the all-pixels-done test runs once per group)."""
@@ -39,10 +41,13 @@ class TritonLaunch:
     """Gaussians per unrolled group of the backward walk."""
     backward_warps: int = 4
     """Warps per program in the backward kernel."""
+    warp_partials: bool = True
+    """Backward: one atomic per warp row and field (True, no block-wide barrier) or a block-wide sum first."""
 
 
-DEFAULT_LAUNCH = TritonLaunch()
-"""Launch shape used when ``render_triton`` gets none (benchmarks may replace it to compare shapes)."""
+DEFAULT_LAUNCH: Optional[TritonLaunch] = None
+"""Launch shape used when ``render_triton`` gets none: None = timed per image size on the GPU (benchmarks may
+set a fixed shape to compare)."""
 
 
 def triton_available() -> bool:
@@ -124,7 +129,8 @@ class _Rasterize(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, means: Tensor, covs: Tensor, opacities: Tensor, colors: Tensor, w2c: Tensor, K: Tensor,
-                width: int, height: int, settings: RasterSettings, launch: TritonLaunch) -> Tuple[Tensor, Tensor]:
+                width: int, height: int, settings: RasterSettings,
+                launch: Optional[TritonLaunch]) -> Tuple[Tensor, Tensor]:
         k, pk = _kernels(), _projection()
         B, N = opacities.shape
         images = w2c.shape[0]
@@ -146,8 +152,11 @@ class _Rasterize(torch.autograd.Function):
         color = feat.new_zeros(images, height, width, 3)
         trans = feat.new_ones(images, height, width)
         last = torch.zeros(images, height, width, dtype=torch.int32, device=dev)
-        k.composite_forward[(images * n_tiles,)](feat, ids, offsets, color, trans, last, height, width, tiles_x,
-                                                 n_tiles, BG=launch.chunk, TS=k.TILE, num_warps=launch.warps)
+        args = (feat, ids, offsets, color, trans, last, height, width, tiles_x, n_tiles)
+        if launch is None:
+            k.composite_forward_tuned[(images * n_tiles,)](*args, TS=k.TILE)
+        else:
+            k.composite_forward[(images * n_tiles,)](*args, BG=launch.chunk, TS=k.TILE, num_warps=launch.warps)
         ctx.save_for_backward(means, covs, opacities, w2c, K, feat, ids, offsets, trans, last, count)
         ctx.shape = (B, C, N, width, height, tiles_x, n_tiles, colors.shape[0])
         ctx.settings, ctx.launch = settings, launch
@@ -162,9 +171,14 @@ class _Rasterize(torch.autograd.Function):
         v_feat = torch.zeros_like(feat)
         v_color = v_color.contiguous() if v_color is not None else trans.new_zeros(images, height, width, 3)
         v_trans = v_trans.contiguous() if v_trans is not None else torch.zeros_like(trans)
-        k.composite_backward[(images * n_tiles,)](feat, ids, offsets, trans, last, v_color, v_trans, v_feat, height,
-                                                  width, tiles_x, n_tiles, BG=ctx.launch.backward_chunk, TS=k.TILE,
-                                                  num_warps=ctx.launch.backward_warps)
+        args = (feat, ids, offsets, trans, last, v_color, v_trans, v_feat, height, width, tiles_x, n_tiles)
+        launch = ctx.launch
+        if launch is None:
+            k.composite_backward_tuned[(images * n_tiles,)](*args, TS=k.TILE)
+        else:
+            k.composite_backward[(images * n_tiles,)](*args, BG=launch.backward_chunk, TS=k.TILE,
+                                                      WARP_PARTIALS=launch.warp_partials,
+                                                      num_warps=launch.backward_warps)
         v_means = torch.empty(P, 3, dtype=torch.float32, device=feat.device)
         v_covs = torch.empty(P, 6, dtype=torch.float32, device=feat.device)
         pk.project_backward[(_cdiv(P, PROJECT_BLOCK),)](
@@ -196,6 +210,8 @@ def render_triton(means: Tensor, covs: Tensor, opacities: Tensor, sh: Tensor, sh
         raise ValueError(f"the triton backend needs near_plane > 0 (it sorts depths as positive floats), got "
                          f"{settings.near_plane}; use a small positive near plane such as 0.01")
     launch = launch if launch is not None else DEFAULT_LAUNCH
+    if launch is None and _kernels().INTERPRETED:  # timing launch shapes means nothing in the interpreter
+        launch = TritonLaunch()
     dtype = means.dtype
     f32 = lambda t: (t if t.dtype == torch.float32 else t.float()).contiguous()  # noqa: E731  (fp32 kernels)
     means, covs, opacities, sh, w2c, K = map(f32, (means, covs, opacities, sh, w2c, K))
