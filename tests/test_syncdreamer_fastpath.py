@@ -105,7 +105,8 @@ torch.manual_seed(0)
 acts = {"silu": F.silu, "relu": F.relu, "none": lambda v: v}
 cases = [((2, 40, 8, 8), 8, None, "silu"), ((3, 64, 5, 7), 32, torch.channels_last, "relu"),
          ((2, 16, 3, 4, 5), 8, None, "none"), ((2, 16, 3, 4, 5), 4, torch.channels_last_3d, "silu"),
-         ((2, 160, 9, 9), 2, None, "silu")]
+         ((2, 160, 9, 9), 2, None, "silu"),
+         ((1, 16, 40, 40), 2, None, "silu"), ((1, 32, 30, 30), 4, torch.channels_last, "relu")]  # split groups
 for shape, groups, fmt, act in cases:
     x = torch.randn(shape) * 3 + 5  # an offset mean: the variance must not come from E[x^2] - E[x]^2
     x = x if fmt is None else x.contiguous(memory_format=fmt)

@@ -173,3 +173,20 @@ def test_fused_norm_fast_path_matches_native_on_fixture(shared_dir, ref):
     err = ((fused - native).abs().max() / native.abs().max()).item()
     print(f"fused vs native GroupNorm, fp16 fixture eps: rel {err:.5f}")
     assert err < 5e-3
+
+
+def test_channels_last_matches_contiguous_on_fixture(shared_dir, ref):
+    """The sampler's default channels_last convolutions (UNet + volume nets) vs contiguous ones, fp16 fixture."""
+    from e4d.syncdreamer.loader import load_syncdreamer
+    from e4d.syncdreamer.speed import use_channels_last
+
+    m = load_syncdreamer(shared_dir / "reference" / "syncdreamer" / "weights.safetensors", dtype=torch.float16,
+                         device="cuda")
+    use_channels_last(m, unet=False, volume=False)
+    vol_a, flat = _eps(m, ref, torch.device("cuda"))
+    use_channels_last(m)
+    vol_b, cl = _eps(m, ref, torch.device("cuda"))
+    err = ((cl - flat).abs().max() / flat.abs().max()).item()
+    verr = ((vol_b - vol_a).abs().max() / vol_a.abs().max()).item()
+    print(f"channels_last vs contiguous, fp16 fixture: eps rel {err:.5f}, volume rel {verr:.5f}")
+    assert err < 5e-3 and verr < 5e-3

@@ -3,11 +3,14 @@ its activation."""
 from __future__ import annotations
 
 import functools
+import logging
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+log = logging.getLogger(__name__)
 
 
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
@@ -48,14 +51,29 @@ class LayerNorm32(nn.LayerNorm):
 _ACTIVATIONS = {"none": lambda x: x, "silu": F.silu, "relu": F.relu}
 
 
+_FUSED_OFF: set = set()
+"""Holds ``"failed"`` after a fused-norm launch failed in this process (PyTorch's kernels from then on)."""
+
+
 @functools.lru_cache(maxsize=None)
-def triton_available() -> bool:
-    """Whether the Triton GroupNorm kernel can be imported (Linux CUDA wheels ship Triton; others may not)."""
+def _triton_importable() -> bool:
     try:
         from . import triton_norm  # noqa: F401
     except Exception:  # noqa: BLE001 -- ImportError, or a Triton that cannot find its compiler
         return False
     return True
+
+
+def triton_available() -> bool:
+    """Whether the Triton GroupNorm kernel can be used: importable (Linux CUDA wheels ship Triton; other platforms
+    may not) and no launch has failed in this process."""
+    return not _FUSED_OFF and _triton_importable()
+
+
+def _fused_failed(err: Exception) -> None:
+    log.warning("fused GroupNorm kernel failed (%s: %s); using PyTorch's GroupNorm from now on",
+                type(err).__name__, str(err)[:300])
+    _FUSED_OFF.add("failed")
 
 
 class GroupNormAct(GroupNorm32):
@@ -77,11 +95,14 @@ class GroupNormAct(GroupNorm32):
         self.act = act
 
     def forward(self, x: Tensor) -> Tensor:
-        if (self.fused and x.is_cuda and x.dtype in (torch.float16, torch.bfloat16) and not torch.is_autocast_enabled("cuda")
-                and not torch.compiler.is_compiling() and triton_available()):
+        if (self.fused and x.is_cuda and x.dtype in (torch.float16, torch.bfloat16)
+                and not torch.is_autocast_enabled("cuda") and not torch.compiler.is_compiling() and triton_available()):
             from .triton_norm import group_norm_act
 
-            return group_norm_act(x, self.num_groups, self.weight, self.bias, self.eps, self.act)
+            try:
+                return group_norm_act(x, self.num_groups, self.weight, self.bias, self.eps, self.act)
+            except Exception as e:  # noqa: BLE001 -- a Triton/driver problem must not stop sampling: native ops
+                _fused_failed(e)
         return self.activate(super().forward(x))
 
     def activate(self, x: Tensor) -> Tensor:

@@ -58,10 +58,11 @@ class SamplerConfig:
     (same kernels, same results; removes the per-step launch overhead). Ignored on CPU, under ``autocast_dtype``
     and for ``torch.compile``d models; costs one extra eager pass per chunk size at the first step."""
 
-    channels_last: bool = False
+    channels_last: bool = True
     """On CUDA, put the UNet's and the volume nets' convolution weights in channels_last(_3d) before sampling
-    (:func:`~.speed.use_channels_last`, changes the model in place; same numbers up to kernel choice); False
-    leaves the model's layout as it is."""
+    (:func:`~.speed.use_channels_last`, changes the model in place; same numbers up to kernel choice): cuDNN then
+    skips its layout transposes (H200, K = 4, fp16: 0.168 s per step against 0.206 s contiguous). False leaves the
+    model's layout as it is."""
 
     def check(self) -> None:
         check_finite_fields(self)  # NaN passes every range check below

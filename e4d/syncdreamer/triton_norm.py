@@ -2,9 +2,9 @@
 
 PyTorch's CUDA GroupNorm runs two kernels (row moments, then the affine transform) and the SiLU/ReLU after it a
 third, each reading and writing the whole activation; on SyncDreamer's per-step work that is ~13 % of the GPU
-time (H200 profile of 2026-12-03). Here one program per (sample, group) computes the group's mean and variance
-(block-wise Welford merges in float32, the same statistics as the native kernel) and then writes
-``act(x * scale + shift)`` once. Any strided layout works (contiguous NC..., channels_last), and the output has
+time (H200 profile of 2026-12-03). Here a first kernel computes each group's mean and variance in
+float32 (block-wise Welford merges; a group's pixels are split over several programs when the batch is small, and
+the partials merged exactly), and a second writes ``act(x * scale + shift)`` once. Any strided layout works (contiguous NC..., channels_last), and the output has
 the input's memory format, so a channels_last network stays channels_last.
 
 Imported only where Triton and a CUDA tensor are at hand (:class:`e4d.syncdreamer.layers.GroupNormAct`).
@@ -19,50 +19,92 @@ from torch import Tensor
 ACTS = {"none": 0, "silu": 1, "relu": 2}
 
 
-# sizes, strides and the activation are runtime arguments: a machine's first run JIT-compiles one kernel per dtype
-# and block shape (a few), not one per layer shape
-@triton.jit(do_not_specialize=["S", "G", "CG", "sxn", "sxc", "sxs", "syn", "syc", "sys", "act"])
-def _group_norm_act_kernel(x_ptr, y_ptr, w_ptr, b_ptr, S, G, CG, sxn, sxc, sxs, syn, syc, sys, eps, act,
-                           BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr):
+# Sizes and the activation are runtime arguments (one JIT compile per dtype, layout and block shape, not per layer
+# shape); strides are specialised, so Triton sees which axis is contiguous (stride 1) and vectorises along it.
+@triton.jit(do_not_specialize=["S", "G", "CG", "chunk", "split"])
+def _group_stats_kernel(x_ptr, part_ptr, S, G, CG, sxn, sxc, sxs, chunk, split,
+                        BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr):
+    """Program (group, k): Welford mean / M2 / count of the group's spatial slice [k chunk, (k + 1) chunk)."""
     pid = tl.program_id(0)
+    k = tl.program_id(1)
     n = pid // G
     g = pid % G
-    c = tl.arange(0, BLOCK_C)
-    cmask = c < CG
-    ch = g * CG + c
-    xrow = x_ptr + n.to(tl.int64) * sxn + ch[:, None].to(tl.int64) * sxc
+    s_begin = k * chunk
+    s_end = tl.minimum(s_begin + chunk, S)
     mean = tl.zeros((), dtype=tl.float32)
     m2 = tl.zeros((), dtype=tl.float32)
     cnt = tl.zeros((), dtype=tl.float32)
-    for s0 in range(0, S, BLOCK_S):
-        s = s0 + tl.arange(0, BLOCK_S)
-        m = cmask[:, None] & (s < S)[None, :]
-        v = tl.load(xrow + s[None, :].to(tl.int64) * sxs, mask=m, other=0.0).to(tl.float32)
-        nb = (CG * tl.minimum(BLOCK_S, S - s0)).to(tl.float32)
-        bmean = tl.sum(v) / nb
-        d = tl.where(m, v - bmean, 0.0)
-        bm2 = tl.sum(d * d)
-        delta = bmean - mean
-        tot = cnt + nb
-        mean += delta * (nb / tot)
-        m2 += bm2 + delta * delta * (cnt * nb / tot)
-        cnt = tot
+    for c0 in range(0, CG, BLOCK_C):
+        c = c0 + tl.arange(0, BLOCK_C)
+        cmask = c < CG
+        xrow = x_ptr + n * sxn + (g * CG + c)[:, None] * sxc
+        nc = tl.minimum(BLOCK_C, CG - c0)
+        for s0 in range(s_begin, s_end, BLOCK_S):
+            s = s0 + tl.arange(0, BLOCK_S)
+            m = cmask[:, None] & (s < s_end)[None, :]
+            v = tl.load(xrow + s[None, :] * sxs, mask=m, other=0.0).to(tl.float32)
+            nb = (nc * tl.minimum(BLOCK_S, s_end - s0)).to(tl.float32)
+            bmean = tl.sum(v) / nb
+            d = tl.where(m, v - bmean, 0.0)
+            bm2 = tl.sum(d * d)
+            delta = bmean - mean
+            tot = cnt + nb
+            mean += delta * (nb / tot)
+            m2 += bm2 + delta * delta * (cnt * nb / tot)
+            cnt = tot
+    out = part_ptr + (pid * split + k) * 3
+    tl.store(out, mean)
+    tl.store(out + 1, m2)
+    tl.store(out + 2, cnt)
+
+
+@triton.jit(do_not_specialize=["S", "G", "CG", "chunk", "split", "act"])
+def _group_apply_kernel(x_ptr, y_ptr, w_ptr, b_ptr, part_ptr, S, G, CG, sxn, sxc, sxs, syn, syc, sys, chunk, split,
+                        eps, act, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_P: tl.constexpr):
+    """Program (group, k): merge the group's partial statistics, write act(x * scale + shift) of its slice."""
+    pid = tl.program_id(0)
+    k = tl.program_id(1)
+    n = pid // G
+    g = pid % G
+    p = tl.arange(0, BLOCK_P)
+    pm = p < split
+    parts = part_ptr + (pid * split + p) * 3
+    means = tl.load(parts, mask=pm, other=0.0)
+    m2s = tl.load(parts + 1, mask=pm, other=0.0)
+    cnts = tl.load(parts + 2, mask=pm, other=0.0)
+    cnt = tl.sum(cnts)
+    mean = tl.sum(cnts * means) / cnt
+    dm = means - mean
+    m2 = tl.sum(m2s + cnts * dm * dm)
     rstd = 1.0 / tl.sqrt(m2 / cnt + eps)
-    w = tl.load(w_ptr + ch, mask=cmask, other=0.0).to(tl.float32)
-    b = tl.load(b_ptr + ch, mask=cmask, other=0.0).to(tl.float32)
-    scale = w * rstd
-    shift = b - mean * scale
-    yrow = y_ptr + n.to(tl.int64) * syn + ch[:, None].to(tl.int64) * syc
-    for s0 in range(0, S, BLOCK_S):
-        s = s0 + tl.arange(0, BLOCK_S)
-        m = cmask[:, None] & (s < S)[None, :]
-        v = tl.load(xrow + s[None, :].to(tl.int64) * sxs, mask=m, other=0.0).to(tl.float32)
-        y = v * scale[:, None] + shift[:, None]
-        if act == 1:
-            y = y * tl.sigmoid(y)
-        elif act == 2:
-            y = tl.maximum(y, 0.0)
-        tl.store(yrow + s[None, :].to(tl.int64) * sys, y.to(y_ptr.dtype.element_ty), mask=m)
+    s_begin = k * chunk
+    s_end = tl.minimum(s_begin + chunk, S)
+    for c0 in range(0, CG, BLOCK_C):
+        c = c0 + tl.arange(0, BLOCK_C)
+        cmask = c < CG
+        ch = g * CG + c
+        w = tl.load(w_ptr + ch, mask=cmask, other=0.0).to(tl.float32)
+        b = tl.load(b_ptr + ch, mask=cmask, other=0.0).to(tl.float32)
+        scale = w * rstd
+        shift = b - mean * scale
+        xrow = x_ptr + n * sxn + ch[:, None] * sxc
+        yrow = y_ptr + n * syn + ch[:, None] * syc
+        for s0 in range(s_begin, s_end, BLOCK_S):
+            s = s0 + tl.arange(0, BLOCK_S)
+            m = cmask[:, None] & (s < s_end)[None, :]
+            v = tl.load(xrow + s[None, :] * sxs, mask=m, other=0.0).to(tl.float32)
+            y = v * scale[:, None] + shift[:, None]
+            if act == 1:
+                y = y * tl.sigmoid(y)
+            elif act == 2:
+                y = tl.maximum(y, 0.0)
+            tl.store(yrow + s[None, :] * sys, y.to(y_ptr.dtype.element_ty), mask=m)
+
+
+MAX_SPLIT = 64
+"""Most programs one group's statistics are split over (the partials are merged in one vector)."""
+TARGET_PROGRAMS = 2048
+"""Programs to aim for per launch (an H200 has 132 SMs): small batches split each group's pixels."""
 
 
 def _flat_strides(t: Tensor) -> tuple:
@@ -86,6 +128,8 @@ def group_norm_act(x: Tensor, num_groups: int, weight: Tensor, bias: Tensor, eps
     N, C = x.shape[:2]
     if C % num_groups:
         raise ValueError(f"GroupNorm: {C} channels are not divisible by {num_groups} groups")
+    if x.numel() >= 2 ** 31:
+        raise ValueError(f"group_norm_act uses 32-bit offsets; {x.numel()} elements is too many (use F.group_norm)")
     xs = _flat_strides(x)
     if xs is None:
         x = x.contiguous()
@@ -97,9 +141,16 @@ def group_norm_act(x: Tensor, num_groups: int, weight: Tensor, bias: Tensor, eps
         ys = _flat_strides(y)
     S = x[0, 0].numel()
     CG = C // num_groups
-    block_c = 16 if CG <= 16 else 64 if CG <= 64 else max(128, triton.next_power_of_2(CG))
-    block_s = max(16, 4096 // block_c)
-    _group_norm_act_kernel[(N * num_groups,)](
-        x, y, weight, bias, S, num_groups, CG, *xs, *ys, float(eps), ACTS[act], BLOCK_C=block_c,
-        BLOCK_S=block_s, num_warps=4)
+    groups = N * num_groups
+    block_c = 4 if CG <= 4 else 16  # channels per tile; larger groups loop over tiles (two shapes to JIT-compile)
+    block_s = 4096 // block_c
+    split = max(1, min(MAX_SPLIT, triton.cdiv(S, block_s), triton.cdiv(TARGET_PROGRAMS, groups)))
+    chunk = triton.cdiv(triton.cdiv(S, split), block_s) * block_s  # whole tiles per program
+    split = triton.cdiv(S, chunk)
+    part = torch.empty(groups * split * 3, device=x.device, dtype=torch.float32)
+    grid = (groups, split)
+    _group_stats_kernel[grid](x, part, S, num_groups, CG, *xs, chunk, split, BLOCK_C=block_c, BLOCK_S=block_s,
+                              num_warps=4)
+    _group_apply_kernel[grid](x, y, weight, bias, part, S, num_groups, CG, *xs, *ys, chunk, split, float(eps),
+                              ACTS[act], BLOCK_C=block_c, BLOCK_S=block_s, BLOCK_P=MAX_SPLIT, num_warps=4)
     return y
