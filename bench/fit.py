@@ -32,6 +32,7 @@ from common import Stopwatch, cesium_data, env_info, peak_vram_gb, pick_device, 
 
 from e4d.demo import downscale_view_matrix  # noqa: E402
 from e4d.fit import FitConfig, evaluate, fit, preset  # noqa: E402
+from e4d.render import describe_backend  # noqa: E402
 from e4d.viewmatrix import ViewMatrix, load_view_matrix  # noqa: E402
 
 START = time.perf_counter()
@@ -172,7 +173,7 @@ def run_variant(name: str, cfg: FitConfig, train: ViewMatrix, test: ViewMatrix, 
         "fit_s": round(res.seconds, 3), "s_per_it": round(res.seconds / cfg.iterations, 5), "peak_vram_gb": peak,
         "iterations": cfg.iterations, "points": cfg.num_points, "renders_per_step":
             min(cfg.times_per_batch, train.T) * min(cfg.views_per_batch, train.V + int(cfg.use_input_view and train.has_input)),
-        "T": train.T, "V_train": train.V, "size": train.W, "input_view": cfg.use_input_view and train.has_input,
+        "backend": describe_backend(cfg.backend, dev), "T": train.T, "V_train": train.V, "size": train.W, "input_view": cfg.use_input_view and train.has_input,
         "per_view_heldout": {str(p["view"]): round(p["psnr"], 2) for p in held["per_view"]},
         "stages_s": sw.rounded(), "loss_history": [(h["step"], round(h["loss"], 3)) for h in res.history],
         "config": {k: v for k, v in dataclasses.asdict(cfg).items() if k.startswith(("lr_", "w_", "times_", "views_",

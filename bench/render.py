@@ -121,6 +121,11 @@ def bench_backend(backend: str, args: argparse.Namespace) -> dict:
     torch.cuda.reset_peak_memory_stats()
     res["train_step_16x256_ms"] = 1e3 * timed(step, args.warmup, args.iters)
     res["train_peak_mem_gb"] = torch.cuda.max_memory_allocated() / 2 ** 30
+    if backend == "triton":  # the launch shapes the autotuner chose, per (height, width, dtypes) key
+        from e4d.render import triton_kernels as tk
+        res["triton_tuned"] = {name: {str(key[:2]): str(cfg) for key, cfg in fn.cache.items()}
+                               for name, fn in (("forward", tk.composite_forward_tuned),
+                                                ("backward", tk.composite_backward_tuned))}
     if backend == "triton" and args.launch_sweep:
         res["launch_sweep"] = launch_sweep(g, times, w2c, K, S, gt, t4, w2c_t, K_t, args)
     res["target_fps"] = TARGET_FPS

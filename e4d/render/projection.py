@@ -117,5 +117,5 @@ def conic_and_box(mean2d: Tensor, cov2d: Tensor, opacities: Tensor, width: int,
     return conic, torch.stack([rx, ry], -1), on
 
 
-__all__ = ["RasterSettings", "element_budget", "world_to_camera", "ewa_jacobian", "project_pinhole", "depth_keep", "conic_and_box",
-           "ALPHA_THRESHOLD", "MAX_ALPHA", "MIN_TRANSMITTANCE", "BOX_SIGMAS"]
+__all__ = ["RasterSettings", "element_budget", "world_to_camera", "ewa_jacobian", "project_pinhole", "depth_keep",
+           "conic_and_box", "ALPHA_THRESHOLD", "MAX_ALPHA", "MIN_TRANSMITTANCE", "BOX_SIGMAS"]
