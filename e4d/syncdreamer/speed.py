@@ -96,15 +96,17 @@ def accelerate(model: SyncDreamer, channels_last: bool = False, compile_mode: Op
         cache_dir: with ``compile_mode``, a folder (e.g. the user's ComfyUI temp or model folder) for the
             compiled artifacts: read here if present, written after the first compiled step. Nothing else
             (no environment variable) is changed.
-        fused_norm: GroupNorm + activation as one Triton kernel on CUDA half tensors (the default of every
-            model, :class:`~.layers.GroupNormAct`); False = PyTorch's kernels.
+        fused_norm: GroupNorm + activation as one Triton kernel on CUDA half tensors in the UNet and the volume
+            nets (their default, :class:`~.layers.GroupNormAct`); False = PyTorch's kernels. The VAE keeps
+            PyTorch's.
         volume_channels_last: the spatial/frustum volume nets' conv weights in channels_last(_3d).
     """
     if compile_mode is not None and compile_mode not in COMPILE_MODES:
         raise ValueError(f"compile_mode must be one of {COMPILE_MODES} or None, got {compile_mode!r}")
     unet = model.unet
     use_literal_depth_attention(unet, literal_depth_attention)
-    use_fused_group_norm(model, fused_norm)
+    use_fused_group_norm(model.unet, fused_norm)
+    use_fused_group_norm(model.spatial_volume, fused_norm)
     use_channels_last(model, channels_last, volume_channels_last)
     if compile_mode is not None:
         model.compiled = True  # the sampler then leaves CUDA graphs to torch.compile

@@ -142,8 +142,7 @@ def group_norm_act(x: Tensor, num_groups: int, weight: Tensor, bias: Tensor, eps
     S = x[0, 0].numel()
     CG = C // num_groups
     groups = N * num_groups
-    block_c = 4 if CG <= 4 else 16  # channels per tile; larger groups loop over tiles (two shapes to JIT-compile)
-    block_s = 4096 // block_c
+    block_c, block_s = 16, 256  # one tile shape: larger groups loop over channel tiles (one JIT compile per layout)
     split = max(1, min(MAX_SPLIT, triton.cdiv(S, block_s), triton.cdiv(TARGET_PROGRAMS, groups)))
     chunk = triton.cdiv(triton.cdiv(S, split), block_s) * block_s  # whole tiles per program
     split = triton.cdiv(S, chunk)

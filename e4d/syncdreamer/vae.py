@@ -15,7 +15,9 @@ SCALE_FACTOR = 0.18215
 
 
 def _norm(c: int, act: str = "none") -> GroupNormAct:
-    return GroupNormAct(32, c, eps=1e-6, act=act)
+    norm = GroupNormAct(32, c, eps=1e-6, act=act)
+    norm.fused = False  # runs once per sampling (encode K frames, decode K x 16 views): PyTorch's kernels suffice
+    return norm
 
 
 class ResnetBlock(nn.Module):
