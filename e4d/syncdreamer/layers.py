@@ -76,6 +76,30 @@ def _fused_failed(err: Exception) -> None:
     _FUSED_OFF.add("failed")
 
 
+@functools.lru_cache(maxsize=None)
+def fused_norm_works(device: torch.device, dtype: torch.dtype) -> bool:
+    """Run the fused kernel once on a small channels_last tensor of ``dtype`` on ``device`` and compare it with
+    PyTorch's GroupNorm + SiLU (this also JIT-compiles it for that layout); False, and the kernel switched off for
+    the process, when it fails or disagrees. Cached per device and dtype."""
+    if device.type != "cuda" or dtype not in (torch.float16, torch.bfloat16) or not triton_available():
+        return False
+    from .triton_norm import group_norm_act
+
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.randn(2, 32, 4, 4, generator=gen) * 2 + 1).to(device, dtype).contiguous(memory_format=torch.channels_last)
+    w, b = (torch.randn(32, generator=gen).to(device, dtype) for _ in range(2))
+    try:
+        y = group_norm_act(x, 8, w, b, 1e-5, "silu")
+        err = (y.float() - F.silu(F.group_norm(x.float(), 8, w.float(), b.float(), 1e-5))).abs().max().item()
+    except Exception as e:  # noqa: BLE001 -- no compiler, driver or Triton problem: PyTorch's kernels
+        _fused_failed(e)
+        return False
+    if not err < 0.05:
+        _fused_failed(ValueError(f"max |fused - native| = {err} on a test tensor"))
+        return False
+    return True
+
+
 class GroupNormAct(GroupNorm32):
     """GroupNorm (float32 statistics, as :class:`GroupNorm32`) followed by ``act`` (``none``/``silu``/``relu``).
 
