@@ -75,11 +75,12 @@ def sync(device: torch.device) -> None:
 
 
 def run_config(model, device, k: int, view_batch: int, steps: int, guidance: str, size: int,
-               tags: dict = None, cuda_graphs: bool = True) -> dict:
+               tags: dict = None, cuda_graphs: bool = True, channels_last: bool = True) -> dict:
     from e4d.syncdreamer.sampler import SamplerConfig, decode_views, sample_latents
 
     cfg = SamplerConfig(steps=steps, view_batch=view_batch, guidance=guidance,
-                        scales=(2.0, 1.0) if guidance == "decomposed" else (2.0,), cuda_graphs=cuda_graphs)
+                        scales=(2.0, 1.0) if guidance == "decomposed" else (2.0,), cuda_graphs=cuda_graphs,
+                        channels_last=channels_last)
     imgs = frames(k, size).permute(0, 3, 1, 2).to(device) * 2 - 1
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -155,7 +156,8 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--tiny", action="store_true", help="tiny CI model (script check on CPU)")
     ap.add_argument("--no-warmup", action="store_true", help="skip the 1-step warm-up run")
-    ap.add_argument("--channels-last", action="store_true", help="UNet convs + input in channels_last")
+    ap.add_argument("--no-channels-last", action="store_true",
+                    help="contiguous (NCHW) convolutions instead of the sampler's default channels_last")
     ap.add_argument("--no-fused-norm", action="store_true",
                     help="PyTorch's GroupNorm + activation kernels instead of the fused Triton kernel (the default)")
     ap.add_argument("--compile", nargs="?", const="default", default=None,
@@ -184,7 +186,7 @@ def main(argv=None) -> int:
     model = build_model(device, dtype, a.tiny, DTYPES[a.vae_dtype] if a.vae_dtype else None)
     from e4d.syncdreamer.speed import accelerate
 
-    accelerate(model, channels_last=a.channels_last, compile_mode=a.compile,
+    accelerate(model, compile_mode=a.compile,
                literal_depth_attention=a.literal_depth_attn, cache_dir=a.cache_dir, fused_norm=not a.no_fused_norm)
     sync(device)
     params = sum(p.numel() for p in model.parameters())
@@ -202,13 +204,15 @@ def main(argv=None) -> int:
             tw = time.perf_counter()
             graphs = not a.no_cuda_graphs
             if not a.no_warmup:  # 1 step with the same shapes: cudnn autotuning / compilation is not timed
-                run_config(model, device, k, vb, 1, a.guidance, size, cuda_graphs=graphs)
-            tags = {"channels_last": a.channels_last, "compile": a.compile, "warmup_s": round(time.perf_counter() - tw, 1),
+                run_config(model, device, k, vb, 1, a.guidance, size, cuda_graphs=graphs,
+                           channels_last=not a.no_channels_last)
+            tags = {"channels_last": not a.no_channels_last, "compile": a.compile, "warmup_s": round(time.perf_counter() - tw, 1),
                     "fused_norm": not a.no_fused_norm,
                     "depth_attn": "literal" if a.literal_depth_attn else "fused", "cuda_graphs": graphs,
                     "cudnn_benchmark": a.cudnn_benchmark,
                     "vae_dtype": str(model.first_stage_model.post_quant_conv.weight.dtype).replace("torch.", "")}
-            print(json.dumps(run_config(model, device, k, vb, a.steps, a.guidance, size, tags, graphs)), flush=True)
+            print(json.dumps(run_config(model, device, k, vb, a.steps, a.guidance, size, tags, graphs,
+                                        not a.no_channels_last)), flush=True)
         except torch.cuda.OutOfMemoryError as e:
             print(json.dumps({"bench": "syncdreamer", "frames": k, "view_batch": vb, "error": "OOM",
                               "detail": str(e)[:300]}), flush=True)
