@@ -206,7 +206,8 @@ def main(argv=None) -> int:
             if not a.no_warmup:  # 1 step with the same shapes: cudnn autotuning / compilation is not timed
                 run_config(model, device, k, vb, 1, a.guidance, size, cuda_graphs=graphs,
                            channels_last=not a.no_channels_last)
-            tags = {"channels_last": not a.no_channels_last, "compile": a.compile, "warmup_s": round(time.perf_counter() - tw, 1),
+            tags = {"channels_last": not a.no_channels_last, "compile": a.compile,
+                    "warmup_s": round(time.perf_counter() - tw, 1),
                     "fused_norm": not a.no_fused_norm,
                     "depth_attn": "literal" if a.literal_depth_attn else "fused", "cuda_graphs": graphs,
                     "cudnn_benchmark": a.cudnn_benchmark,

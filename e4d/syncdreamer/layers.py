@@ -86,7 +86,8 @@ def fused_norm_works(device: torch.device, dtype: torch.dtype) -> bool:
     from .triton_norm import group_norm_act
 
     gen = torch.Generator().manual_seed(0)
-    x = (torch.randn(2, 32, 4, 4, generator=gen) * 2 + 1).to(device, dtype).contiguous(memory_format=torch.channels_last)
+    x = (torch.randn(2, 32, 4, 4, generator=gen) * 2 + 1).to(device, dtype)
+    x = x.contiguous(memory_format=torch.channels_last)
     w, b = (torch.randn(32, generator=gen).to(device, dtype) for _ in range(2))
     try:
         y = group_norm_act(x, 8, w, b, 1e-5, "silu")

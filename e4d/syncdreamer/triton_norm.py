@@ -1,11 +1,11 @@
-"""GroupNorm + activation in one Triton kernel (CUDA, half precision): the UNet and volume nets' norm layers.
+"""GroupNorm + activation in two Triton kernels (CUDA, half precision): the UNet and volume nets' norm layers.
 
 PyTorch's CUDA GroupNorm runs two kernels (row moments, then the affine transform) and the SiLU/ReLU after it a
-third, each reading and writing the whole activation; on SyncDreamer's per-step work that is ~13 % of the GPU
-time (H200 profile of 2026-12-03). Here a first kernel computes each group's mean and variance in
-float32 (block-wise Welford merges; a group's pixels are split over several programs when the batch is small, and
-the partials merged exactly), and a second writes ``act(x * scale + shift)`` once. Any strided layout works (contiguous NC..., channels_last), and the output has
-the input's memory format, so a channels_last network stays channels_last.
+third, each reading and writing the whole activation, and it works on contiguous tensors only (a channels_last
+input is copied). Here a first kernel computes each group's mean and variance in float32 (block-wise Welford
+merges; a group's pixels are split over several programs when the batch is small, the partials merged exactly),
+and a second writes ``act(x * scale + shift)`` once. Contiguous and channels_last(_3d) layouts work as they are,
+and the output has the input's memory format, so a channels_last network stays channels_last.
 
 Imported only where Triton and a CUDA tensor are at hand (:class:`e4d.syncdreamer.layers.GroupNormAct`).
 """

@@ -105,7 +105,8 @@ class DepthWiseAttentionUNet(nn.Module):
                 if lvl and i == d.num_res_blocks:
                     layers.append(Upsample(ch))
                 self.output_blocks.append(TimestepSequential(*layers))
-        self.out = nn.Sequential(GroupNormAct(32, ch, act="silu"), nn.Identity(), nn.Conv2d(mc, d.out_channels, 3, 1, 1))
+        self.out = nn.Sequential(GroupNormAct(32, ch, act="silu"), nn.Identity(),
+                                 nn.Conv2d(mc, d.out_channels, 3, 1, 1))
 
         d0, d1, d2, d3 = d.volume_dims
         m = d.channel_mult
