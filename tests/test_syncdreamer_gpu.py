@@ -172,7 +172,7 @@ def test_fused_norm_fast_path_matches_native_on_fixture(shared_dir, ref):
     _, native = _eps(m, ref, torch.device("cuda"))
     err = ((fused - native).abs().max() / native.abs().max()).item()
     print(f"fused vs native GroupNorm, fp16 fixture eps: rel {err:.5f}")
-    assert err < 5e-3
+    assert err < 1e-2  # two fp16 paths; each is within 0.4 % of fp32 (R2)
 
 
 def test_channels_last_matches_contiguous_on_fixture(shared_dir, ref):
@@ -189,4 +189,4 @@ def test_channels_last_matches_contiguous_on_fixture(shared_dir, ref):
     err = ((cl - flat).abs().max() / flat.abs().max()).item()
     verr = ((vol_b - vol_a).abs().max() / vol_a.abs().max()).item()
     print(f"channels_last vs contiguous, fp16 fixture: eps rel {err:.5f}, volume rel {verr:.5f}")
-    assert err < 5e-3 and verr < 5e-3
+    assert err < 1e-2 and verr < 1e-2  # two fp16 paths; each is within 0.4 % of fp32 (R2)
