@@ -4,9 +4,10 @@ full-size random models.
 What it does (one command, on the GPU machine after ``source .device/bootstrap.sh``; see docs/e2e.md):
 1. installs the carried ComfyUI start-up wheels (``.devcomfy/whl``, made by ``tools/device_comfy_prepare.sh``) into
    ``<work>/site`` when this Python lacks them, extracts the lane's ComfyUI tree from its pinned archive
-   (tests/comfy_env.py LANES; carried in ``.devcomfy/comfy``), gives it an import-only ``av`` stub when PyAV is
-   missing (then the core CreateVideo/SaveVideo nodes are dropped from the prompt; E4D_Export4D still writes the
-   orbit mp4), and installs the measuring probe ``bench/e2e_comfy_probe.py`` as a custom node package;
+   (tests/comfy_env.py LANES; carried in ``.devcomfy/comfy``), gives it import-only stubs of PyAV and comfy-kitchen
+   when they are missing (too big to carry; without PyAV the core CreateVideo/SaveVideo nodes are dropped from the
+   prompt, E4D_Export4D still writes the orbit mp4; without comfy-kitchen ComfyUI takes its no-fp8 path), and
+   installs the measuring probe ``bench/e2e_comfy_probe.py`` as a custom node package;
 2. writes FULL-SIZE RANDOM models in the official formats under the names the workflows expect (in a subprocess, so
    its CUDA memory is gone before the server starts): ``syncdreamer/syncdreamer-pretrain.ckpt`` (Lightning
    ``{'state_dict'}``, fp16: 2.8 GB), ``rife/rife47.pth``, ``diffusers/zero123-xl-diffusers/`` and (image-to-4D)
@@ -43,8 +44,8 @@ from typing import Any, Dict, List, Optional
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1] / "tests")]
 from common import cesium_data  # noqa: E402
-from e2e_comfy_setup import (REPO, av_stub, comfy_root, default_lane, evict_page_cache, install_probe,  # noqa: E402
-                             site_dir, tv_stub, write_models)
+from e2e_comfy_setup import (REPO, comfy_root, default_lane, evict_page_cache, import_stubs,  # noqa: E402
+                             install_probe, site_dir, tv_stub, write_models)
 
 AV_NODES = ("CreateVideo", "SaveVideo")
 
@@ -372,7 +373,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--port", type=int, default=8199)
     ap.add_argument("--timeout", type=float, default=420.0, help="seconds per workflow")
     ap.add_argument("--json-out", type=Path, default=None)
-    ap.add_argument("--av-stub", action="store_true", help="use the PyAV stub even where PyAV exists (check)")
+    ap.add_argument("--av-stub", action="store_true",
+                    help="use the import-only stubs (PyAV, comfy-kitchen) even where the packages exist (check)")
     ap.add_argument("--write-models", type=Path, default=None, help=argparse.SUPPRESS)  # subprocess entry
     ap.add_argument("--with-svd", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -387,7 +389,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     base = work / ("base_tiny" if args.tiny else "base")
     work.mkdir(parents=True, exist_ok=True)
     lane = args.lane or default_lane()
-    site, av, tv = site_dir(work, lane), av_stub(work, args.av_stub), tv_stub()
+    site, (stubs, stubbed), tv = site_dir(work, lane), import_stubs(work, args.av_stub), tv_stub()
     root = comfy_root(work, lane)
     put_inputs(base, data)
     install_probe(base)
@@ -409,18 +411,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     cpu = args.tiny or not torch.cuda.is_available()
     gpu = GpuSampler()
     gpu.start()
-    pypath = ([av] if av is not None else []) + [p for p in (site,) if p is not None]  # the stub must shadow
+    pypath = [p for p in (stubs, site) if p is not None]  # the stubs must shadow
     server, up_s = start(root, base, pypath, tv, cpu, args.port)
     rc, tables = 0, []
     try:
         info = server.object_info()
         missing = [n for n in ("E4D_SyncDreamerT", "E4D_Fit4DGS", "E4D_RIFELoader") if n not in info]
         emit({"bench": "e2e_comfy", "event": "server", "lane": lane, "start_s": round(up_s, 2), "cpu": cpu,
-              "av_stub": av is not None, "probe": server.request("/e4d_bench/peaks", timeout=5.0)[0] == 200,
+              "stubs": stubbed, "probe": server.request("/e4d_bench/peaks", timeout=5.0)[0] == 200,
               "e4d_nodes": sorted(k for k in info if k.startswith("E4D_")), "missing": missing}, args.json_out)
         for name, run_i in [(f, i) for f in flows for i in range(args.repeat)]:
             try:
-                prompt, notes = make_prompt(name, info, args, av is not None)
+                prompt, notes = make_prompt(name, info, args, "av" in stubbed)
                 if run_i:  # a new seed, or ComfyUI's cache would answer the whole prompt without running it;
                     # the loaders' outputs (models, compiled graphs) stay cached, as in an interactive session
                     set_inputs(prompt, "E4D_SyncDreamerT", seed=run_i)

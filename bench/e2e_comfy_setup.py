@@ -66,14 +66,15 @@ def _in_site(site: Path, module: str) -> bool:
 
 
 def default_lane() -> str:
-    """The lane whose archive tools/device_comfy_prepare.sh put into .devcomfy (0.30.0 when none is there)."""
+    """The first lane tools/device_comfy_prepare.sh put into .devcomfy (0.30.0 when none is there)."""
     tag = DEVCOMFY / "comfy" / "LANE"
     return tag.read_text().strip() if tag.is_file() else "0.30.0"
 
 
 def comfy_root(work: Path, lane: str) -> Path:
-    """The ComfyUI tree of ``lane`` (tests/comfy_env.py LANES) extracted under ``work`` from its pinned archive,
-    carried in .devcomfy/comfy or found in the CI harness's cache."""
+    """The ComfyUI tree of ``lane`` (tests/comfy_env.py LANES) extracted under ``work``: from the xz repack that
+    tools/device_comfy_prepare.sh carried (``.devcomfy/comfy/comfyui-<lane>.tar.xz``, checked against the sha256
+    written beside it), else from the lane's pinned archive, carried or in the CI harness's cache."""
     import hashlib
 
     from comfy_env import LANES, cache_dir, extract_once
@@ -81,38 +82,59 @@ def comfy_root(work: Path, lane: str) -> Path:
     if lane not in LANES:
         raise SystemExit(f"unknown ComfyUI lane {lane!r}; known: {sorted(LANES)}")
     spec = LANES[lane]
-    cands = [DEVCOMFY / "comfy" / spec.archive, cache_dir() / spec.archive]
-    archive = next((c for c in cands if c.is_file()), None)
-    if archive is None:
-        raise SystemExit(f"no {spec.archive} in {[str(c) for c in cands]}: run tools/device_comfy_prepare.sh {lane} "
-                         "and carry .devcomfy")
+    repack = DEVCOMFY / "comfy" / f"comfyui-{lane}.tar.xz"
+    digest_file = repack.with_name(repack.name + ".sha256")
+    if repack.is_file() and digest_file.is_file():
+        archive, prefix, sha = repack, "ComfyUI/", digest_file.read_text().split()[0]
+    else:
+        cands = [DEVCOMFY / "comfy" / spec.archive, cache_dir() / spec.archive]
+        archive = next((c for c in cands if c.is_file()), None)
+        if archive is None:
+            raise SystemExit(f"no {repack.name} or {spec.archive} in {[str(c.parent) for c in cands]}: run "
+                             f"tools/device_comfy_prepare.sh {lane} and carry .devcomfy")
+        prefix, sha = spec.prefix, spec.sha256
 
     def checked() -> Path:
-        if hashlib.sha256(archive.read_bytes()).hexdigest() != spec.sha256:
-            raise SystemExit(f"{archive} does not have the pinned sha256 {spec.sha256}; delete it and re-run the "
-                             "prepare")
+        if hashlib.sha256(archive.read_bytes()).hexdigest() != sha:
+            raise SystemExit(f"{archive} does not have the sha256 {sha}; delete it and re-run the prepare")
         return archive
 
-    return extract_once(work / f"comfyui-{lane}", checked, spec.prefix, spec.sha256)
+    return extract_once(work / f"comfyui-{lane}", checked, prefix, sha)
 
 
-def av_stub(work: Path, force: bool = False) -> Optional[Path]:
-    """An import-only ``av`` (PyAV) for ComfyUI's start-up when the real one is missing (or ``force``: to check this
-    path on a machine that has PyAV; the folder goes first on PYTHONPATH); None when PyAV exists."""
-    if importlib.util.find_spec("av") is not None and not force:
-        return None
-    d = work / "stubs_av"
-    files = {"av/__init__.py": '"""Import-only PyAV stub (bench/e2e_comfy.py): no video encoding/decoding."""\n'
-                               '__version__ = "0.0+e4d-stub"\n\n\ndef __getattr__(name):\n'
-                               '    raise AttributeError(f"av.{name}: PyAV is not installed on this machine (stub)")\n',
-             "av/container.py": "class InputContainer:\n    pass\n\n\nclass OutputContainer:\n    pass\n",
-             "av/subtitles/__init__.py": "", "av/subtitles/stream.py": "class SubtitleStream:\n    pass\n",
-             "av/video/__init__.py": "",  # ComfyUI 0.30 imports ColorRange at start-up
-             "av/video/reformatter.py": "class ColorRange:\n    JPEG = 2\n    MPEG = 1\n"}
-    for rel, text in files.items():
-        (d / rel).parent.mkdir(parents=True, exist_ok=True)
-        (d / rel).write_text(text)
-    return d
+_AV_STUB = {
+    "av/__init__.py": '"""Import-only PyAV stub (bench/e2e_comfy.py): no video encoding/decoding."""\n'
+                      '__version__ = "0.0+e4d-stub"\n\n\ndef __getattr__(name):\n'
+                      '    raise AttributeError(f"av.{name}: PyAV is not installed on this machine (stub)")\n',
+    "av/container.py": "class InputContainer:\n    pass\n\n\nclass OutputContainer:\n    pass\n",
+    "av/subtitles/__init__.py": "", "av/subtitles/stream.py": "class SubtitleStream:\n    pass\n",
+    "av/video/__init__.py": "",  # ComfyUI 0.30 imports ColorRange at start-up
+    "av/video/reformatter.py": "class ColorRange:\n    JPEG = 2\n    MPEG = 1\n"}
+# ComfyUI 0.30 imports comfy_kitchen unguarded in comfy/ldm/joyimage/model.py (a model family we never run) and
+# guarded elsewhere: an empty package whose attributes raise AttributeError and without a ``tensor`` submodule
+# takes ComfyUI's own no-kitchen path (quant_ops catches the ImportError, float.py the AttributeError).
+_KITCHEN_STUB = {
+    "comfy_kitchen/__init__.py": '"""Import-only comfy-kitchen stub (bench/e2e_comfy.py): no fp8/fp4 kernels."""\n\n\n'
+                                 'def __getattr__(name):\n    raise AttributeError(f"comfy_kitchen.{name}: '
+                                 'comfy-kitchen is not installed on this machine (stub)")\n'}
+STUBS = {"av": _AV_STUB, "comfy_kitchen": _KITCHEN_STUB}
+"""Import-only stand-ins for packages too big to carry (PyAV 40 MB, comfy-kitchen 45 MB) that ComfyUI imports at
+start-up without needing them for our workflows."""
+
+
+def import_stubs(work: Path, force: bool = False) -> tuple[Optional[Path], list[str]]:
+    """A folder (first on the server's PYTHONPATH) with the :data:`STUBS` of the packages this Python lacks (all of
+    them with ``force``: to check this path on a machine that has them), and their names; (None, []) when none is
+    needed. Without real PyAV the bench drops the core video nodes from the prompt."""
+    names = [m for m in STUBS if force or importlib.util.find_spec(m) is None]
+    if not names:
+        return None, []
+    d = work / "stubs_import"
+    for name in names:
+        for rel, text in STUBS[name].items():
+            (d / rel).parent.mkdir(parents=True, exist_ok=True)
+            (d / rel).write_text(text)
+    return d, names
 
 
 def tv_stub() -> Optional[Path]:

@@ -129,14 +129,14 @@ def _download(cache: Path, requirement: str, file: str, sha256: str, pip_args: t
 
 
 def _members(archive: Path):
-    """``(name, open())`` of every file in a wheel (zip) or source archive (tar.gz)."""
+    """``(name, open())`` of every file in a wheel (zip) or a tar archive (gzip or xz)."""
     if archive.suffix == ".whl":
         with zipfile.ZipFile(archive) as z:
             for info in z.infolist():
                 if not info.is_dir():
                     yield info.filename, lambda info=info: z.open(info)
     else:
-        with tarfile.open(archive, "r:gz") as t:
+        with tarfile.open(archive, "r:*") as t:  # .tar.gz from PyPI, .tar.xz repacks (bench/e2e_comfy_setup.py)
             for m in t:
                 if m.isfile():
                     yield m.name, lambda m=m: t.extractfile(m)
