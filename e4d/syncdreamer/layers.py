@@ -104,9 +104,9 @@ def fused_norm_works(device: torch.device, dtype: torch.dtype) -> bool:
 class GroupNormAct(GroupNorm32):
     """GroupNorm (float32 statistics, as :class:`GroupNorm32`) followed by ``act`` (``none``/``silu``/``relu``).
 
-    On CUDA half/bfloat16 tensors (outside autocast and ``torch.compile``) both run as one Triton kernel
+    On CUDA half/bfloat16 tensors (outside autocast and ``torch.compile``) both run in two Triton kernels
     (:mod:`.triton_norm`: one read for the statistics, one read and one write for the output, in the input's memory
-    format) instead of PyTorch's three kernels; elsewhere the literal ``act(GroupNorm32(x))``. Where it replaces a
+    format) instead of PyTorch's three; elsewhere the literal ``act(GroupNorm32(x))``. Where it replaces a
     ``GroupNorm, SiLU`` pair of the official ``nn.Sequential``, an ``nn.Identity`` keeps the checkpoint's indices.
     """
 
