@@ -21,16 +21,16 @@ ACTS = {"none": 0, "silu": 1, "relu": 2}
 
 # Sizes and the activation are runtime arguments (one JIT compile per dtype, layout and block shape, not per layer
 # shape); strides are specialised, so Triton sees which axis is contiguous (stride 1) and vectorises along it.
-@triton.jit(do_not_specialize=["S", "G", "CG", "chunk", "split"])
-def _group_stats_kernel(x_ptr, part_ptr, S, G, CG, sxn, sxc, sxs, chunk, split,
+@triton.jit(do_not_specialize=["S", "G", "CG", "tiles", "split"])
+def _group_stats_kernel(x_ptr, part_ptr, S, G, CG, sxn, sxc, sxs, tiles, split,
                         BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr):
-    """Program (group, k): Welford mean / M2 / count of the group's spatial slice [k chunk, (k + 1) chunk)."""
+    """Program (group, k): Welford mean / M2 / count of the group's k-th slice of ``tiles`` spatial tiles."""
     pid = tl.program_id(0)
     k = tl.program_id(1)
     n = pid // G
     g = pid % G
-    s_begin = k * chunk
-    s_end = tl.minimum(s_begin + chunk, S)
+    s_begin = k * tiles * BLOCK_S  # a multiple of the tile: Triton knows the loads are aligned
+    s_end = tl.minimum(s_begin + tiles * BLOCK_S, S)
     mean = tl.zeros((), dtype=tl.float32)
     m2 = tl.zeros((), dtype=tl.float32)
     cnt = tl.zeros((), dtype=tl.float32)
@@ -58,8 +58,8 @@ def _group_stats_kernel(x_ptr, part_ptr, S, G, CG, sxn, sxc, sxs, chunk, split,
     tl.store(out + 2, cnt)
 
 
-@triton.jit(do_not_specialize=["S", "G", "CG", "chunk", "split", "act"])
-def _group_apply_kernel(x_ptr, y_ptr, w_ptr, b_ptr, part_ptr, S, G, CG, sxn, sxc, sxs, syn, syc, sys, chunk, split,
+@triton.jit(do_not_specialize=["S", "G", "CG", "tiles", "split", "act"])
+def _group_apply_kernel(x_ptr, y_ptr, w_ptr, b_ptr, part_ptr, S, G, CG, sxn, sxc, sxs, syn, syc, sys, tiles, split,
                         eps, act, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_P: tl.constexpr):
     """Program (group, k): merge the group's partial statistics, write act(x * scale + shift) of its slice."""
     pid = tl.program_id(0)
@@ -77,8 +77,8 @@ def _group_apply_kernel(x_ptr, y_ptr, w_ptr, b_ptr, part_ptr, S, G, CG, sxn, sxc
     dm = means - mean
     m2 = tl.sum(m2s + cnts * dm * dm)
     rstd = 1.0 / tl.sqrt(m2 / cnt + eps)
-    s_begin = k * chunk
-    s_end = tl.minimum(s_begin + chunk, S)
+    s_begin = k * tiles * BLOCK_S  # a multiple of the tile: Triton knows the loads are aligned
+    s_end = tl.minimum(s_begin + tiles * BLOCK_S, S)
     for c0 in range(0, CG, BLOCK_C):
         c = c0 + tl.arange(0, BLOCK_C)
         cmask = c < CG
@@ -144,12 +144,12 @@ def group_norm_act(x: Tensor, num_groups: int, weight: Tensor, bias: Tensor, eps
     groups = N * num_groups
     block_c, block_s = 16, 256  # one tile shape: larger groups loop over channel tiles (one JIT compile per layout)
     split = max(1, min(MAX_SPLIT, triton.cdiv(S, block_s), triton.cdiv(TARGET_PROGRAMS, groups)))
-    chunk = triton.cdiv(triton.cdiv(S, split), block_s) * block_s  # whole tiles per program
-    split = triton.cdiv(S, chunk)
+    tiles = triton.cdiv(triton.cdiv(S, split), block_s)  # whole tiles per program
+    split = triton.cdiv(S, tiles * block_s)
     part = torch.empty(groups * split * 3, device=x.device, dtype=torch.float32)
     grid = (groups, split)
-    _group_stats_kernel[grid](x, part, S, num_groups, CG, *xs, chunk, split, BLOCK_C=block_c, BLOCK_S=block_s,
+    _group_stats_kernel[grid](x, part, S, num_groups, CG, *xs, tiles, split, BLOCK_C=block_c, BLOCK_S=block_s,
                               num_warps=4)
-    _group_apply_kernel[grid](x, y, weight, bias, part, S, num_groups, CG, *xs, *ys, chunk, split, float(eps),
+    _group_apply_kernel[grid](x, y, weight, bias, part, S, num_groups, CG, *xs, *ys, tiles, split, float(eps),
                               ACTS[act], BLOCK_C=block_c, BLOCK_S=block_s, BLOCK_P=MAX_SPLIT, num_warps=4)
     return y
