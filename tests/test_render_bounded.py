@@ -91,13 +91,16 @@ class _Largest(TorchDispatchMode):
 
 
 def memory_use(num, settings, size=32):
-    """(largest intermediate, total elements saved for backward) of a forward + backward."""
+    """(largest intermediate, total elements of the storages saved for backward) of a forward + backward."""
     g = scene(num, seed=2).requires_grad_()
     w2c, K = rig(size)
-    saved = [0]
+    saved, seen = [0], set()
 
-    def pack(t):
-        saved[0] += t.numel()
+    def pack(t):  # what is really kept: the whole storage behind a saved view, counted once
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in seen:
+            seen.add(storage.data_ptr())
+            saved[0] += storage.nbytes() // t.element_size()
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), _Largest() as largest:

@@ -58,7 +58,9 @@ def composite_chunk(alpha: Tensor, colors: Tensor, T_in: Tensor, probe_in: Tenso
     alpha = alpha * include
     T = T_in[..., None] * torch.cumprod(1.0 - alpha, dim=-1)
     T_before = torch.cat([T_in[..., None], T[..., :-1]], dim=-1)
-    return (alpha * T_before) @ colors, T[..., -1], probe[..., -1]
+    # copies, not views: a view of the last column would keep the whole [..., P, M] block alive in the next
+    # chunk's saved inputs (that was most of the peak memory)
+    return (alpha * T_before) @ colors, T[..., -1].clone(), probe[..., -1].clone()
 
 
 def composite(alpha: Tensor, colors: Tensor, background: Tensor) -> Tuple[Tensor, Tensor]:
