@@ -81,6 +81,7 @@ class ExtractMesh4D(io.ComfyNode):
                 field_input(M, "reference_time", min=0.0, max=1.0, step=0.01),
                 field_input(M, "smoothing", min=0, max=100),
                 field_input(M, "refit_iterations", min=0, max=50),
+                field_input(M, "rigidity", min=0.001, max=1000.0, step=0.001),
                 field_input(M, "decimate_faces", min=0, max=10_000_000, step=1000),
                 field_input(M, "truncation", min=1.0, max=32.0, step=0.5),
                 field_input(M, "alpha_threshold", min=0.01, max=0.99, step=0.01),
@@ -108,9 +109,9 @@ class ExtractMesh4D(io.ComfyNode):
     @classmethod
     def execute(cls, gaussians, times: int = 16, resolution: int = 256, views: int = 48, view_size: int = 384,
                 fixed_topology: bool = True, reference_time: float = 0.5, smoothing: int = 3,
-                refit_iterations: int = 3, decimate_faces: int = 50_000, truncation: float = 3.0,
-                alpha_threshold: float = 0.5, track_neighbours: int = 16, min_component: float = 0.01,
-                fps: float = 8.0, sequence_format: str = "glb",
+                refit_iterations: int = 4, rigidity: float = 0.001, decimate_faces: int = 50_000,
+                truncation: float = 3.0, alpha_threshold: float = 0.5, track_neighbours: int = 16,
+                min_component: float = 0.01, fps: float = 8.0, sequence_format: str = "glb",
                 filename_prefix: str = "efficient4d/mesh") -> io.NodeOutput:
         import folder_paths
 
@@ -120,6 +121,7 @@ class ExtractMesh4D(io.ComfyNode):
                          truncation=float(truncation), alpha_threshold=float(alpha_threshold),
                          fixed_topology=bool(fixed_topology), reference_time=float(reference_time),
                          smoothing=int(smoothing), refit_iterations=int(refit_iterations),
+                         rigidity=float(rigidity),
                          track_neighbours=int(track_neighbours), decimate_faces=int(decimate_faces),
                          min_component=float(min_component)).validate()
         if sequence_format not in SEQUENCE_CHOICES:

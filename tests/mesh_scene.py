@@ -44,3 +44,34 @@ def moving_sphere(n: int = 600, radius: float = RADIUS, velocity: float = 0.2, s
     top = p[:, 2] / radius
     rgb = torch.stack([0.5 + 0.4 * top, torch.full_like(top, 0.3), 0.5 - 0.4 * top], -1)
     return Gaussians4D(means, log_scales, q, q.clone(), opacity_logit, rgb_to_sh0(rgb)[:, None, None]).to(dtype=torch.float32)
+
+
+def sphere_centre_x(t: float, shift: float = 0.2) -> float:
+    """x of :func:`fading_sphere`'s centre at time ``t``: ``shift`` over the clip, non-linear (eases in and out)."""
+    return shift * (0.5 - 0.5 * math.cos(math.pi * t)) - 0.5 * shift
+
+
+def fading_sphere(generations: int = 9, n: int = 400, radius: float = RADIUS, sx: float = 0.035,
+                  st: float = 0.06) -> Gaussians4D:
+    """A sphere that moves along x (:func:`sphere_centre_x`) although no Gaussian moves: ``generations`` shells of
+    ``n`` static Gaussians, shell ``k`` at the sphere's place at time ``k / (generations - 1)`` and alive only
+    around it (temporal std ``st``), so the motion is carried by Gaussians fading in and out, as a fit often does.
+    Velocities are zero everywhere: only the per-time surfaces say where the sphere went."""
+    i = torch.arange(n, dtype=torch.float64) + 0.5
+    z = 1 - 2 * i / n
+    phi = i * math.pi * (3 - math.sqrt(5))
+    p = torch.stack([torch.sqrt(1 - z * z) * torch.cos(phi), torch.sqrt(1 - z * z) * torch.sin(phi), z], -1) * radius
+    means = []
+    for k in range(generations):
+        t = k / (generations - 1)
+        c = torch.tensor([sphere_centre_x(t), 0.0, 0.0], dtype=torch.float64)
+        means.append(torch.cat([p + c, torch.full((n, 1), t, dtype=torch.float64)], 1))
+    means = torch.cat(means)
+    m = means.shape[0]
+    q = torch.tensor([1.0, 0.0, 0.0, 0.0], dtype=torch.float64).expand(m, 4).clone()  # no x-t coupling: static
+    log_scales = torch.tensor([math.log(sx)] * 3 + [math.log(st)], dtype=torch.float64).expand(m, 4).clone()
+    opacity_logit = torch.full((m,), math.log(0.95 / 0.05), dtype=torch.float64)
+    top = (p[:, 2] / radius).repeat(generations)
+    rgb = torch.stack([0.5 + 0.4 * top, torch.full_like(top, 0.3), 0.5 - 0.4 * top], -1)
+    return Gaussians4D(means, log_scales, q, q.clone(), opacity_logit,
+                       rgb_to_sh0(rgb)[:, None, None]).to(dtype=torch.float32)

@@ -26,9 +26,24 @@ class MeshConfig:
     reference_time: float = 0.5
     """Normalized time of the mesh that is tracked (the requested time nearest to it is used)."""
     smoothing: int = 3
-    """Laplacian smoothing iterations of each tracking step's vertex displacements (0 = raw Gaussian motion)."""
-    refit_iterations: int = 3
-    """Steps projecting the tracked vertices onto each time's fused surface along its normal (0 = no refit)."""
+    """Laplacian smoothing iterations of each tracking step's predicted displacements (0 = raw Gaussian motion)."""
+    substeps: int = 4
+    """Sub-steps over which the Gaussians' velocity field is integrated between two requested times (each uses
+    the Gaussians alive at that moment)."""
+    refit_iterations: int = 4
+    """As-rigid-as-possible ICP iterations registering the tracked mesh onto each time's fused surface (0 = the
+    Gaussians' motion alone)."""
+    rigidity: float = 0.001
+    """Weight of keeping the reference mesh's local shape (as-rigid-as-possible) against fitting each time's
+    surface in that registration (see :class:`e4d.mesh.register.RegisterConfig`); low: the mesh follows
+    articulations, the coarse proxy carries the large motions."""
+    coarse_faces: int = 2000
+    """Faces of a coarse proxy of the mesh, registered stiffly first each step to carry large motions to the mesh
+    (0 = none; used only when the mesh has at least twice as many faces)."""
+    coarse_iterations: int = 10
+    """Registration iterations of the coarse proxy per time."""
+    coarse_rigidity: float = 0.1
+    """Rigidity of the coarse proxy's registration."""
     track_neighbours: int = 16
     """Gaussians (nearest to a vertex) whose motion a vertex follows."""
     decimate_faces: int = 50_000
@@ -46,7 +61,12 @@ class MeshConfig:
             ("alpha_threshold", 0.0 < self.alpha_threshold < 1.0, "(0, 1)"),
             ("reference_time", 0.0 <= self.reference_time <= 1.0, "0..1"),
             ("smoothing", 0 <= self.smoothing <= 100, "0..100"),
+            ("substeps", 1 <= self.substeps <= 64, "1..64"),
             ("refit_iterations", 0 <= self.refit_iterations <= 50, "0..50"),
+            ("rigidity", 0.0 < self.rigidity <= 1000.0, "(0, 1000]"),
+            ("coarse_faces", self.coarse_faces == 0 or self.coarse_faces >= 100, "0 (off) or >= 100"),
+            ("coarse_iterations", 0 <= self.coarse_iterations <= 100, "0..100"),
+            ("coarse_rigidity", 0.0 < self.coarse_rigidity <= 1000.0, "(0, 1000]"),
             ("track_neighbours", 1 <= self.track_neighbours <= 256, "1..256"),
             ("decimate_faces", self.decimate_faces == 0 or self.decimate_faces >= 100, "0 (off) or >= 100"),
             ("min_component", 0.0 <= self.min_component < 1.0, "[0, 1)"),

@@ -25,6 +25,7 @@ from ..progress import ProgressCallback, report
 from ..slicing import TimesLike, as_times, slice_at
 from .config import MeshConfig
 from .surface import compact, decimate, drop_small_components, marching_cubes, vertex_normals
+from .register import RegisterConfig
 from .track import track
 from .tsdf import TSDF, Grid, fuse
 from .views import object_bounds, render_depth_colour, sphere_cameras
@@ -158,16 +159,24 @@ def extract_mesh_4d(g: Gaussians4D, times: TimesLike, config: Optional[MeshConfi
                 fs.append(f.cpu())
             tick("fuse" if cfg.fixed_topology else "surface", time=float(t[b]))
         fused_s = _time.perf_counter() - tic
+        track_s = 0.0
         if cfg.fixed_topology:
-            v0, f0 = _surface(tsdfs[ref], cfg)
+            v0, f0 = _surface(tsdfs[ref], cfg)  # marching cubes reads the grid on the CPU: the fusion is done
             tick("surface", time=float(t[ref]))
-            verts = track(v0, f0, slices, tsdfs, ref, cfg.track_neighbours, cfg.smoothing, cfg.refit_iterations,
-                          on_step=lambda: tick("track"))
-            c0 = colour(v0, f0, ref_maps).float().cpu()
+            track_tic = _time.perf_counter()
+            reg = RegisterConfig(iterations=cfg.refit_iterations, rigidity=cfg.rigidity)
+            coarse = RegisterConfig(iterations=cfg.coarse_iterations, rigidity=cfg.coarse_rigidity)
+            verts = track(v0, f0, g, t, tsdfs, ref, cfg.track_neighbours, cfg.smoothing, cfg.substeps,
+                          reg if cfg.refit_iterations else None, coarse if cfg.coarse_iterations else None,
+                          cfg.coarse_faces, on_step=lambda: tick("track"))
             vs = [verts[b].float().cpu() for b in range(T)]
+            track_s = _time.perf_counter() - track_tic
+            c0 = colour(v0, f0, ref_maps).float().cpu()
             fs = [f0.cpu()] * T
             cs = [c0] * T
+    # Stage times count asynchronous device work where it is first waited for (fusion: in the marching cubes).
     info = {"seconds": round(_time.perf_counter() - tic, 3), "per_time_seconds": round(fused_s, 3),
+            "track_seconds": round(track_s, 3),
             "vertices": [int(v.shape[0]) for v in vs], "faces": [int(f.shape[0]) for f in fs],
             "voxel": grid.voxel, "grid": cfg.resolution, "views": cfg.views}
     return MeshSequence(t.float().cpu(), vs, fs, cs, cfg.fixed_topology, ref, info)
