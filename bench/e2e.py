@@ -70,7 +70,7 @@ def pipeline_config(args: argparse.Namespace) -> PipelineConfig:
     flags = lambda **kv: {k: v for k, v in kv.items() if v is not None}  # noqa: E731
     c.keyframes = args.keyframes if args.keyframes is not None else c.keyframes
     c.sampler = dataclasses.replace(c.sampler, **flags(steps=args.steps, view_batch=args.view_batch))
-    c.fit = c.fit.replace(**flags(iterations=args.iterations, num_points=args.points))
+    c.fit = c.fit.replace(**flags(iterations=args.iterations, num_points=args.points, backend=args.backend))
     c.sds = dataclasses.replace(c.sds, every=args.sds_every)
     c.orbit = dataclasses.replace(c.orbit, **flags(frames=args.orbit_frames, resolution=args.orbit_res))
     return c
@@ -162,6 +162,8 @@ def parse(argv: Optional[List[str]] = None) -> argparse.Namespace:
                     help="SyncDreamer VAE dtype (default: as the loader, fp32 under fp16 weights)")
     ap.add_argument("--cudnn-benchmark", action="store_true",
                     help="torch.backends.cudnn.benchmark = True (off in the product and in ComfyUI by default)")
+    ap.add_argument("--backend", default=None, choices=["auto", "gsplat", "triton", "reference"],
+                    help="renderer of the fit, SDS and orbit (FitConfig.backend; default auto)")
     ap.add_argument("--sds-every", type=int, default=1, help="SDS on every k-th fit step only (SDSConfig.every)")
     for k in ("keyframes", "steps", "view_batch", "iterations", "points", "orbit_frames", "orbit_res"):
         ap.add_argument("--" + k.replace("_", "-"), dest=k, type=int, default=None)
