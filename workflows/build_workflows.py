@@ -35,6 +35,8 @@ class N:
     row: float
     values: dict = field(default_factory=dict)
     title: Optional[str] = None
+    mode: int = 0
+    """0 = runs; 2 = muted ("Never"): shipped switched off, the user enables it (select it, Ctrl+M)."""
 
 
 @dataclass
@@ -85,6 +87,8 @@ def _tail(model_nodes: str, start_col: float) -> tuple[list, list]:
         N("save", "SaveVideo", c + 4, 0.8, {"filename_prefix": "efficient4d/orbit"}),
         N("export", "E4D_Export4D", c + 3, 1.5, {"filename_prefix": "efficient4d/object"}),
         N("preview", "E4D_Preview4D", c + 2, 1.6),
+        # Off by default: meshing at full size takes minutes on a CPU, and a template's tiny CI fit has no surface.
+        N("mesh", "E4D_ExtractMesh4D", c + 2, 2.6, {"filename_prefix": "efficient4d/mesh"}, mode=2),
     ]
     links = [
         L(model_nodes, "interp", inp="view_matrix"), L("rife", "interp"),
@@ -92,8 +96,19 @@ def _tail(model_nodes: str, start_col: float) -> tuple[list, list]:
         L("interp", "fit", inp="view_matrix"), L("conf", "fit"),
         L("fit", "orbit"), L("orbit", "create", out="IMAGE", inp="images"), L("create", "save"),
         L("fit", "export"), L("orbit", "export", out="IMAGE", inp="frames"), L("fit", "preview"),
+        L("fit", "mesh"),
     ]
     return nodes, links
+
+
+def _mesh_note(start_col: float) -> Note:
+    """How to use the (muted) mesh branch of :func:`_tail`, placed beside it."""
+    return Note("mesh_note", start_col + 3, 2.6,
+                "Animated mesh (optional, switched off): select 'Extract Mesh 4D' and press Ctrl+M to enable it. It "
+                "writes one animated GLB (fixed topology, morph targets) to output/efficient4d/ plus one mesh per "
+                "time. To view it, add core 'Preview 3D & Animation' and connect glb_path to its model_file; on a "
+                "ComfyUI with the core MESH type, the node's MESH output also goes to core 'Save GLB' or the mesh "
+                "post-processing nodes.", 0.8)
 
 
 def descriptions() -> dict[str, dict]:
@@ -122,7 +137,7 @@ def descriptions() -> dict[str, dict]:
                                   "interactive preview. No alpha? Put core 'Remove Background' (one mask per frame) or "
                                   "'SAM3 Video Track' (a tracked mask through the video) between Load Video and "
                                   "Prepare Object Frames and connect its MASK to the mask input.", 1.0),
-               Note("n2", 0, 2.2, WEIGHTS_NOTE, 1.0)],
+               Note("n2", 0, 2.2, WEIGHTS_NOTE, 1.0), _mesh_note(3)],
     )
 
     tail, tail_links = _tail("sdt", 5)
@@ -148,7 +163,7 @@ def descriptions() -> dict[str, dict]:
                                   "inverted mask, hence invert_mask) -> Stable Video Diffusion makes a short clip on "
                                   "white (and its object masks) -> the video-to-4D chain, with Zero123 SDS guidance "
                                   "in the fit (delete the guidance node to fit without it).", 1.0),
-               Note("n2", 0, 2.2, WEIGHTS_NOTE, 1.0)],
+               Note("n2", 0, 2.2, WEIGHTS_NOTE, 1.0), _mesh_note(5)],
     )
 
     tail, tail_links = _tail("sdt", 4)
@@ -171,7 +186,7 @@ def descriptions() -> dict[str, dict]:
         notes=[Note("n1", 0, 2.1, "Two frames to 4D: the first and last state of the object (RGBA images). "
                                   "SyncDreamer-T runs with K = 2 frames (its time-attention weight w = 0.25 as in the "
                                   "paper's sparse setting); RIFE fills in the motion between them.", 1.0),
-               Note("n2", 0, 2.9, WEIGHTS_NOTE, 1.0)],
+               Note("n2", 0, 2.9, WEIGHTS_NOTE, 1.0), _mesh_note(4)],
     )
 
     tail, tail_links = _tail("asm", 2)
@@ -191,7 +206,7 @@ def descriptions() -> dict[str, dict]:
                                   "Only RIFE weights are needed (or none, with the flow fallback).", 1.0),
                Note("n2", 0, 2.0, "Weights: models/rife/rife47.pth (21 MB, as in ComfyUI-Frame-Interpolation) or "
                                   "an official flownet.pkl; or pick 'flow (no weights)' in the loader. Press R after "
-                                  "adding files. See docs/comfyui.md.", 1.0)],
+                                  "adding files. See docs/comfyui.md.", 1.0), _mesh_note(2)],
     )
     return out
 
@@ -267,7 +282,7 @@ def build(desc: dict, object_info: dict) -> dict:
         ui_nodes[n.key] = {
             "id": ids[n.key], "type": n.type, "pos": [50 + n.col * COL, 50 + n.row * ROW],
             "size": [NODE_W, 46 + 24 * (len(socks) + len(widgets)) + 22 * len(info["output"])],
-            "flags": {}, "order": order, "mode": 0,
+            "flags": {}, "order": order, "mode": n.mode,
             "inputs": [{"name": s, "type": t, "link": None, **({"shape": 7} if opt else {})} for s, t, opt in socks],
             "outputs": [{"name": nm, "type": t, "links": [], "slot_index": k}
                         for k, (nm, t) in enumerate(zip(info["output_name"], info["output"]))],
