@@ -23,7 +23,7 @@ def test_schema_defaults_come_from_mesh_config():
     widgets = {i.id: i for i in schema.inputs}
     cfg = MeshConfig()
     for name in ("resolution", "views", "view_size", "fixed_topology", "reference_time", "smoothing",
-                 "refit_iterations", "decimate_faces"):
+                 "refit_iterations", "rigidity", "decimate_faces"):
         assert widgets[name].default == getattr(cfg, name), name
     assert widgets["filename_prefix"].default == "efficient4d/mesh"
     assert len(schema.outputs) == (3 if hasattr(io, "Mesh") else 2)

@@ -192,7 +192,10 @@ def track(verts_ref: Tensor, faces: Tensor, g: Gaussians4D, times: Tensor, tsdfs
             t_a, t_b = float(times[a]), float(times[b])
             target = None
             if tsdfs[b] is not None and registration is not None:
-                target = surface_samples(tsdfs[b], registration.samples, gen)
+                try:
+                    target = surface_samples(tsdfs[b], registration.samples, gen)
+                except ValueError as e:  # nothing fused at this time: keep the predicted motion
+                    log.warning("time %.4f is not registered: %s", t_b, e)
             if proxy is not None and target is not None:
                 step = smooth(predict_step(coarse_cur, motion, t_a, t_b, substeps, neighbours), proxy.adj, smoothing)
                 moved = register(coarse_cur + step, proxy.rest, proxy.faces, tsdfs[b], coarse, target)
