@@ -230,3 +230,17 @@ def test_knn_is_exact():
     ref = torch.cdist(pts, cloud).square().sort(dim=1)
     torch.testing.assert_close(d2, ref.values[:, :5])
     assert torch.equal(idx, ref.indices[:, :5])
+
+
+def test_registration_rotations_and_rigid_motion():
+    from e4d.mesh.register import best_rotations, directed_edges
+
+    gen = torch.Generator().manual_seed(2)
+    verts = torch.randn(60, 3, generator=gen, dtype=torch.float64)
+    faces = torch.stack([torch.arange(58), torch.arange(1, 59), torch.arange(2, 60)], 1)
+    q, _ = torch.linalg.qr(torch.randn(3, 3, generator=gen, dtype=torch.float64))
+    rot = q * torch.linalg.det(q)  # a proper rotation
+    i, j = directed_edges(faces, 60)
+    got = best_rotations(verts, verts @ rot.T + 0.3, i, j)
+    interior = torch.bincount(i, minlength=60) >= 3  # vertices whose one-ring spans 3D
+    torch.testing.assert_close(got[interior], rot.expand(int(interior.sum()), 3, 3))

@@ -102,9 +102,6 @@ class RegisterConfig:
     """Weight of the as-rigid-as-possible term against the data term, independent of the mesh's resolution: the
     per-edge weight is ``rigidity * (extent / mean edge length)^2`` (``extent`` the mesh's RMS radius), so a
     deformation spread over the whole object costs as much as a misfit of the same size at every vertex."""
-    anneal: float = 1.0
-    """The first iteration is this many times stiffer, relaxing geometrically to ``rigidity`` in the last (large
-    motions are recovered while the mesh is stiff, articulations once it is soft)."""
     reject_start: float = 12.0
     """Correspondences further apart than this (voxels) are rejected in the first iteration ..."""
     reject_end: float = 3.0
@@ -129,12 +126,11 @@ def register(cur: Tensor, rest: Tensor, faces: Tensor, tsdf: TSDF, cfg: Register
     target, target_n = target.to(cur.dtype), target_n.to(cur.dtype)
     i, j = directed_edges(faces, M)
     deg = torch.bincount(i, minlength=M).to(cur.dtype)
-    lam0 = cfg.rigidity * stiffness_scale(rest, i, j)
+    lam = cfg.rigidity * stiffness_scale(rest, i, j)
     x = cur
     for it in range(cfg.iterations):
         frac = it / max(cfg.iterations - 1, 1)
         reject = vox * cfg.reject_start * (cfg.reject_end / cfg.reject_start) ** frac
-        lam = lam0 * cfg.anneal ** (1.0 - frac)
         normals = vertex_normals(x, faces)
         # vertex -> surface, point-to-plane
         d, k = nearest(x, target)
