@@ -90,3 +90,16 @@ def test_real_size_zero123_shapes_infer_the_real_configs():
     e = comps.image_encoder.config
     assert (e.hidden_size, e.num_hidden_layers, e.num_attention_heads, e.patch_size, e.image_size, e.projection_dim,
             e.hidden_act) == (1024, 24, 16, 14, 224, 768, "quick_gelu")
+
+
+@pytest.mark.parametrize("layout", ["folder", "single_file"])
+def test_half_precision_load_casts_every_module(tmp_path, layout):
+    """Every module in the asked dtype, the camera projection too: it is built in float32 beside half-precision
+    diffusers modules, and a fp16 load left it float32 (ComfyUI on a GPU: "mat1 and mat2 must have the same dtype")."""
+    path = (write_tiny_zero123(tmp_path / "z") if layout == "folder"
+            else write_tiny_zero123_single_file(tmp_path / "stable_zero123.safetensors"))
+    comps = load_zero123(path, dtype=torch.float16)
+    for name in ("unet", "vae", "image_encoder", "camera_projection"):
+        assert {p.dtype for p in getattr(comps, name).parameters()} == {torch.float16}, name
+    x = torch.zeros(1, 1, comps.camera_projection.proj.in_features, dtype=comps.dtype)
+    assert comps.camera_projection(x).dtype == torch.float16

@@ -85,9 +85,13 @@ class Zero123Components:
         return next(self.unet.parameters()).device
 
     def to(self, device=None, dtype=None) -> "Zero123Components":
-        if (device is None or torch.device(device) == self.device) and (dtype is None or dtype == self.dtype):
-            return self  # nothing to do (and diffusers warns on every .to(dtype))
+        """Move/cast every module that is not there yet, each checked on its own: the loaders build the camera
+        projection in float32 beside half-precision diffusers modules, so the UNet's dtype says nothing about it
+        (diffusers also warns on every ``.to(dtype)``, hence no blanket call)."""
         for m in (self.unet, self.vae, self.image_encoder, self.camera_projection):
+            p = next(m.parameters())
+            if (device is None or torch.device(device) == p.device) and (dtype is None or dtype == p.dtype):
+                continue
             m.to(device=device, dtype=dtype)
         return self
 
