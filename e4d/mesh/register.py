@@ -102,10 +102,12 @@ class RegisterConfig:
     """Weight of the as-rigid-as-possible term against the data term, independent of the mesh's resolution: the
     per-edge weight is ``rigidity * (extent / mean edge length)^2`` (``extent`` the mesh's RMS radius), so a
     deformation spread over the whole object costs as much as a misfit of the same size at every vertex."""
-    reject_start: float = 12.0
-    """Correspondences further apart than this (voxels) are rejected in the first iteration ..."""
-    reject_end: float = 3.0
-    """... shrinking geometrically to this (voxels) in the last."""
+    reject_start: float = 0.094
+    """Correspondences further apart than this fraction of the fused grid's side are rejected in the first
+    iteration ... (a world distance, not voxels: a motion is as long at 256³ as at 128³; in voxels the finer grid
+    rejected the matches of the clip's largest motions)"""
+    reject_end: float = 0.023
+    """... shrinking geometrically to this fraction in the last (12 and 3 voxels at 128³, where they were tuned)."""
     samples: int = 40_000
     """Points sampled on the target surface."""
 
@@ -121,7 +123,7 @@ def register(cur: Tensor, rest: Tensor, faces: Tensor, tsdf: TSDF, cfg: Register
     if cfg.iterations <= 0:
         return cur
     M = cur.shape[0]
-    vox = tsdf.grid.voxel
+    side = tsdf.grid.voxel * tsdf.grid.res
     target, target_n = target if target is not None else surface_samples(tsdf, cfg.samples, generator)
     target, target_n = target.to(cur.dtype), target_n.to(cur.dtype)
     i, j = directed_edges(faces, M)
@@ -130,7 +132,7 @@ def register(cur: Tensor, rest: Tensor, faces: Tensor, tsdf: TSDF, cfg: Register
     x = cur
     for it in range(cfg.iterations):
         frac = it / max(cfg.iterations - 1, 1)
-        reject = vox * cfg.reject_start * (cfg.reject_end / cfg.reject_start) ** frac
+        reject = side * cfg.reject_start * (cfg.reject_end / cfg.reject_start) ** frac
         normals = vertex_normals(x, faces)
         # vertex -> surface, point-to-plane
         d, k = nearest(x, target)
