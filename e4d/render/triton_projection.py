@@ -86,6 +86,23 @@ def _clamped(x, z, f, c, size):
 
 
 @triton.jit
+def _jacobian_cov2d(x, y, z, fx, fy, cx, cy, width, height, c00, c01, c02, c11, c12, c22, eps2d):
+    """EWA: the projection's Jacobian ``J = [[j00, 0, j02], [0, j11, j12]]`` at the clamped image-plane point and
+    the 2D covariance ``J Sigma_c J^T + eps2d I`` as ``[[a, b], [b, c]]``; ``inx``/``iny``: the point was inside
+    the clamp (the backward routes position gradients through the Jacobian only there)."""
+    ux, inx = _clamped(x, z, fx, cx, width)
+    uy, iny = _clamped(y, z, fy, cy, height)
+    j00 = fx / z
+    j02 = -fx * ux / z
+    j11 = fy / z
+    j12 = -fy * uy / z
+    a = j00 * j00 * c00 + 2.0 * j00 * j02 * c02 + j02 * j02 * c22 + eps2d
+    b = j00 * j11 * c01 + j00 * j12 * c02 + j02 * j11 * c12 + j02 * j12 * c22
+    c = j11 * j11 * c11 + 2.0 * j11 * j12 * c12 + j12 * j12 * c22 + eps2d
+    return ux, uy, inx, iny, j00, j02, j11, j12, a, b, c
+
+
+@triton.jit
 def project_forward(means_ptr, covs_ptr, opac_ptr, colors_ptr, w2c_ptr, K_ptr, feat_ptr, depth_ptr, box_ptr,
                     count_ptr, P, N, C, color_div, width, height, tiles_x, tiles_y, near, far, eps2d,
                     BLOCK: tl.constexpr, TS: tl.constexpr):
@@ -94,15 +111,8 @@ def project_forward(means_ptr, covs_ptr, opac_ptr, colors_ptr, w2c_ptr, K_ptr, f
      c00, c01, c02, c11, c12, c22) = _inputs(means_ptr, covs_ptr, opac_ptr, w2c_ptr, K_ptr, p, P, N, C)
     keep = valid & (z >= near) & (z <= far) & (op >= 1.0 / 255.0)
     z = tl.where(keep, z, 1.0)
-    ux, _ = _clamped(x, z, fx, cx, width)
-    uy, _ = _clamped(y, z, fy, cy, height)
-    j00 = fx / z
-    j02 = -fx * ux / z
-    j11 = fy / z
-    j12 = -fy * uy / z
-    a = j00 * j00 * c00 + 2.0 * j00 * j02 * c02 + j02 * j02 * c22 + eps2d
-    b = j00 * j11 * c01 + j00 * j12 * c02 + j02 * j11 * c12 + j02 * j12 * c22
-    c = j11 * j11 * c11 + 2.0 * j11 * j12 * c12 + j12 * j12 * c22 + eps2d
+    _, _, _, _, _, _, _, _, a, b, c = _jacobian_cov2d(x, y, z, fx, fy, cx, cy, width, height,
+                                                      c00, c01, c02, c11, c12, c22, eps2d)
     det = a * c - b * b
     u = fx * x / z + cx
     v = fy * y / z + cy
@@ -165,15 +175,8 @@ def project_backward(means_ptr, covs_ptr, opac_ptr, w2c_ptr, K_ptr, count_ptr, v
      c00, c01, c02, c11, c12, c22) = _inputs(means_ptr, covs_ptr, opac_ptr, w2c_ptr, K_ptr, p, P, N, C)
     on = valid & (tl.load(count_ptr + p, mask=valid, other=0) > 0)
     z = tl.where(on, z, 1.0)
-    ux, inx = _clamped(x, z, fx, cx, width)
-    uy, iny = _clamped(y, z, fy, cy, height)
-    j00 = fx / z
-    j02 = -fx * ux / z
-    j11 = fy / z
-    j12 = -fy * uy / z
-    a = j00 * j00 * c00 + 2.0 * j00 * j02 * c02 + j02 * j02 * c22 + eps2d
-    b = j00 * j11 * c01 + j00 * j12 * c02 + j02 * j11 * c12 + j02 * j12 * c22
-    c = j11 * j11 * c11 + 2.0 * j11 * j12 * c12 + j12 * j12 * c22 + eps2d
+    ux, uy, inx, iny, j00, j02, j11, j12, a, b, c = _jacobian_cov2d(x, y, z, fx, fy, cx, cy, width, height,
+                                                                    c00, c01, c02, c11, c12, c22, eps2d)
     det = tl.where(on, a * c - b * b, 1.0)
     qa = c / det
     qb = -b / det
