@@ -199,7 +199,7 @@ def set_inputs(prompt: dict, class_type: str, **values) -> None:
 def make_prompt(name: str, object_info: dict, args: argparse.Namespace, av_missing: bool) -> tuple[dict, list]:
     """The API prompt of ``workflows/<name>.json`` with our inputs; returns (prompt, notes on what was changed)."""
     sys.path.insert(0, str(REPO / "tests"))
-    from comfy_harness import ui_to_api
+    from comfy_ui_api import ui_to_api
 
     path = REPO / "workflows" / f"{name}.json"
     if not path.is_file():

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from comfy_harness import iter_widget_slots, ui_to_api, widget_inputs
+from comfy_ui_api import iter_widget_slots, ui_to_api, widget_inputs
 
 INFO = {
     "Loader": {"input": {"required": {"image": [["a.png", "b.png"], {"image_upload": True}]}},

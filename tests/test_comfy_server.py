@@ -15,7 +15,8 @@ import time
 import pytest
 
 from comfy_env import DEFAULT_LANE, lanes, require_comfy
-from comfy_harness import PACK_NAME, REPO, PromptRejected, start_server, ui_to_api
+from comfy_harness import PACK_NAME, REPO, PromptRejected, start_server
+from comfy_ui_api import ui_to_api
 from comfy_tiny import WORKFLOWS, error_text, load_workflow, pick_models, prepare_base, tiny_overrides
 
 pytestmark = pytest.mark.comfy

@@ -45,7 +45,8 @@ def main(argv=None) -> int:
 
     import comfy_env
     import comfy_tiny as T
-    from comfy_harness import start_server, ui_to_api
+    from comfy_harness import start_server
+    from comfy_ui_api import ui_to_api
 
     comfy_env.make_importable()
     base = Path(args.keep or tempfile.mkdtemp(prefix="e4d-wf-"))

@@ -12,6 +12,7 @@ Usage (starts a headless ComfyUI from the test harness to read ``/object_info``)
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 import tempfile
@@ -212,19 +213,18 @@ def descriptions() -> dict[str, dict]:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-def _harness():
-    """The test harness module (widget order rules and the server starter live there, shared with the CI test)."""
+def _tests_module(name: str):
+    """A module of tests/ shared with the CI tests: ``comfy_ui_api`` (the frontend's widget order rules) or
+    ``comfy_harness`` (the server starter)."""
     tests = str(REPO / "tests")
     if tests not in sys.path:
         sys.path.insert(0, tests)
-    import comfy_harness
-
-    return comfy_harness
+    return importlib.import_module(name)
 
 
 def _sockets(info: dict) -> list[tuple[str, str, bool]]:
     """(name, type, optional) of the socket (non-widget) inputs, in order."""
-    widgets = {w[0] for w in _harness().widget_inputs(info)}
+    widgets = {w[0] for w in _tests_module("comfy_ui_api").widget_inputs(info)}
     out = []
     order = info.get("input_order") or {k: list(v) for k, v in info.get("input", {}).items()}
     for section in ("required", "optional"):
@@ -236,9 +236,9 @@ def _sockets(info: dict) -> list[tuple[str, str, bool]]:
 
 
 def _widget_values(node: N, info: dict) -> list:
-    """``widgets_values`` in the frontend's layout (``comfy_harness.iter_widget_slots``: control values right after
+    """``widgets_values`` in the frontend's layout (``comfy_ui_api.iter_widget_slots``: control values right after
     their widget, a dynamic combo's chosen inputs right after it, the upload placeholder after all widgets)."""
-    h = _harness()
+    h = _tests_module("comfy_ui_api")
     values, unknown, chosen = [], set(node.values), {}
 
     def value_of(slot):
@@ -377,7 +377,7 @@ def thumbnail(workflow: dict, path: Path, title: str) -> None:
 
 
 def fetch_object_info() -> dict:
-    start_server = _harness().start_server
+    start_server = _tests_module("comfy_harness").start_server
     with tempfile.TemporaryDirectory(prefix="e4d-wf-") as tmp:
         server = start_server(Path(tmp))
         try:

@@ -6,7 +6,7 @@ Before queueing, the test types the CI's tiny sizes into the widgets (``comfy_ti
 models in the model dropdowns, as a user edits a template. Checked per template:
 
 * the frontend lays the widgets out as ``build_workflows.py`` wrote them (names of ``node.widgets`` against
-  ``comfy_harness.iter_widget_slots``), so no value lands in the wrong widget;
+  ``comfy_ui_api.iter_widget_slots``), so no value lands in the wrong widget;
 * our ``ui_to_api`` gives exactly the frontend's prompt, for the template as shipped and as edited;
 * the queued prompt runs to success (``/history``), or the test shows the server's node errors.
 """
@@ -17,7 +17,8 @@ import time
 
 import pytest
 
-from comfy_harness import PACK_NAME, iter_widget_slots, ui_to_api
+from comfy_harness import PACK_NAME
+from comfy_ui_api import iter_widget_slots, ui_to_api
 from comfy_tiny import WORKFLOWS, error_text, tiny_overrides
 from e4d_comfyui import APP_LOADED, queue_from_frontend
 
