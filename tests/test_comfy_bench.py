@@ -1,5 +1,5 @@
-"""bench/e2e_comfy.py's pieces that need no server: the import stubs ComfyUI starts with on the GPU image, and the
-reading of websocket messages and probe records into per-node figures."""
+"""bench/e2e_comfy.py's pieces that need no server: the import stubs ComfyUI starts with on the GPU image, and
+(e2e_comfy_measure.py) the reading of websocket messages and probe records into per-node figures."""
 from __future__ import annotations
 
 import importlib.util
@@ -52,7 +52,7 @@ print("stubs ok")
 
 
 def test_first_step_and_node_figures_from_messages_and_probe():
-    bench = _bench("e2e_comfy")
+    bench = _bench("e2e_comfy_measure")
     prompt = {"3": {"class_type": "E4D_SyncDreamerLoader"}, "4": {"class_type": "E4D_SyncDreamerT"}}
     events = [(1.0, {"type": "executing", "data": {"node": "3", "prompt_id": "p"}}),
               (2.0, {"type": "executing", "data": {"node": "4", "prompt_id": "p"}}),
