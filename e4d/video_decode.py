@@ -9,7 +9,8 @@ Alpha is kept when the source has it (RGBA PNG frames, GIF transparency, animate
 ``alpha_mode=1``, MOV with qtrle/png/ProRes 4444 and other alpha pixel formats).
 
 Backends: PyAV for video containers (WebM alpha is decoded with ``libvpx``, FFmpeg's native VP9 decoder drops
-it), Pillow for GIF/WebP/APNG and image folders, OpenCV as the fallback for containers PyAV cannot open.
+it; e4d/video_containers.py), Pillow for GIF/WebP/APNG and image folders, OpenCV as the fallback for containers
+PyAV cannot open.
 """
 from __future__ import annotations
 
@@ -24,9 +25,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .limits import MAX_IMAGE_PIXELS_ENV, MAX_VIDEO_FRAMES_ENV, check_frames_budget, max_image_pixels, max_video_frames
+from .limits import MAX_VIDEO_FRAMES_ENV, check_frames_budget, max_video_frames
 from .image_read import open_image, pil_has_alpha, pil_rgba_uint8
 from .masks import informative_alpha
+from .video_containers import iter_opencv, iter_pyav, record_seen, source_name
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +134,7 @@ def _iter_folder(folder: Path, sel: DecodeConfig, info: dict) -> Iterator[tuple[
     for i, f in enumerate(files):
         if sel.done(i, kept):
             return
-        _seen(info, i + 1)
+        record_seen(info, i + 1)
         if not sel.keeps(i):
             continue
         with open_image(f, _target(f, sel)) as im:
@@ -154,7 +156,7 @@ def _iter_pil_animation(path: Path, sel: DecodeConfig, info: dict) -> Iterator[t
         for i, frame in enumerate(ImageSequence.Iterator(im)):
             if sel.done(i, kept):
                 break
-            _seen(info, i + 1)
+            record_seen(info, i + 1)
             if not sel.keeps(i):
                 continue
             rgba = _pil_rgba(frame, sel)  # loads the frame; WebP sets its duration only then
@@ -165,117 +167,6 @@ def _iter_pil_animation(path: Path, sel: DecodeConfig, info: dict) -> Iterator[t
             # transparency tells whether the animation has alpha at all.
             yield i, rgba, pil_has_alpha(frame) or pil_has_alpha(im)
             kept += 1
-
-
-def _pyav_alpha_decoder(stream):
-    """A libvpx decoder for VP8/VP9 streams that carry alpha (FFmpeg's native decoders ignore it), else None."""
-    import av
-
-    meta = {k.lower(): v for k, v in (stream.metadata or {}).items()}
-    name = stream.codec_context.name
-    if str(meta.get("alpha_mode", "0")) != "1" or name not in ("vp8", "vp9"):
-        return None
-    try:
-        return av.CodecContext.create("libvpx-vp9" if name == "vp9" else "libvpx", "r")
-    except Exception:  # this FFmpeg build has no libvpx: decode without alpha
-        return None
-
-
-def _pix_fmt_has_alpha(name: Optional[str]) -> bool:
-    """yuva*/rgba/argb/gbrap/ya8 carry alpha; palettes may (an opaque result is dropped later anyway)."""
-    import av
-
-    try:
-        fmt = av.VideoFormat(name)
-    except (ValueError, TypeError):
-        return False
-    return fmt.has_palette or len(fmt.components) in (2, 4)
-
-
-def _iter_pyav(source, sel: DecodeConfig, info: dict) -> Iterator[tuple[int, np.ndarray, bool]]:
-    import av
-
-    with av.open(source) as container:
-        if not container.streams.video:
-            raise ValueError(f"{_name(source)} has no video stream")
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
-        info["fps"] = float(rate) if rate else 0.0
-        info["frames"] = int(stream.frames or 0)
-        w, h, limit = stream.codec_context.width, stream.codec_context.height, max_image_pixels()
-        if w * h > limit:
-            raise ValueError(f"{_name(source)} is {w}x{h} ({w * h / 1e6:.0f} MP a frame), more than the "
-                             f"{limit / 1e6:.0f} MP decoded at full size; downscale it first, or raise the limit with "
-                             f"{MAX_IMAGE_PIXELS_ENV}=<pixels>")
-        alpha_dec = _pyav_alpha_decoder(stream)
-        has_alpha = alpha_dec is not None or _pix_fmt_has_alpha(stream.codec_context.pix_fmt)
-
-        def frames():
-            if alpha_dec is None:
-                yield from container.decode(stream)
-                return
-            for packet in container.demux(stream):
-                try:
-                    yield from alpha_dec.decode(packet)
-                except av.error.EOFError:
-                    return
-
-        kept = 0
-        for i, frame in enumerate(frames()):
-            if sel.done(i, kept):
-                return
-            _seen(info, i + 1)
-            if not sel.keeps(i):
-                continue
-            w, h = sel.target_size(frame.width, frame.height)
-            if (w, h) != (frame.width, frame.height):
-                frame = frame.reformat(width=w, height=h)
-            yield i, frame.to_ndarray(format="rgba" if has_alpha else "rgb24"), has_alpha
-            kept += 1
-
-
-def _iter_opencv(path: Path, sel: DecodeConfig, info: dict) -> Iterator[tuple[int, np.ndarray, bool]]:
-    import cv2
-
-    cap = cv2.VideoCapture(str(path))
-    if not cap.isOpened():
-        raise ValueError(f"cannot open video {path} with PyAV or OpenCV; re-encode it as H.264 mp4 or VP9 webm")
-    try:
-        info["fps"] = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
-        info["frames"] = max(0, int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0))
-        kept, i = 0, 0
-        while not sel.done(i, kept):
-            ok = cap.grab()  # grab without decoding the colour conversion of skipped frames
-            if not ok:
-                return
-            _seen(info, i + 1)
-            if sel.keeps(i):
-                ok, bgr = cap.retrieve()
-                if not ok:
-                    return
-                rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-                w, h = sel.target_size(rgb.shape[1], rgb.shape[0])
-                if (w, h) != (rgb.shape[1], rgb.shape[0]):
-                    rgb = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA)
-                yield i, rgb, False
-                kept += 1
-            i += 1
-    finally:
-        cap.release()
-
-
-def _seen(info: dict, count: int) -> None:
-    """Record that ``count`` source frames were decoded and give the consumer its heartbeat (skipped frames are
-    decoded too: a large stride must not keep cancel unchecked)."""
-    info["seen"] = count
-    beat = info.get("heartbeat")
-    if beat is not None:
-        beat()
-
-
-def _name(source) -> str:
-    return str(source) if isinstance(source, (str, Path)) else "the video stream"
 
 
 def _is_animated(path: Path) -> bool:
@@ -304,7 +195,7 @@ def iter_frames(source: Source, selection: DecodeConfig = DecodeConfig(),
         import av
 
         try:
-            yield from _iter_pyav(source, selection, info)
+            yield from iter_pyav(source, selection, info)
         except av.error.FFmpegError as e:
             raise _damaged(source, info, e) from e
         return
@@ -324,22 +215,22 @@ def iter_frames(source: Source, selection: DecodeConfig = DecodeConfig(),
     try:
         import av
     except ImportError:
-        yield from _iter_opencv(path, selection, info)
+        yield from iter_opencv(path, selection, info)
         return
     started = False
     try:
-        for item in _iter_pyav(str(path), selection, info):
+        for item in iter_pyav(str(path), selection, info):
             started = True
             yield item
     except av.error.FFmpegError as e:
         if started:  # a stream broken mid-way: falling back would repeat frames
             raise _damaged(path, info, e) from e
-        yield from _iter_opencv(path, selection, info)  # a container/codec this PyAV build cannot read
+        yield from iter_opencv(path, selection, info)  # a container/codec this PyAV build cannot read
 
 
 def _damaged(source, info: dict, e: Exception) -> ValueError:
     where = f"after frame {info['seen']}" if info.get("seen") else "before its first frame"
-    return ValueError(f"{_name(source)} is damaged: decoding failed {where} ({type(e).__name__}: {e}); "
+    return ValueError(f"{source_name(source)} is damaged: decoding failed {where} ({type(e).__name__}: {e}); "
                       "re-encode it (e.g. ffmpeg -i in.mp4 -c:v libx264 out.mp4) or re-download it")
 
 
@@ -378,7 +269,7 @@ def decode_video(source: Source, selection: DecodeConfig = DecodeConfig(), defau
     frames: list[np.ndarray] = []
     indices: list[int] = []
     any_alpha = False
-    name = _name(source)
+    name = source_name(source)
     last = [time.monotonic()]
 
     def heartbeat() -> None:  # at least every HEARTBEAT_SECONDS, so cancel is checked while frames are skipped
