@@ -51,8 +51,8 @@ class LayerNorm32(nn.LayerNorm):
 _ACTIVATIONS = {"none": lambda x: x, "silu": F.silu, "relu": F.relu}
 
 
-_FUSED_OFF: set = set()
-"""Holds ``"failed"`` after a fused-norm launch failed in this process (PyTorch's kernels from then on)."""
+_fused_failed_once = False
+"""True after a fused-norm launch failed in this process (PyTorch's kernels from then on)."""
 
 
 @functools.lru_cache(maxsize=None)
@@ -67,13 +67,14 @@ def _triton_importable() -> bool:
 def triton_available() -> bool:
     """Whether the Triton GroupNorm kernel can be used: importable (Linux CUDA wheels ship Triton; other platforms
     may not) and no launch has failed in this process."""
-    return not _FUSED_OFF and _triton_importable()
+    return not _fused_failed_once and _triton_importable()
 
 
 def _fused_failed(err: Exception) -> None:
+    global _fused_failed_once
     log.warning("fused GroupNorm kernel failed (%s: %s); using PyTorch's GroupNorm from now on",
                 type(err).__name__, str(err)[:300])
-    _FUSED_OFF.add("failed")
+    _fused_failed_once = True
 
 
 @functools.lru_cache(maxsize=None)
