@@ -77,8 +77,9 @@ def test_web_extension_files():
     registering = [n for n, src in js.items() if "registerExtension" in src]
     assert registering == ["e4d_preview.js"]
     assert 'name: "efficient4d.preview"' in js["e4d_preview.js"] and '"E4D_Preview4D"' in js["e4d_preview.js"]
-    for name, src in js.items():
-        assert not re.search(r"https?://", src.replace("http://127.0.0.1", "")), f"{name} references a remote URL"
+    for name, src in js.items():  # W3C namespace names (the three.js bundle's createElementNS) are not addresses
+        src = re.sub(r"http://www\.w3\.org/(1999/xhtml|2000/svg)\b", "", src.replace("http://127.0.0.1", ""))
+        assert not re.search(r"https?://", src), f"{name} references a remote URL"
 
 
 def test_web_build_check_passes():

@@ -1,15 +1,24 @@
-// The player is hand-written WebGL2 with no third-party code, so there is nothing to bundle: `npm run build`
-// (or `node web/build.mjs`) only checks what ComfyUI will load from this folder.
+// Checks what ComfyUI loads from this folder (`node build.mjs`, or `npm run check`; needs nothing installed):
 //  * every .js parses as an ES module (ComfyUI imports each .js under WEB_DIRECTORY as a module),
-//  * nothing points at a remote URL (the player must work offline: no CDN),
-//  * only e4d_preview.js registers a ComfyUI extension.
-// If a library is ever added, build it into web/lib/ here and record its licence in web/LICENSES.md.
+//  * nothing points at a remote URL (the players must work offline: no CDN); the three.js bundle may hold W3C
+//    namespace names (createElementNS), which are identifiers, not addresses,
+//  * only e4d_preview.js registers a ComfyUI extension,
+//  * the committed bundle lib/three_gltf.js is the three.js version web_build/package.json pins, is small, and has
+//    no side effect on import.
+// The bundle itself is built by ../web_build (npm ci && npm run build there), outside this folder because ComfyUI
+// would import every .js of a node_modules/ here.
 import { execFileSync } from "node:child_process";
-import { readdirSync, readFileSync, statSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync, statSync } from "node:fs";
 import { join, relative, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
 
 const root = dirname(fileURLToPath(import.meta.url));
+const BUNDLE = "lib/three_gltf.js";
+const BUNDLE_MAX_BYTES = 700_000; // three r187's WebGLRenderer + GLTFLoader + AnimationMixer: about 640 kB minified
+const NAMESPACES = /^http:\/\/www\.w3\.org\/(1999\/xhtml|2000\/svg)$/;
+const buildPkg = join(root, "..", "web_build", "package.json"); // absent where only web/ is installed
+const THREE_PIN = existsSync(buildPkg) ? JSON.parse(readFileSync(buildPkg, "utf8")).devDependencies.three : null;
+
 const files = [];
 (function walk(d) {
   for (const n of readdirSync(d)) {
@@ -22,7 +31,7 @@ const files = [];
 
 let bad = 0;
 for (const f of files) {
-  const rel = relative(root, f);
+  const rel = relative(root, f).split("\\").join("/");
   try {
     execFileSync(process.execPath, ["--check", f], { stdio: "pipe" });
   } catch (e) {
@@ -30,12 +39,25 @@ for (const f of files) {
     console.error(`${rel}: does not parse\n${e.stderr}`);
   }
   const src = readFileSync(f, "utf8");
-  const url = src.match(/https?:\/\/[^\s"'`)]+/);
-  if (url) { bad++; console.error(`${rel}: references ${url[0]} (bundle it instead; users are often offline)`); }
+  const urls = [...src.matchAll(/https?:\/\/[^\s"'`)]+/g)].map((m) => m[0]).filter((u) => !NAMESPACES.test(u));
+  if (urls.length) { bad++; console.error(`${rel}: references ${urls[0]} (bundle it instead; users are often offline)`); }
   if (/registerExtension/.test(src) && !rel.endsWith("e4d_preview.js")) {
     bad++; console.error(`${rel}: only js/e4d_preview.js may register a ComfyUI extension`);
   }
+  if (rel === BUNDLE) {
+    if (THREE_PIN && !src.startsWith(`/* three.js npm three@${THREE_PIN},`)) {
+      bad++; console.error(`${rel}: not built from three@${THREE_PIN} (web_build/package.json); run npm ci && ` +
+                           `npm run build in web_build/`);
+    }
+    if (src.length > BUNDLE_MAX_BYTES) {
+      bad++; console.error(`${rel}: ${src.length} bytes > ${BUNDLE_MAX_BYTES}; export less from web_build/three_gltf.js`);
+    }
+    if (/__THREE__\s*=/.test(src)) { bad++; console.error(`${rel}: still sets window.__THREE__ on import`); }
+  }
   console.log(`${rel}: ${src.length} bytes`);
+}
+if (!files.some((f) => relative(root, f).split("\\").join("/") === BUNDLE)) {
+  bad++; console.error(`${BUNDLE} is missing: run npm ci && npm run build in web_build/`);
 }
 if (bad) { console.error(`${bad} problem(s)`); process.exit(1); }
 console.log(`ok: ${files.length} files`);

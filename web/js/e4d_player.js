@@ -168,7 +168,7 @@ void main() {
 const BACKGROUNDS = { white: [1, 1, 1], black: [0, 0, 0], grey: [0.5, 0.5, 0.5] };
 
 let styleInjected = false;
-function injectStyle() {
+export function injectStyle() {
   if (styleInjected || typeof document === "undefined") return;
   styleInjected = true;
   const s = document.createElement("style");
@@ -185,7 +185,7 @@ function injectStyle() {
   document.head.appendChild(s);
 }
 
-function el(tag, props = {}, parent = null) {
+export function el(tag, props = {}, parent = null) {
   const e = document.createElement(tag);
   Object.assign(e, props);
   if (parent) parent.appendChild(e);
