@@ -15,6 +15,8 @@ from .types import E4D_GAUSSIANS4D
 
 CATEGORY = "Efficient4D/export"
 SEQUENCE_CHOICES = ("glb", "ply", "obj", "none")
+UI_KEY = "e4d_mesh"
+"""The node's UI output naming the animated GLB for the in-node mesh player (web/js/e4d_preview.js)."""
 
 
 def _mesh_output() -> list:
@@ -146,7 +148,11 @@ class ExtractMesh4D(io.ComfyNode):
         outputs = [glb_rel, seq_dir]
         if hasattr(io, "Mesh"):
             outputs.append(core_mesh(seq))
-        return io.NodeOutput(*outputs, ui={"text": [p for p in (glb_rel, seq_dir) if p]})
+        ui = {"text": [p for p in (glb_rel, seq_dir) if p]}
+        if glb_rel:  # web/js/e4d_preview.js plays it in the node (three.js), fetched through /view
+            sub, _, fname = glb_rel.rpartition("/")
+            ui[UI_KEY] = [{"filename": fname, "subfolder": sub, "type": "output"}]
+        return io.NodeOutput(*outputs, ui=ui)
 
 
 NODES = [ExtractMesh4D]

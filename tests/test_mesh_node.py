@@ -39,6 +39,8 @@ def test_execute_writes_glb_and_sequence(comfy_dirs):
     assert sorted(p.name for p in (comfy_dirs["output"] / "e4d" / "obj_00001_meshes").iterdir()) == [
         "mesh_0000.ply", "mesh_0001.ply"]
     assert folder.endswith("obj_00001_meshes")
+    # the in-node mesh player (web/js/e4d_preview.js) fetches this entry through /view
+    assert out.ui["e4d_mesh"] == [{"filename": "obj_00001_.glb", "subfolder": "e4d", "type": "output"}]
     if hasattr(io, "Mesh"):
         mesh = out.result[2]
         assert mesh.vertices.shape == (2, back.positions.shape[1], 3) and mesh.faces.shape[0] == 2

@@ -101,9 +101,12 @@ export class E4DMeshPlayer {
       this.keyTimes = Array.from(clip.tracks[0].times);
     }
     this.vertices = this.mesh.geometry.attributes.position.count;
-    // Frame the object the way the 4D player does: its bounding sphere (at the first key) fits the view.
-    this.setTime(0);
+    // Frame the object the way the 4D player does: its bounding sphere (over the first and last keys: the motion
+    // stays in view) fits the view.
+    this.setTime(1);
     const box = new THREE.Box3().setFromObject(this.root3, true);
+    this.setTime(0);
+    box.union(new THREE.Box3().setFromObject(this.root3, true));
     const c = box.getCenter(new THREE.Vector3()), rad = 0.5 * box.getSize(new THREE.Vector3()).length();
     const r = Math.max(rad / Math.sin(0.5 * this.opts.fov * DEG) * 1.1, 0.1);
     this._home = { az: 0, el: 15, r, target: [c.x, -c.z, c.y] }; // back to our +Z-up world

@@ -1,12 +1,21 @@
-// ComfyUI frontend extension of the Efficient4D pack: the interactive 4D player inside "Preview 4D" nodes.
+// ComfyUI frontend extension of the Efficient4D pack: the interactive 4D player inside "Preview 4D" nodes, and the
+// animated-mesh player inside "Extract Mesh 4D" nodes once they have written a GLB.
 // ComfyUI serves this folder (WEB_DIRECTORY = "./web") at /extensions/<pack>/ and imports every .js file in it;
-// only this file registers anything. The player itself lives in e4d_player.js (no CDN, works offline).
+// only this file registers anything. The players live in e4d_player.js and e4d_mesh_player.js (no CDN, offline).
 import { app } from "../../../scripts/app.js";
 import { api } from "../../../scripts/api.js";
 import { E4DPlayer } from "./e4d_player.js";
+import { E4DMeshPlayer } from "./e4d_mesh_player.js";
 
 const NODE_ID = "E4D_Preview4D";
 const UI_KEY = "e4d_preview"; // nodes/preview.py: io.NodeOutput(ui={UI_KEY: [entry]})
+const MESH_NODE_ID = "E4D_ExtractMesh4D";
+const MESH_UI_KEY = "e4d_mesh"; // nodes/mesh.py: {filename, subfolder, type: "output"} of the animated GLB
+
+function stopGraphGestures(holder) {
+  // Keep the canvas's pointer/wheel gestures away from the graph canvas (no graph pan while orbiting).
+  for (const ev of ["pointerdown", "wheel", "contextmenu"]) holder.addEventListener(ev, (e) => e.stopPropagation());
+}
 
 function fileUrl(entry) {
   const q = new URLSearchParams({ filename: entry.filename, type: entry.type || "temp",
@@ -14,9 +23,40 @@ function fileUrl(entry) {
   return api.apiURL(`/view?${q.toString()}`);
 }
 
+// Extract Mesh 4D: the mesh player appears on the first result with an animated GLB (a node that never ran, or ran
+// without fixed topology, stays compact); later runs load their GLB into the same player.
+function addMeshPlayer(nodeType) {
+  const onExecuted = nodeType.prototype.onExecuted;
+  nodeType.prototype.onExecuted = function (output) {
+    onExecuted?.apply(this, arguments);
+    const entry = output?.[MESH_UI_KEY]?.[0];
+    if (!entry) return;
+    if (!this.e4dMeshPlayer) {
+      const holder = document.createElement("div");
+      holder.style.cssText = "width:100%;height:100%;min-height:260px;";
+      stopGraphGestures(holder);
+      this.e4dMeshWidget = this.addDOMWidget("e4d_mesh_player", "E4D_MESH_PLAYER", holder, {
+        serialize: false, hideOnZoom: false, getMinHeight: () => 280,
+      });
+      this.e4dMeshPlayer = new E4DMeshPlayer(holder, { autoplay: true });
+      this.setSize([Math.max(this.size[0], 420), this.computeSize()[1]]);
+    }
+    this.e4dMeshLoading = this.e4dMeshPlayer.load(fileUrl(entry))
+      .catch((e) => console.error("[Efficient4D] mesh preview failed:", e));
+  };
+
+  const onRemoved = nodeType.prototype.onRemoved;
+  nodeType.prototype.onRemoved = function () {
+    this.e4dMeshPlayer?.dispose();
+    this.e4dMeshPlayer = null;
+    return onRemoved?.apply(this, arguments);
+  };
+}
+
 app.registerExtension({
   name: "efficient4d.preview",
   async beforeRegisterNodeDef(nodeType, nodeData) {
+    if (nodeData?.name === MESH_NODE_ID) { addMeshPlayer(nodeType); return; }
     if (nodeData?.name !== NODE_ID) return;
 
     const onNodeCreated = nodeType.prototype.onNodeCreated;
@@ -24,8 +64,7 @@ app.registerExtension({
       const r = onNodeCreated?.apply(this, arguments);
       const holder = document.createElement("div");
       holder.style.cssText = "width:100%;height:100%;min-height:260px;";
-      // Keep the canvas's pointer/wheel gestures away from the graph canvas (no graph pan while orbiting).
-      for (const ev of ["pointerdown", "wheel", "contextmenu"]) holder.addEventListener(ev, (e) => e.stopPropagation());
+      stopGraphGestures(holder);
       this.e4dWidget = this.addDOMWidget("e4d_player", "E4D_PLAYER", holder, {
         serialize: false, hideOnZoom: false, getMinHeight: () => 280,
       });
