@@ -26,6 +26,7 @@ What it does (one command, on the GPU machine after ``source .device/bootstrap.s
     python bench/e2e_comfy.py --workflows video --repeat 2   # run 1 = first after the start (cold), run 2 warm
     python bench/e2e_comfy.py --workflows video --quick
     python bench/e2e_comfy.py --fast --repeat 2   # compiled SyncDreamer, SDS every 2nd step; run 2 = warm session
+    python bench/e2e_comfy.py --workflows video --repeat 2 --vram-gb 12   # ComfyUI managing memory as on a 12 GiB card
     python bench/e2e_comfy.py --tiny              # CPU check of the whole path with tiny models (--cpu server)
 """
 from __future__ import annotations
@@ -39,7 +40,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1] / "tests")]
 from common import cesium_data  # noqa: E402
@@ -155,7 +156,8 @@ def put_inputs(base: Path, data: Path) -> None:
 # ------------------------------------------------------------------------------------------------------------------
 # server
 # ------------------------------------------------------------------------------------------------------------------
-def start(root: Path, base: Path, pythonpath: List[Path], tv: Optional[Path], cpu: bool, port: int):
+def start(root: Path, base: Path, pythonpath: List[Path], tv: Optional[Path], cpu: bool, port: int,
+          extra: Sequence[str] = ()):
     sys.path.insert(0, str(REPO / "tests"))
     from comfy_harness import PACK_NAME, ComfyServer
 
@@ -168,6 +170,7 @@ def start(root: Path, base: Path, pythonpath: List[Path], tv: Optional[Path], cp
     env["PYTHONPATH"] = os.pathsep.join([str(p) for p in pythonpath] + [env.get("PYTHONPATH", "")]).strip(os.pathsep)
     flags = ["--listen", "127.0.0.1", "--port", str(port), "--disable-auto-launch", "--disable-api-nodes",
              "--front-end-root", str(base / "fe_empty"), "--base-directory", str(base)] + (["--cpu"] if cpu else [])
+    flags += list(extra)
     if tv is not None:  # the CI's launcher: torchvision stub for ComfyUI's own start-up only
         cmd = [sys.executable, str(REPO / "tests" / "comfy_launch.py"), str(root), str(tv), *flags]
     else:
@@ -240,6 +243,19 @@ def run_workflow(server, name: str, prompt: dict, gpu: GpuSampler, timeout: floa
     return rec
 
 
+def reserve_vram_flags(vram_gb: float) -> List[str]:
+    """ComfyUI flags that leave its memory manager ``vram_gb`` GiB of this card: ``--reserve-vram`` (GiB it must
+    leave to other software) = total − ``vram_gb``. Only ComfyUI's decisions (which models stay loaded, what is
+    offloaded before a node runs) see the smaller card; the nvidia-smi peak then shows whether our nodes' requests
+    (``memory_required``, ``reserve_memory``) keep the whole workflow inside it."""
+    import torch
+
+    total = torch.cuda.get_device_properties(0).total_memory / 2**30
+    if not 0 < vram_gb < total:
+        raise SystemExit(f"--vram-gb must be between 0 and this card's {total:.1f} GiB, got {vram_gb}")
+    return ["--reserve-vram", f"{total - vram_gb:.2f}"]
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--workflows", default="video,image", help="comma list of video, image")
@@ -258,6 +274,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                     help="do not evict the model files from the OS page cache before the server starts (by default "
                          "the first run reads them from disk, as after a reboot)")
     ap.add_argument("--port", type=int, default=8199)
+    ap.add_argument("--vram-gb", type=float, default=None,
+                    help="make ComfyUI manage memory as on a card of this many GiB (its --reserve-vram set to the "
+                         "rest of this card): shows that the peak follows the settings, not the size of the GPU")
     ap.add_argument("--timeout", type=float, default=420.0, help="seconds per workflow")
     ap.add_argument("--json-out", type=Path, default=None)
     ap.add_argument("--av-stub", action="store_true",
@@ -299,13 +318,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     gpu = GpuSampler()
     gpu.start()
     pypath = [p for p in (stubs, site) if p is not None]  # the stubs must shadow
-    server, up_s = start(root, base, pypath, tv, cpu, args.port)
+    extra = reserve_vram_flags(args.vram_gb) if args.vram_gb and not cpu else []
+    server, up_s = start(root, base, pypath, tv, cpu, args.port, extra)
     rc, tables = 0, []
     try:
         info = server.object_info()
         missing = [n for n in ("E4D_SyncDreamerT", "E4D_Fit4DGS", "E4D_RIFELoader") if n not in info]
         emit({"bench": "e2e_comfy", "event": "server", "lane": lane, "start_s": round(up_s, 2), "cpu": cpu,
-              "stubs": stubbed, "probe": server.request("/e4d_bench/peaks", timeout=5.0)[0] == 200,
+              "stubs": stubbed, "server_flags": extra, "probe": server.request("/e4d_bench/peaks", timeout=5.0)[0] == 200,
               "e4d_nodes": sorted(k for k in info if k.startswith("E4D_")), "missing": missing}, args.json_out)
         for name, run_i in [(f, i) for f in flows for i in range(args.repeat)]:
             try:
