@@ -44,28 +44,30 @@ def timed(fn, warmup: int, iters: int) -> float:
 
 
 def launch_sweep(g, times, w2c, K, S, gt, t4, w2c_t, K_t, args) -> list:
-    """Forward fps at the render shape and train-step ms at the fit shape for each Triton launch shape."""
+    """Forward fps at the render shape per forward launch shape (chunk x warps), and train-step ms at the fit
+    shape per backward chunk (the backward is one warp per tile)."""
     from e4d.render.triton_backend import TritonLaunch, render_triton
 
+    def fwd(launch):
+        g3 = slice_at(g, times)
+        render_triton(g3.means, g3.covs, g3.opacities, g3.sh, g3.sh_degree, w2c, K, S, S,
+                      make_backgrounds(1.0, *w2c.shape[:2], g3.means), launch=launch)
+
+    def step(launch):
+        g3 = slice_at(gt, t4)
+        rgb, alpha = render_triton(g3.means, g3.covs, g3.opacities, g3.sh, g3.sh_degree, w2c_t, K_t, 256, 256,
+                                   make_backgrounds(1.0, 4, 4, g3.means), launch=launch)
+        (rgb.mean() + alpha.mean()).backward()
+
+    n = max(3, args.iters // 4)
     out = []
-    for chunk, warps in itertools.product((4, 8, 16, 32), (4, 8)):
-        launch = TritonLaunch(chunk, warps, chunk, warps)
-
-        def fwd():
-            g3 = slice_at(g, times)
-            render_triton(g3.means, g3.covs, g3.opacities, g3.sh, g3.sh_degree, w2c, K, S, S,
-                          make_backgrounds(1.0, *w2c.shape[:2], g3.means), launch=launch)
-
-        def step():
-            g3 = slice_at(gt, t4)
-            rgb, alpha = render_triton(g3.means, g3.covs, g3.opacities, g3.sh, g3.sh_degree, w2c_t, K_t, 256, 256,
-                                       make_backgrounds(1.0, 4, 4, g3.means), launch=launch)
-            (rgb.mean() + alpha.mean()).backward()
-
+    for chunk, warps in itertools.product((4, 8, 16), (1, 2, 4, 8)):
         with torch.no_grad():
-            fps = w2c.shape[0] * w2c.shape[1] / timed(fwd, 2, max(3, args.iters // 4))
-        out.append({"chunk": chunk, "warps": warps, "fps": round(fps, 1),
-                    "train_step_16x256_ms": round(1e3 * timed(step, 2, max(3, args.iters // 4)), 3)})
+            fps = w2c.shape[0] * w2c.shape[1] / timed(lambda: fwd(TritonLaunch(chunk, warps)), 2, n)
+        out.append({"chunk": chunk, "warps": warps, "fps": round(fps, 1)})
+    for chunk in (1, 2, 4):
+        ms = 1e3 * timed(lambda: step(TritonLaunch(backward_chunk=chunk)), 2, n)
+        out.append({"backward_chunk": chunk, "train_step_16x256_ms": round(ms, 3)})
     return out
 
 
@@ -123,9 +125,12 @@ def bench_backend(backend: str, args: argparse.Namespace) -> dict:
     res["train_peak_mem_gb"] = torch.cuda.max_memory_allocated() / 2 ** 30
     if backend == "triton":  # the launch shapes the autotuner chose, per (height, width, dtypes) key
         from e4d.render import triton_kernels as tk
-        res["triton_tuned"] = {name: {str(key[:2]): str(cfg) for key, cfg in fn.cache.items()}
-                               for name, fn in (("forward", tk.composite_forward_tuned),
-                                                ("backward", tk.composite_backward_tuned))}
+        tuned = (("forward", tk.composite_forward_tuned), ("backward", tk.composite_backward_tuned))
+        res["triton_tuned"] = {name: {str(key[:2]): str(cfg) for key, cfg in fn.cache.items()} for name, fn in tuned}
+        # the autotuner's last timings (ms per launch shape; Triton keeps those of the last size it tuned)
+        res["triton_tuning_ms"] = {name: {str(cfg.kwargs) + f" w{cfg.num_warps}": round(float(ms[0] if isinstance(ms, (list, tuple)) else ms), 4)
+                                          for cfg, ms in getattr(fn, "configs_timings", {}).items()}
+                                   for name, fn in tuned}
     if backend == "triton" and args.launch_sweep:
         res["launch_sweep"] = launch_sweep(g, times, w2c, K, S, gt, t4, w2c_t, K_t, args)
     res["target_fps"] = TARGET_FPS

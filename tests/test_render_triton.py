@@ -71,11 +71,12 @@ def run(g, backend, dtype, weight, times, background):
     return out, {k: p.grad.double() for k, p in gg.parameters_dict().items()}
 
 
-@pytest.mark.parametrize("seed,warp_partials", [(0, True), (1, False)])
-def test_triton_matches_reference_images_and_gradients(seed, warp_partials, monkeypatch):
-    """Both ways of adding a Gaussian's gradients (per-warp atomics, block sum) against the reference."""
+@pytest.mark.parametrize("seed,warps,chunk", [(0, 4, 2), (1, 1, 3)])
+def test_triton_matches_reference_images_and_gradients(seed, warps, chunk, monkeypatch):
+    """Two pixel layouts of the forward (4 warps, 2 pixels per thread; 1 warp, 8) and two unroll depths, one not
+    dividing the tile lists, against the reference."""
     if not torch.cuda.is_available():  # in the interpreter a fixed launch shape is used: pick each variant
-        monkeypatch.setattr(triton_backend, "DEFAULT_LAUNCH", triton_backend.TritonLaunch(warp_partials=warp_partials))
+        monkeypatch.setattr(triton_backend, "DEFAULT_LAUNCH", triton_backend.TritonLaunch(chunk, warps, chunk))
     g = scene(seed)
     times = [0.3, 0.7]
     weight = torch.rand(2, 2, H, W, 3, generator=torch.Generator().manual_seed(seed)).to(DEV)

@@ -36,13 +36,13 @@ class TritonLaunch:
     chunk: int = 8
     """Gaussians per unrolled group of the forward walk (the all-pixels-done test runs once per group)."""
     warps: int = 4
-    """Warps per program in the forward kernel."""
-    backward_chunk: int = 4
+    """Warps per program in the forward kernel (1, 2, 4 or 8; the backward always runs one warp per tile)."""
+    backward_chunk: int = 2
     """Gaussians per unrolled group of the backward walk."""
-    backward_warps: int = 4
-    """Warps per program in the backward kernel."""
-    warp_partials: bool = True
-    """Backward: one atomic per warp row and field (True, no block-wide barrier) or a block-wide sum first."""
+
+    def __post_init__(self) -> None:
+        if self.warps not in (1, 2, 4, 8) or self.chunk < 1 or self.backward_chunk < 1:
+            raise ValueError(f"TritonLaunch needs warps in (1, 2, 4, 8) and chunks >= 1, got {self}")
 
 
 DEFAULT_LAUNCH: Optional[TritonLaunch] = None
@@ -123,7 +123,7 @@ def _cdiv(a: int, b: int) -> int:
 
 
 class _Rasterize(torch.autograd.Function):
-    """Projection, binning and compositing of B slices x C cameras: colour sum ``[I, H, W, 3]`` and transmittance
+    """Projection, binning and compositing of B slices x C cameras: colour sum ``[3, I, H, W]`` and transmittance
     ``[I, H, W]``; gradients to means ``[B, N, 3]``, covariances ``[B, N, 3, 3]``, opacities ``[B, N]`` and colours
     (``[B, N, 3]``, shared by a slice's cameras, or ``[B * C, N, 3]`` per image)."""
 
@@ -149,15 +149,15 @@ class _Rasterize(torch.autograd.Function):
             tiles_x, tiles_y, float(settings.near_plane), float(settings.far_plane), float(settings.eps2d),
             BLOCK=PROJECT_BLOCK, TS=k.TILE)
         ids, offsets = bin_tiles(box, count, depth, N, n_tiles, tiles_x)
-        color = feat.new_zeros(images, height, width, 3)
+        color = feat.new_zeros(3, images, height, width)  # planar: every kernel access is contiguous
         trans = feat.new_ones(images, height, width)
         last = torch.zeros(images, height, width, dtype=torch.int32, device=dev)
-        args = (feat, ids, offsets, color, trans, last, height, width, tiles_x, n_tiles)
+        args = (feat, ids, offsets, color, trans, last, height, width, tiles_x, n_tiles, trans.numel())
         if launch is None:
             k.composite_forward_tuned[(images * n_tiles,)](*args, TS=k.TILE)
         else:
             k.composite_forward[(images * n_tiles,)](*args, BG=launch.chunk, TS=k.TILE, num_warps=launch.warps)
-        ctx.save_for_backward(means, covs, opacities, w2c, K, feat, ids, offsets, trans, last, count)
+        ctx.save_for_backward(means, covs, opacities, w2c, K, feat, ids, offsets, color, trans, last, count)
         ctx.shape = (B, C, N, width, height, tiles_x, n_tiles, colors.shape[0])
         ctx.settings, ctx.launch = settings, launch
         return color, trans
@@ -165,20 +165,19 @@ class _Rasterize(torch.autograd.Function):
     @staticmethod
     def backward(ctx, v_color: Tensor, v_trans: Tensor):
         k, pk = _kernels(), _projection()
-        means, covs, opacities, w2c, K, feat, ids, offsets, trans, last, count = ctx.saved_tensors
+        means, covs, opacities, w2c, K, feat, ids, offsets, color, trans, last, count = ctx.saved_tensors
         B, C, N, width, height, tiles_x, n_tiles, color_rows = ctx.shape
         images, P = B * C, B * C * N
         v_feat = torch.zeros_like(feat)
-        v_color = v_color.contiguous() if v_color is not None else trans.new_zeros(images, height, width, 3)
+        v_color = v_color.contiguous() if v_color is not None else torch.zeros_like(color)
         v_trans = v_trans.contiguous() if v_trans is not None else torch.zeros_like(trans)
-        args = (feat, ids, offsets, trans, last, v_color, v_trans, v_feat, height, width, tiles_x, n_tiles)
+        args = (feat, ids, offsets, color, trans, last, v_color, v_trans, v_feat, height, width, tiles_x, n_tiles,
+                trans.numel())
         launch = ctx.launch
         if launch is None:
             k.composite_backward_tuned[(images * n_tiles,)](*args, TS=k.TILE)
         else:
-            k.composite_backward[(images * n_tiles,)](*args, BG=launch.backward_chunk, TS=k.TILE,
-                                                      WARP_PARTIALS=launch.warp_partials,
-                                                      num_warps=launch.backward_warps)
+            k.composite_backward[(images * n_tiles,)](*args, BG=launch.backward_chunk, TS=k.TILE, num_warps=1)
         v_means = torch.empty(P, 3, dtype=torch.float32, device=feat.device)
         v_covs = torch.empty(P, 6, dtype=torch.float32, device=feat.device)
         pk.project_backward[(_cdiv(P, PROJECT_BLOCK),)](
@@ -227,7 +226,7 @@ def render_triton(means: Tensor, covs: Tensor, opacities: Tensor, sh: Tensor, sh
         colors = sh_colors(means, sh, 0, None)  # [B, N, 3]
     color, trans = _Rasterize.apply(means, covs, opacities, colors.contiguous(), w2c.reshape(B * C, 4, 4),
                                     K.reshape(B * C, 3, 3), int(width), int(height), settings, launch)
-    color = color.reshape(B, C, height, width, 3)
+    color = color.permute(1, 2, 3, 0).reshape(B, C, height, width, 3)
     trans = trans.reshape(B, C, height, width, 1)
     rgb = color + trans * f32(backgrounds)[:, :, None, None, :]
     return rgb.to(dtype), (1.0 - trans).to(dtype)

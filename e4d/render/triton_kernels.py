@@ -8,18 +8,25 @@ Layout shared by both kernels (prepared by the backend):
 
 * ``feat [G, 9]`` fp32 per projected Gaussian: mean x, mean y (pixels), conic a, b, c, opacity, r, g, b;
 * ``ids [M]`` int32: Gaussian rows, grouped by tile (image-major) and depth-sorted inside each tile;
-* ``offsets [I * n_tiles + 1]`` int32: tile ``t`` owns ``ids[offsets[t]:offsets[t + 1]]``.
+* ``offsets [I * n_tiles + 1]`` int32: tile ``t`` owns ``ids[offsets[t]:offsets[t + 1]]``;
+* per-pixel images ``[I, H, W]`` (transmittance, ``last``) and colours planar ``[3, I, H, W]`` (``plane = I H W``):
+  every per-pixel load and store is contiguous, so Triton keeps one register layout for the whole walk (with
+  interleaved RGB it moved loop values through shared memory, with a barrier, for every Gaussian).
 
-A program holds its 256 pixels as vectors and walks its tile's Gaussians one at a time, as gsplat's CUDA kernel
-does per thread: a Gaussian's nine features are uniform (scalar) loads, and one alpha per pixel costs one exp.
-The walk is unrolled ``BG`` Gaussians at a time (the loads of a group can be issued together) and stops when
-every pixel of the tile is finished. Compositing stops, exclusively, at the first Gaussian that would bring the
-transmittance to <= 1e-4 (gsplat's rule). The forward stores per pixel the colour sum, the final transmittance
-and how many of the tile's Gaussians reach it (``last``: index of its last contributor + 1). The backward walks
-back to front from the tile's largest ``last``, recovering the transmittance in front of each Gaussian by
-division (``alpha <= 0.999``) and the colour behind it as a running sum; a Gaussian's gradients are summed over
-each warp's pixels in registers and added with one atomic per warp and field (or summed over the tile first:
-the autotuned configurations time both). Pixels are held as ``[8, 32]`` blocks so that a row is one warp.
+A program holds its tile's pixels as a ``[16, 16]`` block and walks the tile's Gaussians front to back, one at a
+time, as gsplat's CUDA kernel does per thread: a Gaussian's nine features are uniform (scalar) loads and one alpha
+per pixel costs one exp. The walk is unrolled ``BG`` Gaussians at a time (the loads of a group can be issued
+together). Compositing stops, exclusively, at the first Gaussian that would bring the transmittance to <= 1e-4
+(gsplat's rule). The forward stores per pixel the colour sum, the final transmittance and how many of the tile's
+Gaussians reach it (``last``: index of its last contributor + 1).
+
+The backward also walks front to back, up to the tile's largest ``last``: it recomputes the transmittance in
+front of each Gaussian as the forward did (no division, no drift) and gets the colour behind it from the final
+colour minus a running sum (only its dot product with the incoming colour gradient is needed: one running scalar
+per pixel). A backward program is one warp (8 pixels per thread): a Gaussian's gradients are summed over each
+thread's pixels, then over the lanes by shuffles, and added with one relaxed atomic per field. No shared memory,
+no barrier: per-warp sums of a multi-warp block go through shared memory in Triton, and the default acq_rel
+atomics fence and synchronise the block (the previous kernel paid both for every Gaussian and field).
 """
 from __future__ import annotations
 
@@ -37,13 +44,12 @@ INTERPRETED = bool(knobs.runtime.interpret)
 
 @triton.jit
 def _tile_pixels(pid, n_tiles, tiles_x, height, width, TS: tl.constexpr):
-    """Image index, pixel coordinates, in-image mask and pixel centres of program ``pid``'s tile, as
-    ``[TS * TS / 32, 32]`` blocks: a row of 32 pixels lives in one warp, so a sum along axis 1 stays in the warp."""
+    """Image index, pixel coordinates, in-image mask and pixel centres of program ``pid``'s tile, as ``[TS, TS]``
+    blocks (row, column); with w warps, each warp holds a band of TS / w whole rows."""
     img = pid // n_tiles
     tile = pid % n_tiles
-    p = tl.arange(0, TS * TS // 32)[:, None] * 32 + tl.arange(0, 32)[None, :]
-    px = (tile % tiles_x) * TS + p % TS
-    py = (tile // tiles_x) * TS + p // TS
+    px = (tile % tiles_x) * TS + tl.arange(0, TS)[None, :]
+    py = (tile // tiles_x) * TS + tl.arange(0, TS)[:, None]
     inside = (px < width) & (py < height)
     return img, px, py, inside, px.to(tl.float32) + 0.5, py.to(tl.float32) + 0.5
 
@@ -58,62 +64,23 @@ def _gaussian(feat_ptr, ids_ptr, j, valid):
 
 
 @triton.jit
-def _add9(a0, a1, a2, a3, a4, a5, a6, a7, a8, b0, b1, b2, b3, b4, b5, b6, b7, b8):
-    return a0 + b0, a1 + b1, a2 + b2, a3 + b3, a4 + b4, a5 + b5, a6 + b6, a7 + b7, a8 + b8
-
-
-@triton.jit
-def _add_grads(grad_ptr, row, valid, g0, g1, g2, g3, g4, g5, g6, g7, g8, ROWS: tl.constexpr,
-               WARP_PARTIALS: tl.constexpr):
-    """Add one Gaussian's nine per-pixel gradient blocks ``[ROWS, 32]`` to ``grad[row:row + 9]``: sums along the
-    warp axis, then either one atomic per warp row and field (no block-wide barrier; rows whose sum is 0 are
-    skipped) or one block-wide reduction of all nine and one atomic per field."""
-    s0 = tl.sum(g0, axis=1)
-    s1 = tl.sum(g1, axis=1)
-    s2 = tl.sum(g2, axis=1)
-    s3 = tl.sum(g3, axis=1)
-    s4 = tl.sum(g4, axis=1)
-    s5 = tl.sum(g5, axis=1)
-    s6 = tl.sum(g6, axis=1)
-    s7 = tl.sum(g7, axis=1)
-    s8 = tl.sum(g8, axis=1)
-    if WARP_PARTIALS:
-        ptr = grad_ptr + row + tl.zeros([ROWS], tl.int64)
-        valid = (tl.zeros([ROWS], tl.int32) + valid.to(tl.int32)) != 0  # a vector mask (the interpreter needs it)
-        tl.atomic_add(ptr, s0, mask=valid & (s0 != 0.0))
-        tl.atomic_add(ptr + 1, s1, mask=valid & (s1 != 0.0))
-        tl.atomic_add(ptr + 2, s2, mask=valid & (s2 != 0.0))
-        tl.atomic_add(ptr + 3, s3, mask=valid & (s3 != 0.0))
-        tl.atomic_add(ptr + 4, s4, mask=valid & (s4 != 0.0))
-        tl.atomic_add(ptr + 5, s5, mask=valid & (s5 != 0.0))
-        tl.atomic_add(ptr + 6, s6, mask=valid & (s6 != 0.0))
-        tl.atomic_add(ptr + 7, s7, mask=valid & (s7 != 0.0))
-        tl.atomic_add(ptr + 8, s8, mask=valid & (s8 != 0.0))
-    else:
-        t0, t1, t2, t3, t4, t5, t6, t7, t8 = tl.reduce((s0, s1, s2, s3, s4, s5, s6, s7, s8), 0, _add9)
-        tl.atomic_add(grad_ptr + row, t0, mask=valid)
-        tl.atomic_add(grad_ptr + row + 1, t1, mask=valid)
-        tl.atomic_add(grad_ptr + row + 2, t2, mask=valid)
-        tl.atomic_add(grad_ptr + row + 3, t3, mask=valid)
-        tl.atomic_add(grad_ptr + row + 4, t4, mask=valid)
-        tl.atomic_add(grad_ptr + row + 5, t5, mask=valid)
-        tl.atomic_add(grad_ptr + row + 6, t6, mask=valid)
-        tl.atomic_add(grad_ptr + row + 7, t7, mask=valid)
-        tl.atomic_add(grad_ptr + row + 8, t8, mask=valid)
+def _add(ptr, value, valid):
+    """``*ptr += value`` unless not ``valid`` or 0; relaxed (acq_rel, the default, fences and syncs the block)."""
+    tl.atomic_add(ptr, value, mask=valid & (value != 0.0), sem="relaxed")
 
 
 @triton.jit
 def composite_forward(feat_ptr, ids_ptr, offsets_ptr, color_ptr, trans_ptr, last_ptr, height, width, tiles_x,
-                      n_tiles, BG: tl.constexpr, TS: tl.constexpr):
+                      n_tiles, plane, BG: tl.constexpr, TS: tl.constexpr):
     pid = tl.program_id(0)
     img, px, py, inside, fx, fy = _tile_pixels(pid, n_tiles, tiles_x, height, width, TS)
     start = tl.load(offsets_ptr + pid)
     end = tl.load(offsets_ptr + pid + 1)
-    T = tl.full([TS * TS // 32, 32], 1.0, tl.float32)
-    acc_r = tl.zeros([TS * TS // 32, 32], tl.float32)
-    acc_g = tl.zeros([TS * TS // 32, 32], tl.float32)
-    acc_b = tl.zeros([TS * TS // 32, 32], tl.float32)
-    last = tl.zeros([TS * TS // 32, 32], tl.int32)
+    T = tl.where(inside, 1.0, 1.0)
+    acc_r = tl.zeros_like(T)
+    acc_g = tl.zeros_like(T)
+    acc_b = tl.zeros_like(T)
+    last = tl.zeros([TS, TS], tl.int32)
     active = inside
     alive = tl.sum(active.to(tl.int32))
     j0 = start
@@ -140,36 +107,40 @@ def composite_forward(feat_ptr, ids_ptr, offsets_ptr, color_ptr, trans_ptr, last
         alive = tl.sum(active.to(tl.int32))
         j0 += BG
     pix = (img.to(tl.int64) * height + py) * width + px
-    tl.store(color_ptr + pix * 3, acc_r, mask=inside)
-    tl.store(color_ptr + pix * 3 + 1, acc_g, mask=inside)
-    tl.store(color_ptr + pix * 3 + 2, acc_b, mask=inside)
+    tl.store(color_ptr + pix, acc_r, mask=inside)
+    tl.store(color_ptr + plane + pix, acc_g, mask=inside)
+    tl.store(color_ptr + plane + plane + pix, acc_b, mask=inside)
     tl.store(trans_ptr + pix, T, mask=inside)
     tl.store(last_ptr + pix, last, mask=inside)
 
 
 @triton.jit
-def composite_backward(feat_ptr, ids_ptr, offsets_ptr, trans_ptr, last_ptr, v_color_ptr, v_trans_ptr, grad_ptr,
-                       height, width, tiles_x, n_tiles, BG: tl.constexpr, TS: tl.constexpr,
-                       WARP_PARTIALS: tl.constexpr):
+def composite_backward(feat_ptr, ids_ptr, offsets_ptr, color_ptr, trans_ptr, last_ptr, v_color_ptr, v_trans_ptr,
+                       grad_ptr, height, width, tiles_x, n_tiles, plane, BG: tl.constexpr, TS: tl.constexpr):
+    """Gradients of the nine features (added into ``grad [G, 9]``) from those of the colour sum and transmittance.
+
+    With ``T_j`` the transmittance in front of contributor ``j``, ``w_j = alpha_j T_j``, ``s_j`` the dot product
+    of its colour with the pixel's colour gradient and ``F_j = sum_{k <= j} w_k s_k``:
+    ``d loss / d alpha_j = T_j s_j - (v_color . color - F_j + v_trans T_final) / (1 - alpha_j)``."""
     pid = tl.program_id(0)
     img, px, py, inside, fx, fy = _tile_pixels(pid, n_tiles, tiles_x, height, width, TS)
     pix = (img.to(tl.int64) * height + py) * width + px
     start = tl.load(offsets_ptr + pid)
     last = tl.load(last_ptr + pix, mask=inside, other=0)
-    T_final = tl.load(trans_ptr + pix, mask=inside, other=1.0)
-    v_r = tl.load(v_color_ptr + pix * 3, mask=inside, other=0.0)
-    v_g = tl.load(v_color_ptr + pix * 3 + 1, mask=inside, other=0.0)
-    v_b = tl.load(v_color_ptr + pix * 3 + 2, mask=inside, other=0.0)
-    v_Tf = tl.load(v_trans_ptr + pix, mask=inside, other=0.0) * T_final  # d loss / d log T_final
-    T = T_final
-    buf_r = tl.zeros([TS * TS // 32, 32], tl.float32)
-    buf_g = tl.zeros([TS * TS // 32, 32], tl.float32)
-    buf_b = tl.zeros([TS * TS // 32, 32], tl.float32)
-    jb = start + tl.max(last)  # one past the last Gaussian any pixel of the tile takes
-    while jb > start:
+    v_r = tl.load(v_color_ptr + pix, mask=inside, other=0.0)
+    v_g = tl.load(v_color_ptr + plane + pix, mask=inside, other=0.0)
+    v_b = tl.load(v_color_ptr + plane + plane + pix, mask=inside, other=0.0)
+    behind = (v_r * tl.load(color_ptr + pix, mask=inside, other=0.0)
+              + v_g * tl.load(color_ptr + plane + pix, mask=inside, other=0.0)
+              + v_b * tl.load(color_ptr + plane + plane + pix, mask=inside, other=0.0)
+              + tl.load(v_trans_ptr + pix, mask=inside, other=0.0) * tl.load(trans_ptr + pix, mask=inside, other=1.0))
+    T = tl.where(inside, 1.0, 1.0)
+    stop = start + tl.max(last)  # one past the last Gaussian any pixel of the tile takes
+    j0 = start
+    while j0 < stop:
         for k in tl.static_range(BG):
-            j = jb - 1 - k
-            valid = j >= start
+            j = j0 + k
+            valid = j < stop
             row, mx, my, ca, cb, cc, op, cr, cg, cbl = _gaussian(feat_ptr, ids_ptr, j, valid)
             dx = mx - fx
             dy = my - fy
@@ -177,34 +148,38 @@ def composite_backward(feat_ptr, ids_ptr, offsets_ptr, trans_ptr, last_ptr, v_co
             vis = tl.exp(-sigma)
             raw = op * vis
             alpha = tl.minimum(raw, 0.999)
-            ok = (j - start < last) & (sigma >= 0.0) & (alpha >= 1.0 / 255.0) & valid
-            ra = 1.0 / (1.0 - alpha)
-            T = tl.where(ok, T * ra, T)  # transmittance in front of this Gaussian
+            ok = (j - start < last) & (sigma >= 0.0) & (alpha >= 1.0 / 255.0)
             w = tl.where(ok, alpha * T, 0.0)
-            v_alpha = ((cr * T - buf_r * ra) * v_r + (cg * T - buf_g * ra) * v_g + (cbl * T - buf_b * ra) * v_b
-                       - v_Tf * ra)
-            v_alpha = tl.where(ok & (raw <= 0.999), v_alpha, 0.0)  # a clamped alpha passes no gradient (gsplat)
+            s = cr * v_r + cg * v_g + cbl * v_b
+            behind -= w * s  # now the colour gradient's dot product with the colour behind j, plus v_trans T_final
+            v_alpha = tl.where(ok & (raw <= 0.999), T * s - behind / (1.0 - alpha), 0.0)  # clamped: no gradient
+            T = tl.where(ok, T * (1.0 - alpha), T)
             v_sigma = -raw * v_alpha
-            _add_grads(grad_ptr, row, valid, v_sigma * (ca * dx + cb * dy), v_sigma * (cb * dx + cc * dy),
-                       0.5 * v_sigma * dx * dx, v_sigma * dx * dy, 0.5 * v_sigma * dy * dy, v_alpha * vis,
-                       w * v_r, w * v_g, w * v_b, TS * TS // 32, WARP_PARTIALS)
-            buf_r += w * cr
-            buf_g += w * cg
-            buf_b += w * cbl
-        jb -= BG
+            sx = tl.sum(v_sigma * dx)
+            sy = tl.sum(v_sigma * dy)
+            _add(grad_ptr + row, ca * sx + cb * sy, valid)
+            _add(grad_ptr + row + 1, cb * sx + cc * sy, valid)
+            _add(grad_ptr + row + 2, 0.5 * tl.sum(v_sigma * dx * dx), valid)
+            _add(grad_ptr + row + 3, tl.sum(v_sigma * dx * dy), valid)
+            _add(grad_ptr + row + 4, 0.5 * tl.sum(v_sigma * dy * dy), valid)
+            _add(grad_ptr + row + 5, tl.sum(v_alpha * vis), valid)
+            _add(grad_ptr + row + 6, tl.sum(w * v_r), valid)
+            _add(grad_ptr + row + 7, tl.sum(w * v_g), valid)
+            _add(grad_ptr + row + 8, tl.sum(w * v_b), valid)
+        j0 += BG
 
 
-FORWARD_CONFIGS = ((8, 4), (16, 4))
+FORWARD_CONFIGS = ((8, 4), (16, 4), (8, 1))
 """(Gaussians per unrolled group, warps) of the forward kernel that :data:`composite_forward_tuned` times."""
-BACKWARD_CONFIGS = ((4, 4, True), (4, 4, False), (8, 4, True), (4, 8, True))
-"""(Gaussians per unrolled group, warps, per-warp atomics) of the backward that :data:`composite_backward_tuned`
-times."""
+BACKWARD_CONFIGS = (2, 4)
+"""Gaussians per unrolled group of the one-warp backward that :data:`composite_backward_tuned` times."""
 
 composite_forward_tuned = triton.autotune(
-    [triton.Config({"BG": bg}, num_warps=w) for bg, w in FORWARD_CONFIGS], key=["height", "width"])(composite_forward)
+    [triton.Config({"BG": bg}, num_warps=w) for bg, w in FORWARD_CONFIGS],
+    key=["height", "width"])(composite_forward)
 """The forward with the fastest of :data:`FORWARD_CONFIGS` for the image size, timed on its first call (the GPU's
 first render of that size; compiled kernels are cached on disk by Triton)."""
 composite_backward_tuned = triton.autotune(
-    [triton.Config({"BG": bg, "WARP_PARTIALS": wp}, num_warps=w) for bg, w, wp in BACKWARD_CONFIGS],
+    [triton.Config({"BG": bg}, num_warps=1) for bg in BACKWARD_CONFIGS],
     key=["height", "width"], reset_to_zero=["grad_ptr"])(composite_backward)
 """The backward with the fastest of :data:`BACKWARD_CONFIGS` (``grad`` is zeroed between the timed runs)."""
