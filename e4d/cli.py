@@ -132,7 +132,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         from .mesh import MeshConfig, cli_export
 
         over = {k: v for k, v in dict(resolution=args.mesh_resolution, views=args.mesh_views,
-                                      decimate_faces=args.mesh_decimate).items() if v is not None}
+                                      decimate_faces=args.mesh_decimate,
+                                      texture_size=args.mesh_texture).items() if v is not None}
         summary["mesh"] = cli_export(args.model, args.out, times=times,
                                      config=MeshConfig(fixed_topology=not args.mesh_independent, **over),
                                      sequence_formats=tuple(x for x in args.mesh_formats.split(",") if x))
@@ -281,6 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--mesh-views", type=int, default=None, help="depth cameras around the object (MeshConfig)")
     e.add_argument("--mesh-decimate", type=int, default=None, help="target faces, 0 = off (MeshConfig)")
     e.add_argument("--mesh-independent", action="store_true", help="one mesh per time instead of one tracked mesh")
+    e.add_argument("--mesh-texture", type=int, default=None, help="bake a UV colour texture of about N texels a side "
+                   "into the animated GLB (needs xatlas; MeshConfig.texture_size)")
     e.add_argument("--mesh-formats", default="glb", help="per-time files: comma list of glb, ply, obj ('' = none)")
     e.set_defaults(func=cmd_export)
 

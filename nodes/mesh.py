@@ -69,8 +69,9 @@ class ExtractMesh4D(io.ComfyNode):
             description="Turn the 4D Gaussians into triangle meshes: depth renders from many cameras are fused into "
                         "a watertight surface per time (vertex-coloured). With fixed topology one mesh is extracted "
                         "at the reference time and moved with the Gaussians' motion: one animated GLB (morph "
-                        "targets + animation) for Blender, three.js, game engines or core Preview 3D & Animation. "
-                        "Also writes one mesh file per time.",
+                        "targets + animation) for Blender, three.js, game engines or core Preview 3D & Animation; "
+                        "once it has run, the node plays that GLB itself (three.js). Also writes one mesh file per "
+                        "time.",
             is_output_node=True,
             inputs=[
                 E4D_GAUSSIANS4D.Input("gaussians", tooltip="Fitted (or loaded) 4D Gaussians."),
@@ -97,6 +98,8 @@ class ExtractMesh4D(io.ComfyNode):
                 io.String.Input("filename_prefix", default="efficient4d/mesh",
                                 tooltip="Name prefix inside the output folder (sub-folders allowed); a counter is "
                                         "appended."),
+                # last, so workflows saved before it keep their widget values in place
+                field_input(M, "texture_size", min=0, max=8192, step=64),
             ],
             outputs=[
                 io.String.Output(display_name="glb_path",
@@ -114,7 +117,7 @@ class ExtractMesh4D(io.ComfyNode):
                 refit_iterations: int = 4, rigidity: float = 0.001, decimate_faces: int = 50_000,
                 truncation: float = 3.0, alpha_threshold: float = 0.5, track_neighbours: int = 16,
                 min_component: float = 0.01, fps: float = 8.0, sequence_format: str = "glb",
-                filename_prefix: str = "efficient4d/mesh") -> io.NodeOutput:
+                filename_prefix: str = "efficient4d/mesh", texture_size: int = 0) -> io.NodeOutput:
         import folder_paths
 
         from e4d.mesh import MeshConfig, extract_mesh_4d, write_animated_glb, write_mesh_sequence
@@ -125,7 +128,7 @@ class ExtractMesh4D(io.ComfyNode):
                          smoothing=int(smoothing), refit_iterations=int(refit_iterations),
                          rigidity=float(rigidity),
                          track_neighbours=int(track_neighbours), decimate_faces=int(decimate_faces),
-                         min_component=float(min_component)).validate()
+                         min_component=float(min_component), texture_size=int(texture_size)).validate()
         if sequence_format not in SEQUENCE_CHOICES:
             raise ValueError(f"sequence_format must be one of {SEQUENCE_CHOICES}, got {sequence_format!r}")
         if not cfg.fixed_topology and sequence_format == "none":

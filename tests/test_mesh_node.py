@@ -52,3 +52,11 @@ def test_refuses_a_prefix_outside_the_output_folder_before_working(comfy_dirs):
     with pytest.raises(ValueError, match="filename_prefix"):
         ExtractMesh4D.execute(moving_sphere(), filename_prefix="../escape", **TINY)
     assert not any(comfy_dirs["output"].iterdir())
+
+
+def test_texture_size_bakes_a_textured_glb(comfy_dirs):
+    pytest.importorskip("xatlas")  # optional extra; CI installs it (tests/test_mesh_texture.py fails there without)
+    out = ExtractMesh4D.execute(moving_sphere(), sequence_format="none", filename_prefix="e4d/tex",
+                                texture_size=64, **TINY)
+    back = read_animated_glb(comfy_dirs["output"] / out.result[0])
+    assert back.texture is not None and back.uv is not None and back.colors is None

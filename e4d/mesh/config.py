@@ -50,6 +50,10 @@ class MeshConfig:
     """Target triangle count after marching cubes (needs the ``fast-simplification`` package); 0 = keep all."""
     min_component: float = 0.01
     """Connected pieces with fewer than this fraction of the mesh's faces are dropped (floaters)."""
+    texture_size: int = 0
+    """Side in texels of a colour texture baked over a UV atlas of the fixed-topology mesh (needs the optional
+    ``xatlas`` package: ``pip install xatlas``); it holds the renders' detail between vertices. 0 = vertex colours
+    only."""
 
     def validate(self) -> "MeshConfig":
         """Raise ValueError naming the field, its value and the allowed range; returns self."""
@@ -70,10 +74,14 @@ class MeshConfig:
             ("track_neighbours", 1 <= self.track_neighbours <= 256, "1..256"),
             ("decimate_faces", self.decimate_faces == 0 or self.decimate_faces >= 100, "0 (off) or >= 100"),
             ("min_component", 0.0 <= self.min_component < 1.0, "[0, 1)"),
+            ("texture_size", self.texture_size == 0 or 16 <= self.texture_size <= 8192, "0 (off) or 16..8192"),
         ]
         for name, ok, allowed in rules:
             if not ok:
                 raise ValueError(f"MeshConfig.{name} must be in {allowed}, got {getattr(self, name)!r}")
+        if self.texture_size and not self.fixed_topology:
+            raise ValueError(f"MeshConfig.texture_size={self.texture_size} bakes the texture of the fixed-topology "
+                             "mesh; turn fixed_topology on, or set texture_size to 0")
         return self
 
     def replace(self, **changes) -> "MeshConfig":

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time as _time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +26,7 @@ from ..slicing import TimesLike, as_times, slice_at
 from .config import MeshConfig
 from .surface import compact, decimate, drop_small_components, marching_cubes, vertex_normals
 from .register import RegisterConfig
+from .texture import UVTexture, bake_texture
 from .track import track
 from .tsdf import TSDF, Grid, fuse
 from .views import object_bounds, render_depth_colour, sphere_cameras
@@ -45,6 +46,7 @@ class MeshSequence:
         fixed_topology: one mesh moved through time (vertex i is the same surface point at every time).
         reference_index: index of the time the fixed-topology mesh was extracted at.
         info: timings (seconds) and sizes.
+        texture: the fixed-topology mesh's UV atlas and baked colour texture (``MeshConfig.texture_size``), or None.
     """
 
     times: Tensor
@@ -54,6 +56,7 @@ class MeshSequence:
     fixed_topology: bool
     reference_index: int = 0
     info: Dict[str, Any] = field(default_factory=dict)
+    texture: Optional[UVTexture] = None
 
     def __post_init__(self) -> None:
         T = int(self.times.shape[0])
@@ -67,6 +70,8 @@ class MeshSequence:
         if self.fixed_topology and len({int(v.shape[0]) for v in self.vertices}) != 1:
             raise ValueError("a fixed-topology MeshSequence needs the same vertex count at every time, got "
                              f"{[int(v.shape[0]) for v in self.vertices]}")
+        if self.texture is not None and not self.fixed_topology:
+            raise ValueError("a MeshSequence texture belongs to a fixed-topology mesh; got fixed_topology=False")
 
     def __len__(self) -> int:
         return int(self.times.shape[0])
@@ -76,27 +81,36 @@ def _grid(bounds, res: int) -> Grid:
     return Grid(bounds.lo, bounds.size / res, res)
 
 
-def vertex_colors(verts: Tensor, faces: Tensor, cams: Cameras, depth: Tensor, alpha: Tensor, rgb: Tensor,
-                  tolerance: float, alpha_threshold: float) -> Tensor:
-    """Colours ``[M, 3]`` of ``verts`` from the renders ``rgb [V, H, W, 3]`` where they are visible (their depth
-    within ``tolerance`` of the rendered ``depth [V, H, W]``, opacity above ``alpha_threshold``), weighted by the
-    cosine between the vertex normal and the direction to the camera; grey where no camera sees a vertex."""
+def surface_colors(points: Tensor, normals: Tensor, cams: Cameras, depth: Tensor, alpha: Tensor, rgb: Tensor,
+                   tolerance: float, alpha_threshold: float) -> Tuple[Tensor, Tensor]:
+    """Colours ``[P, 3]`` of surface ``points [P, 3]`` (outward unit ``normals [P, 3]``) from the renders
+    ``rgb [V, H, W, 3]`` where they are visible (their depth within ``tolerance`` of the rendered ``depth [V, H, W]``,
+    opacity above ``alpha_threshold``), weighted by the squared cosine between the normal and the direction to the
+    camera; also ``seen [P]`` (some camera sees the point; its colour is 0.5 grey otherwise)."""
     V, H, W = depth.shape
-    cams = cams.to(device=verts.device, dtype=verts.dtype)
-    normals = vertex_normals(verts, faces)
-    cam = verts[None] @ cams.w2c[:, :3, :3].transpose(1, 2) + cams.w2c[:, None, :3, 3]  # [V, M, 3]
+    cams = cams.to(device=points.device, dtype=points.dtype)
+    cam = points[None] @ cams.w2c[:, :3, :3].transpose(1, 2) + cams.w2c[:, None, :3, 3]  # [V, P, 3]
     z = cam[..., 2]
     uv = (cam @ cams.K.transpose(1, 2))[..., :2] / z.clamp_min(1e-6)[..., None]
-    norm = (torch.stack([uv[..., 0] / W, uv[..., 1] / H], -1) * 2.0 - 1.0)[:, None]  # [V, 1, M, 2]
+    norm = (torch.stack([uv[..., 0] / W, uv[..., 1] / H], -1) * 2.0 - 1.0)[:, None]  # [V, 1, P, 2]
     maps = torch.cat([(depth * alpha)[:, None], alpha[:, None], rgb.permute(0, 3, 1, 2)], 1)
-    s = F.grid_sample(maps, norm, mode="bilinear", padding_mode="zeros", align_corners=False)[:, :, 0]  # [V, 5, M]
+    s = F.grid_sample(maps, norm, mode="bilinear", padding_mode="zeros", align_corners=False)[:, :, 0]  # [V, 5, P]
     d_obs = s[:, 0] / s[:, 1].clamp_min(1e-6)
-    to_cam = cams.centers()[:, None] - verts[None]
+    to_cam = cams.centers()[:, None] - points[None]
     facing = (normals[None] * to_cam).sum(-1) / to_cam.norm(dim=-1).clamp_min(1e-12)
     visible = (s[:, 1] >= alpha_threshold) & ((d_obs - z).abs() <= tolerance) & (facing > 0)
-    w = torch.where(visible, facing.clamp_min(0) ** 2, torch.zeros_like(facing))  # [V, M]
+    w = torch.where(visible, facing.clamp_min(0) ** 2, torch.zeros_like(facing))  # [V, P]
     col = (w[..., None] * s[:, 2:].transpose(1, 2)).sum(0) / w.sum(0)[:, None].clamp_min(1e-12)
-    return torch.where(w.sum(0)[:, None] > 0, col, torch.full_like(col, 0.5)).clamp(0.0, 1.0)
+    seen = w.sum(0) > 0
+    return torch.where(seen[:, None], col, torch.full_like(col, 0.5)).clamp(0.0, 1.0), seen
+
+
+def vertex_colors(verts: Tensor, faces: Tensor, cams: Cameras, depth: Tensor, alpha: Tensor, rgb: Tensor,
+                  tolerance: float, alpha_threshold: float) -> Tensor:
+    """Colours ``[M, 3]`` of ``verts`` from the renders (:func:`surface_colors` at the vertices, with the mesh's
+    vertex normals); grey where no camera sees a vertex."""
+    return surface_colors(verts, vertex_normals(verts, faces), cams, depth, alpha, rgb, tolerance,
+                          alpha_threshold)[0]
 
 
 def extract_mesh_4d(g: Gaussians4D, times: TimesLike, config: Optional[MeshConfig] = None,
@@ -160,6 +174,7 @@ def extract_mesh_4d(g: Gaussians4D, times: TimesLike, config: Optional[MeshConfi
             tick("fuse" if cfg.fixed_topology else "surface", time=float(t[b]))
         fused_s = _time.perf_counter() - tic
         track_s = 0.0
+        texture = None
         if cfg.fixed_topology:
             v0, f0 = _surface(tsdfs[ref], cfg)  # marching cubes reads the grid on the CPU: the fusion is done
             tick("surface", time=float(t[ref]))
@@ -174,12 +189,18 @@ def extract_mesh_4d(g: Gaussians4D, times: TimesLike, config: Optional[MeshConfi
             c0 = colour(v0, f0, ref_maps).float().cpu()
             fs = [f0.cpu()] * T
             cs = [c0] * T
+            if cfg.texture_size:
+                at = lambda p, n: surface_colors(p, n, cams, *ref_maps, 1.5 * band,  # noqa: E731
+                                                 cfg.alpha_threshold)
+                texture = bake_texture(v0, f0, c0.to(v0), at, cfg.texture_size)
     # Stage times count asynchronous device work where it is first waited for (fusion: in the marching cubes).
     info = {"seconds": round(_time.perf_counter() - tic, 3), "per_time_seconds": round(fused_s, 3),
             "track_seconds": round(track_s, 3),
             "vertices": [int(v.shape[0]) for v in vs], "faces": [int(f.shape[0]) for f in fs],
             "voxel": grid.voxel, "grid": cfg.resolution, "views": cfg.views}
-    return MeshSequence(t.float().cpu(), vs, fs, cs, cfg.fixed_topology, ref, info)
+    if texture is not None:
+        info["texture"] = list(texture.image.shape[:2])
+    return MeshSequence(t.float().cpu(), vs, fs, cs, cfg.fixed_topology, ref, info, texture)
 
 
 def _surface(tsdf: TSDF, cfg: MeshConfig):
@@ -189,4 +210,4 @@ def _surface(tsdf: TSDF, cfg: MeshConfig):
     return compact(v, f)
 
 
-__all__ = ["MeshSequence", "extract_mesh_4d", "vertex_colors"]
+__all__ = ["MeshSequence", "extract_mesh_4d", "vertex_colors", "surface_colors"]

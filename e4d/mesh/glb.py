@@ -4,7 +4,9 @@ per-time mesh files (GLB / PLY / OBJ) for tools that take sequences. Every file 
 The animated GLB is built with ``pygltflib`` (the Khronos-schema dataclasses; we only fill them in): one mesh whose
 base shape is the reference time, one morph target per time holding that time's position and normal offsets,
 ``COLOR_0`` vertex colours (converted to glTF's linear space), and an animation sampling the morph weights
-``LINEAR``-ly with a one-hot weight vector per time, so players interpolate positions between the times. Axes are
+``LINEAR``-ly with a one-hot weight vector per time, so players interpolate positions between the times. With a
+baked texture (:mod:`e4d.mesh.texture`) the vertices are split on the atlas's seams, ``TEXCOORD_0`` and an embedded
+PNG base-colour texture replace ``COLOR_0``. Axes are
 converted to glTF's +Y up (``(x, y, z) -> (x, z, -y)``, a rotation: the winding stays counter-clockwise). Per-time
 files are written by ``trimesh`` in the same +Y-up axes for GLB, and in our +Z-up world for PLY / OBJ.
 """
@@ -25,6 +27,7 @@ PathLike = Union[str, os.PathLike]
 SEQUENCE_FORMATS = ("glb", "ply", "obj")
 FLOAT, UINT8, UINT32 = 5126, 5121, 5125
 ARRAY_BUFFER, ELEMENT_ARRAY_BUFFER = 34962, 34963
+LINEAR, LINEAR_MIPMAP_LINEAR, CLAMP = 9729, 9987, 33071
 
 
 def to_y_up(points: np.ndarray) -> np.ndarray:
@@ -66,6 +69,17 @@ class _Blob:
         return len(self.gltf.accessors) - 1
 
 
+def _png(image) -> bytes:
+    """PNG bytes of an sRGB ``[H, W, 3]`` image in [0, 1]."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.round(image.numpy() * 255).astype(np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def write_animated_glb(seq: MeshSequence, path: PathLike, fps: float = 8.0, name: str = "efficient4d") -> Path:
     """Write ``seq`` (fixed topology) as one animated GLB at ``path``; returns the path.
 
@@ -88,16 +102,23 @@ def write_animated_glb(seq: MeshSequence, path: PathLike, fps: float = 8.0, name
     faces = seq.faces[0]
     pos = np.stack([to_y_up(v.numpy().astype(np.float32)) for v in seq.vertices])  # [T, M, 3]
     nrm = np.stack([to_y_up(vertex_normals(v.double(), faces).float().numpy()) for v in seq.vertices])
-    rgb = srgb_to_linear(seq.colors[ref].numpy().astype(np.float64))
-    rgba = np.concatenate([np.round(rgb * 255), np.full((rgb.shape[0], 1), 255.0)], 1).astype(np.uint8)
+    tex = seq.texture
+    if tex is not None:  # the atlas splits vertices on seams: every frame is re-indexed the same way
+        vm = tex.vmapping.numpy()
+        pos, nrm, faces = pos[:, vm], nrm[:, vm], tex.faces
 
     gltf = G.GLTF2(asset=G.Asset(generator="Efficient4D e4d.mesh", version="2.0"))
     blob = _Blob(gltf)
+    attrs = G.Attributes(POSITION=blob.add(pos[ref], FLOAT, "VEC3", ARRAY_BUFFER, bounds=True),
+                         NORMAL=blob.add(nrm[ref], FLOAT, "VEC3", ARRAY_BUFFER))
+    if tex is None:
+        rgb = srgb_to_linear(seq.colors[ref].numpy().astype(np.float64))
+        rgba = np.concatenate([np.round(rgb * 255), np.full((rgb.shape[0], 1), 255.0)], 1).astype(np.uint8)
+        attrs.COLOR_0 = blob.add(rgba, UINT8, "VEC4", ARRAY_BUFFER, normalized=True)
+    else:  # baseColorTexture alone: glTF multiplies it with COLOR_0, so vertex colours would tint it twice
+        attrs.TEXCOORD_0 = blob.add(tex.uv.numpy().astype(np.float32), FLOAT, "VEC2", ARRAY_BUFFER)
     prim = G.Primitive(
-        attributes=G.Attributes(
-            POSITION=blob.add(pos[ref], FLOAT, "VEC3", ARRAY_BUFFER, bounds=True),
-            NORMAL=blob.add(nrm[ref], FLOAT, "VEC3", ARRAY_BUFFER),
-            COLOR_0=blob.add(rgba, UINT8, "VEC4", ARRAY_BUFFER, normalized=True)),
+        attributes=attrs,
         indices=blob.add(faces.numpy().astype(np.uint32).reshape(-1), UINT32, "SCALAR", ELEMENT_ARRAY_BUFFER),
         material=0, mode=4)
     for b in range(T):
@@ -108,8 +129,18 @@ def write_animated_glb(seq: MeshSequence, path: PathLike, fps: float = 8.0, name
     weights = np.eye(T, dtype=np.float32).reshape(-1)  # key k: target k at full weight
     key_acc = blob.add(keys, FLOAT, "SCALAR", bounds=True)
     w_acc = blob.add(weights, FLOAT, "SCALAR")
-    gltf.materials.append(G.Material(name=f"{name}_vertex_colour", pbrMetallicRoughness=G.PbrMetallicRoughness(
-        baseColorFactor=[1.0, 1.0, 1.0, 1.0], metallicFactor=0.0, roughnessFactor=1.0), doubleSided=False))
+    pbr = G.PbrMetallicRoughness(baseColorFactor=[1.0, 1.0, 1.0, 1.0], metallicFactor=0.0, roughnessFactor=1.0)
+    if tex is not None:
+        png = _png(tex.image)
+        blob.data.extend(b"\0" * (-len(blob.data) % 4))
+        gltf.bufferViews.append(G.BufferView(buffer=0, byteOffset=len(blob.data), byteLength=len(png)))
+        blob.data.extend(png)
+        gltf.images.append(G.Image(bufferView=len(gltf.bufferViews) - 1, mimeType="image/png"))
+        gltf.samplers.append(G.Sampler(magFilter=LINEAR, minFilter=LINEAR_MIPMAP_LINEAR, wrapS=CLAMP, wrapT=CLAMP))
+        gltf.textures.append(G.Texture(sampler=0, source=0))
+        pbr.baseColorTexture = G.TextureInfo(index=0)
+    gltf.materials.append(G.Material(name=f"{name}_{'texture' if tex is not None else 'vertex_colour'}",
+                                     pbrMetallicRoughness=pbr, doubleSided=False))
     target_names = [f"t{b:03d}" for b in range(T)]
     gltf.meshes.append(G.Mesh(name=name, primitives=[prim], weights=[0.0] * T,
                               extras={"targetNames": target_names}))
@@ -136,10 +167,14 @@ class AnimatedMesh:
     """``[T, M, 3]`` vertex positions at each keyframe (base + target offsets)."""
     faces: np.ndarray
     """``[F, 3]`` triangles."""
-    colors: np.ndarray
-    """``[M, 4]`` COLOR_0 as stored (linear, 0..1)."""
+    colors: Optional[np.ndarray]
+    """``[M, 4]`` COLOR_0 as stored (linear, 0..1); None for a textured mesh."""
     key_times: np.ndarray
     """``[T]`` keyframe times in seconds."""
+    uv: Optional[np.ndarray] = None
+    """``[M, 2]`` TEXCOORD_0 of a textured mesh (glTF's convention: ``(0, 0)`` = the image's top-left)."""
+    texture: Optional[np.ndarray] = None
+    """``[H, W, 3]`` uint8 sRGB base-colour texture, decoded from the file's PNG."""
 
 
 def read_animated_glb(path: PathLike) -> AnimatedMesh:
@@ -150,7 +185,7 @@ def read_animated_glb(path: PathLike) -> AnimatedMesh:
     gltf = G.GLTF2().load(str(path))
     data = gltf.binary_blob()
     types = {FLOAT: np.float32, UINT8: np.uint8, UINT32: np.uint32}
-    widths = {"SCALAR": 1, "VEC3": 3, "VEC4": 4}
+    widths = {"SCALAR": 1, "VEC2": 2, "VEC3": 3, "VEC4": 4}
 
     def read(i: int) -> np.ndarray:
         acc = gltf.accessors[i]
@@ -169,7 +204,19 @@ def read_animated_glb(path: PathLike) -> AnimatedMesh:
     keys = read(sampler.input)
     w = read(sampler.output).reshape(len(keys), len(prim.targets))
     frames = np.einsum("kt,tmc->kmc", w, pos - base[None]) + base[None]
-    return AnimatedMesh(from_y_up(frames), read(prim.indices).reshape(-1, 3), read(prim.attributes.COLOR_0), keys)
+    a = prim.attributes
+    colors = read(a.COLOR_0) if a.COLOR_0 is not None else None
+    uv = read(a.TEXCOORD_0) if a.TEXCOORD_0 is not None else None
+    image = None
+    if gltf.images:
+        import io
+
+        from PIL import Image
+
+        view = gltf.bufferViews[gltf.images[0].bufferView]
+        png = data[view.byteOffset or 0:(view.byteOffset or 0) + view.byteLength]
+        image = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+    return AnimatedMesh(from_y_up(frames), read(prim.indices).reshape(-1, 3), colors, keys, uv, image)
 
 
 def write_mesh_sequence(seq: MeshSequence, folder: PathLike, formats: Sequence[str] = ("glb",),

@@ -23,7 +23,7 @@ PREFIX = "e4d_ci_mesh/blob"
 
 def _workflow(native: str, outputs: list[str]) -> dict:
     """UI-format (litegraph) workflow: Load 4D Gaussians -> Extract Mesh 4D with CI-sized settings."""
-    widgets = [TIMES, 32, 8, 40, True, 0.5, 3, 4, 0.001, 0, 3.0, 0.5, 16, 0.01, 4.0, "none", PREFIX]
+    widgets = [TIMES, 32, 8, 40, True, 0.5, 3, 4, 0.001, 0, 3.0, 0.5, 16, 0.01, 4.0, "none", PREFIX, 0]
     return {
         "last_node_id": 2, "last_link_id": 1, "version": 0.4, "extra": {"ds": {"scale": 1.0, "offset": [0, 0]}},
         "nodes": [

@@ -4,11 +4,13 @@ AnimationMixer + WebGLRenderer from the committed bundle web/lib/three_gltf.js) 
 The fixture is a real extraction of the analytic moving sphere (tests/mesh_scene.py) written by our exporter. Checks:
 three.js sees the file's frames and key times, the vertex positions it shows at two animation times (one on a key,
 one between keys) are the file's morph targets blended as glTF says, the drawn sphere sits where the camera model
-projects the file's mesh at two times, and play / orbit work.
+projects the file's mesh at two times, and play / orbit work. With xatlas (CI), the UV-textured export too: its
+embedded texture loads and is drawn.
 """
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -25,14 +27,33 @@ TIMES = 5
 FPS = 4.0
 
 
+def _has_xatlas() -> bool:
+    try:
+        import xatlas  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 @pytest.fixture(scope="module")
-def glb(site):
-    from e4d.mesh import MeshConfig, extract_mesh_4d, read_animated_glb, write_animated_glb
+def extracted():
+    """One extraction; with xatlas (CI has it) also the baked texture, written as a second GLB below."""
+    from e4d.mesh import MeshConfig, extract_mesh_4d
+
+    cfg = MeshConfig(resolution=32, views=8, view_size=40, decimate_faces=0,
+                     texture_size=128 if _has_xatlas() else 0)
+    return extract_mesh_4d(moving_sphere(), torch.linspace(0, 1, TIMES), cfg, backend="reference")
+
+
+@pytest.fixture(scope="module")
+def glb(site, extracted):
+    """The vertex-coloured animated GLB (the default export), read back with pygltflib."""
+    import dataclasses
+
+    from e4d.mesh import read_animated_glb, write_animated_glb
 
     root, _ = site
-    cfg = MeshConfig(resolution=32, views=8, view_size=40, decimate_faces=0)
-    seq = extract_mesh_4d(moving_sphere(), torch.linspace(0, 1, TIMES), cfg, backend="reference")
-    path = write_animated_glb(seq, root / "sphere.glb", fps=FPS)
+    path = write_animated_glb(dataclasses.replace(extracted, texture=None), root / "sphere.glb", fps=FPS)
     return read_animated_glb(path)
 
 
@@ -129,3 +150,34 @@ def test_play_and_orbit(page):
     assert abs(page.evaluate("e4dPlayer._cam.az") - az0) > 20, "dragging did not orbit the camera"
     page.evaluate("e4dPlayer.ui.reset.click()")
     assert page.evaluate("[e4dPlayer._cam.az, e4dPlayer._cam.el]") == [0, 15]
+
+
+def test_textured_glb_shows_its_baked_texture(page, site, extracted, artifacts_dir):
+    """The UV-textured export (xatlas bake): three.js loads the embedded PNG, shows the split vertices where the
+    file has them, and draws the sphere red on top and blue below as the analytic scene is coloured."""
+    from e4d.mesh import read_animated_glb, write_animated_glb
+    from e4d.mesh.glb import to_y_up
+
+    if extracted.texture is None:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail("xatlas missing in CI (tests/requirements-ci.txt installs it)")
+        pytest.skip("xatlas not installed")
+    root, _ = site
+    back = read_animated_glb(write_animated_glb(extracted, root / "sphere_tex.glb", fps=FPS))
+    got = page.evaluate("e4dPlayer.load('/sphere_tex.glb', {autoplay: false}).then((h) => ({...h,"
+                        " map: e4dPlayer.mesh.material.map ? [e4dPlayer.mesh.material.map.image.width,"
+                        " e4dPlayer.mesh.material.map.image.height] : null,"
+                        " colours: !!e4dPlayer.mesh.geometry.attributes.color}))", timeout=60)
+    h, w = back.texture.shape[:2]
+    assert got["map"] == [w, h] and got["colours"] is False, got
+    assert got["frames"] == TIMES and got["vertices"] == back.positions.shape[1], got
+    page.evaluate("e4dPlayer.pause(); e4dPlayer.setTime(0.5)")
+    shown = np.asarray(page.evaluate("Array.from(e4dPlayer.vertexPositions())")).reshape(-1, 3)
+    assert np.abs(shown - to_y_up(back.positions[2].astype(np.float64))).max() < 1e-5
+    page.evaluate("e4dPlayer.setCamera({az: 0, el: 0, r: 1.4, target: [0, 0, 0]})")
+    img = _shot(page, artifacts_dir, "mesh_textured")
+    fg = foreground(img)
+    ys = np.nonzero(fg.any(1))[0]
+    top, bottom = img[ys[0]:ys[0] + (ys[-1] - ys[0]) // 4], img[ys[-1] - (ys[-1] - ys[0]) // 4:ys[-1]]
+    tm, bm = top[foreground(top)].mean(0), bottom[foreground(bottom)].mean(0)
+    assert tm[0] > tm[2] + 40 and bm[2] > bm[0] + 40, f"top {tm}, bottom {bm}: the texture's red/blue is not drawn"
