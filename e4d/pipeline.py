@@ -35,7 +35,7 @@ from .fit import FitConfig, FitResult, fit, preset
 from .gaussians4d import Gaussians4D
 from .guidance.zero123 import SDSConfig
 from .orbit import OrbitConfig
-from .pipeline_hooks import StageHook, run_stage
+from .pipeline_hooks import StageHook, SubstageClock, run_stage
 from .preprocess import PrepareConfig, prepare_object_frames
 from .progress import Cancelled, ProgressCallback, report
 from .svd.pipeline import SVDConfig
@@ -125,6 +125,9 @@ class PipelineResult:
     """The K-frame view matrix the fit started from (generated, before interpolation; on the CPU)."""
     fit: FitResult
     """Loss history and the fit loop's wall time."""
+    substages: Dict[str, Dict[str, float]] = field(default_factory=dict)
+    """Seconds of the named parts inside a stage, per stage (e.g. ``{"syncdreamer": {"condition": 0.3,
+    "graph capture": 0.2, "sampling": 30.8, "decode": 0.9, ...}, "fit": {"setup": 0.6, "loop": 22.4}}``)."""
 
     @property
     def key_times(self) -> Tensor:
@@ -233,9 +236,10 @@ def _video_phases(run: _Stages, frames, alpha, models: PipelineModels, config: P
     prep = run("preprocess", lambda cb: prepare_object_frames(frames, alpha, config.prepare))
 
     # 2. multi-view: SyncDreamer-T, K key frames x 16 views
+    sd_clock = SubstageClock(dev)
     vm = run("syncdreamer", lambda cb: syncdreamer_t(models.syncdreamer, prep.images.to(dev), prep.alpha,
                                                      num_frames=config.keyframes, prepare="none",
-                                                     config=config.sampler, callback=cb))
+                                                     config=config.sampler, callback=cb, clock=sd_clock))
 
     # 3. interpolate: K -> (K - 1) m + 1 frames (paper: M = 4K - 3)
     dense = run("interpolate", lambda cb: interpolate_view_matrix(vm.to(interp.device), interp, ic.multiplier,
@@ -247,8 +251,10 @@ def _video_phases(run: _Stages, frames, alpha, models: PipelineModels, config: P
         conf = run("confidence", lambda cb: confidence_for_view_matrix(dense, interp, config.confidence, cb))
 
     # 5. fit: 4D Gaussians, confidence-weighted loss, optional Zero123 SDS
-    fitted = run("fit", lambda cb: _fit(dense, conf, models, config, dev, cb))
-    return PipelineResult(gaussians=fitted.gaussians, view_matrix=vm.to("cpu"), fit=fitted)
+    fit_clock = SubstageClock(dev)
+    fitted = run("fit", lambda cb: _fit(dense, conf, models, config, dev, cb, fit_clock))
+    return PipelineResult(gaussians=fitted.gaussians, view_matrix=vm.to("cpu"), fit=fitted,
+                          substages={"syncdreamer": sd_clock.seconds, "fit": fit_clock.seconds})
 
 
 def _interpolator(models: PipelineModels):
@@ -261,15 +267,31 @@ def _interpolator(models: PipelineModels):
 
 
 def _fit(vm: ViewMatrix, conf, models: PipelineModels, config: PipelineConfig, dev: torch.device,
-         callback: Optional[ProgressCallback]) -> FitResult:
-    """:func:`e4d.fit.fit` on ``dev`` with Zero123 SDS when the models have a guidance model."""
+         callback: Optional[ProgressCallback], clock: Optional[SubstageClock] = None) -> FitResult:
+    """:func:`e4d.fit.fit` on ``dev`` with Zero123 SDS when the models have a guidance model. ``clock`` receives
+    ``setup`` (data upload, initialisation), ``loop`` (the fit loop) and, with SDS, ``SDS references`` (model
+    placement and reference encodings, part of the setup) and ``SDS graph capture`` (inside the loop's first
+    steps, not counted in ``loop``)."""
+    import time
+
     from .guidance.zero123 import Zero123Guidance
 
+    clock = clock or SubstageClock()
     guidance = None if models.guidance is None else Zero123Guidance(models.guidance, config.sds, device=dev)
     try:  # the fit needs autograd even when the caller runs under inference mode (ComfyUI)
+        t0 = time.perf_counter()
         with torch.inference_mode(False), torch.enable_grad():
-            return fit(vm.to(dev), None if conf is None else conf.to(dev), config.fit, guidance=guidance,
-                       callback=callback)
+            res = fit(vm.to(dev), None if conf is None else conf.to(dev), config.fit, guidance=guidance,
+                      callback=callback)
+        clock.sync()
+        capture = guidance.capture_s if guidance is not None else 0.0
+        refs = guidance.prepare_s if guidance is not None else 0.0
+        clock.add("setup", time.perf_counter() - t0 - res.seconds - refs)
+        if guidance is not None:
+            clock.add("SDS references", refs)
+            clock.add("SDS graph capture", capture)
+        clock.add("loop", res.seconds - capture)
+        return res
     finally:
         if guidance is not None:
             guidance.release()  # per-frame CLIP/VAE references go with the fit
@@ -318,8 +340,10 @@ def views_to_4d(view_matrix: ViewMatrix, models: PipelineModels, config: Optiona
         conf = run("confidence", lambda cb: confidence_for_view_matrix(view_matrix, interp, config.confidence, cb))
 
     # 5. fit
-    fitted = run("fit", lambda cb: _fit(view_matrix, conf, models, config, dev, cb))
-    return PipelineResult(gaussians=fitted.gaussians, view_matrix=view_matrix.to("cpu"), fit=fitted)
+    fit_clock = SubstageClock(dev)
+    fitted = run("fit", lambda cb: _fit(view_matrix, conf, models, config, dev, cb, fit_clock))
+    return PipelineResult(gaussians=fitted.gaussians, view_matrix=view_matrix.to("cpu"), fit=fitted,
+                          substages={"fit": fit_clock.seconds})
 
 
 def render_orbit(result: PipelineResult, config: Optional[PipelineConfig] = None,

@@ -41,9 +41,9 @@ def test_volumes_are_smoothed_before_the_unet(tiny, monkeypatch):
     seen = []
     real = S.smooth_volumes
 
-    def spy(vol, kernel, cyclic):
+    def spy(vol, kernel, cyclic, matrix=None):
         seen.append((tuple(vol.shape), list(kernel), cyclic))
-        return real(vol, kernel, cyclic)
+        return real(vol, kernel, cyclic, matrix)
 
     monkeypatch.setattr(S, "smooth_volumes", spy)
     sample_latents(tiny, _frames(3), SamplerConfig(steps=2, temporal_weights="auto", cyclic=True, guidance="none"))
@@ -99,7 +99,7 @@ def test_pipeline_prepares_raw_frames(tiny, monkeypatch):
 
     seen = {}
     monkeypatch.setattr(P, "generate_view_matrix",
-                        lambda model, fr, al, cfg, times, callback: seen.update(fr=fr, al=al, times=times))
+                        lambda model, fr, al, cfg, times, callback, clock: seen.update(fr=fr, al=al, times=times))
     raw = torch.rand(4, 90, 120, 3)
     mask = torch.zeros(4, 90, 120)
     mask[:, 20:60, 30:70] = 1

@@ -5,10 +5,15 @@ all guidance branches. Its shapes are the same at every step, so on CUDA :class:
 chunk size into a ``torch.cuda.CUDAGraph`` and replays it for the other 49 steps: no Python, no kernel launches,
 identical kernels (results equal to the eager path's). The inputs that change per step (volumes, time) are copied
 into static buffers the graph reads; the conditioning is constant over a run and read in place.
+
+Every tensor that outlives a capture (inputs, output) is allocated before it and written inside it: what the capture
+allocates it also frees. Under ``cudaMallocAsync`` (ComfyUI's allocator backend) freeing a captured allocation after
+the capture is what PyTorch warns about as "uncaptured free of a captured allocation".
 """
 from __future__ import annotations
 
 import logging
+import time
 from typing import Dict, Sequence
 
 import torch
@@ -43,6 +48,8 @@ class ChunkRunner:
         self.graphs: Dict[tuple, tuple] = {}
         self._step: Dict[str, Tensor] = {}
         self._pool = torch.cuda.graph_pool_handle() if self.use_graphs else None
+        self.capture_s = 0.0
+        """Seconds spent capturing (warm-up pass included), device-synchronized."""
 
     def set_step(self, volumes: Tensor, t_embed: Tensor, t: Tensor) -> None:
         """Per-step inputs: ``volumes [K, C, V, V, V]``, ``t_embed [K, Dt]``, timestep ``t [1]`` (long)."""
@@ -86,15 +93,22 @@ class ChunkRunner:
         return out.clone()  # the next replay overwrites ``out``
 
     def _capture(self, x: Tensor, f: Tensor, v: Tensor) -> tuple:
-        log.info("SyncDreamer: capturing a CUDA graph for chunks of %d views", x.shape[0])
+        torch.cuda.synchronize(x.device)
+        t0 = time.perf_counter()
         xs, fs, vs = x.clone(), f.clone(), v.clone()
         side = torch.cuda.Stream(device=x.device)
         side.wait_stream(torch.cuda.current_stream(x.device))
         with torch.cuda.stream(side):  # warm-up outside the capture: cuDNN autotuning, lazy kernel loading
-            self._eps(xs, fs, vs)
+            warm = self._eps(xs, fs, vs)
         torch.cuda.current_stream(x.device).wait_stream(side)
+        out = torch.empty_like(warm)  # the graph's output buffer, allocated outside it
+        del warm
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self._pool):
-            out = self._eps(xs, fs, vs)
+            out.copy_(self._eps(xs, fs, vs))
+        torch.cuda.synchronize(x.device)
+        dt = time.perf_counter() - t0
+        self.capture_s += dt
+        log.info("SyncDreamer: captured a CUDA graph for chunks of %d views in %.2f s", x.shape[0], dt)
         return graph, xs, fs, vs, out
 

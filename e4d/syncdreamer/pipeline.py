@@ -7,6 +7,7 @@ import torch
 from torch import Tensor
 
 from ..masks import subsample_indices
+from ..pipeline_hooks import SubstageClock
 from ..preprocess import PrepareConfig, prepare_object_frames
 from ..progress import ProgressCallback
 from .model import SyncDreamer
@@ -22,7 +23,7 @@ def select_frames(n: int, k: int) -> Tensor:
 
 def syncdreamer_t(model: SyncDreamer, frames: Tensor, alpha: Optional[Tensor] = None, num_frames: int = 16,
                   prepare: str = "auto", crop_size: int = 200, config: SamplerConfig = SamplerConfig(),
-                  callback: Optional[ProgressCallback] = None):
+                  callback: Optional[ProgressCallback] = None, clock: Optional[SubstageClock] = None):
     """Efficient4D stage 1 on a video: ``frames [N, H, W, 3]`` (+ alpha ``[N, H, W]``) -> ViewMatrix ``[K, 16, ...]``.
 
     Args:
@@ -36,13 +37,23 @@ def syncdreamer_t(model: SyncDreamer, frames: Tensor, alpha: Optional[Tensor] = 
             ``"clip"``.
         crop_size: longest object side after preparation (official 200).
         config: sampling parameters.
+        clock: receives the seconds of each part (``prepare`` and those of
+            :func:`~.sampler.generate_view_matrix`); they are also logged at INFO.
     """
     if frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"frames must be [N, H, W, 3], got {tuple(frames.shape)}")
     if prepare not in PREPARE_MODES:
         raise ValueError(f"prepare must be one of {PREPARE_MODES}, got {prepare!r}")
-    n, h, w = frames.shape[:3]
     size = model.dims.volume.input_image_size
+    clock = clock if clock is not None else SubstageClock(model.cc_projection.weight.device)
+    with clock("prepare"):
+        out_frames, out_alpha, times = _prepared(frames, alpha, num_frames, prepare, crop_size, size)
+    return generate_view_matrix(model, out_frames, out_alpha, config, times=times, callback=callback, clock=clock)
+
+
+def _prepared(frames: Tensor, alpha: Optional[Tensor], num_frames: int, prepare: str, crop_size: int, size: int):
+    """The kept frames prepared for SyncDreamer (see :func:`syncdreamer_t`), their alpha and normalised times."""
+    n, h, w = frames.shape[:3]
     idx = select_frames(n, num_frames)
     frames = frames[idx.to(frames.device)]
     alpha = None if alpha is None else alpha[idx.to(alpha.device)]
@@ -58,4 +69,4 @@ def syncdreamer_t(model: SyncDreamer, frames: Tensor, alpha: Optional[Tensor] = 
     else:
         prep = prepare_object_frames(frames, alpha, PrepareConfig(size=size, crop_size=crop_size, box=mode))
         out_frames, out_alpha = prep.images, prep.alpha
-    return generate_view_matrix(model, out_frames, out_alpha, config, times=times, callback=callback)
+    return out_frames, out_alpha, times

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from ..limits import check_finite_fields
+from ..pipeline_hooks import SubstageClock
 from ..progress import ProgressCallback, report
 from .attention import profile_range
 from .chunks import ChunkRunner
@@ -23,7 +24,7 @@ from .layers import fused_norm_works
 from .model import Condition, SyncDreamer
 from .schedule import ddim_schedule, ddim_step
 from .speed import save_compile_cache, use_channels_last
-from .temporal import parse_kernel, smooth_volumes
+from .temporal import parse_kernel, smooth_volumes, smoothing_matrix
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +92,49 @@ class NoiseOverride:
 
 
 def _randn(shape, gen: torch.Generator, like: Tensor) -> Tensor:
-    return torch.randn(shape, generator=gen, dtype=torch.float32).to(like.device)
+    """Float32 normal noise from the CPU generator on ``like``'s device. To CUDA through pinned memory without
+    blocking: a pageable copy would make the host wait for the whole queue at every DDIM step."""
+    return _upload(torch.randn(shape, generator=gen, dtype=torch.float32), like.device)
+
+
+def _upload(t: Tensor, device: torch.device) -> Tensor:
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
+class _LaggedProgress:
+    """Reports DDIM step ``i`` once the device has finished it while step ``i + 1`` is already queued.
+
+    On CUDA a step is only queued when the loop moves on; reporting (and the cancel check in the callback) right
+    away would run ahead of the GPU, and waiting for each step before queueing the next would leave the GPU idle
+    while Python queues it. One step in flight avoids both; a cancel lands within two steps.
+    """
+
+    def __init__(self, callback: Optional[ProgressCallback], total: int, device: torch.device) -> None:
+        self.callback, self.total = callback, total
+        self.cuda = device.type == "cuda" and callback is not None
+        self.pending: list = []
+
+    def queued(self, step: int, t: int) -> None:
+        """Step ``step`` (1-based) with timestep ``t`` is queued."""
+        if not self.cuda:
+            report(self.callback, step, self.total, timestep=t)
+            return
+        ev = torch.cuda.Event()
+        ev.record()
+        self.pending.append((step, t, ev))
+        while len(self.pending) > 1:
+            self._pop()
+
+    def finish(self) -> None:
+        while self.pending:
+            self._pop()
+
+    def _pop(self) -> None:
+        step, t, ev = self.pending.pop(0)
+        ev.synchronize()
+        report(self.callback, step, self.total, timestep=t)
 
 
 def _autocast(device: torch.device, dtype: Optional[torch.dtype]):
@@ -122,12 +165,17 @@ def predict_all_views(model: SyncDreamer, x: Tensor, t: int, cond: Condition, vo
 @torch.no_grad()
 def sample_latents(model: SyncDreamer, images: Tensor, config: SamplerConfig = SamplerConfig(),
                    callback: Optional[ProgressCallback] = None,
-                   noise: Optional[NoiseOverride] = None, cond: Optional[Condition] = None) -> Tensor:
+                   noise: Optional[NoiseOverride] = None, cond: Optional[Condition] = None,
+                   clock: Optional[SubstageClock] = None) -> Tensor:
     """Run SyncDreamer-T: ``images [K, 3, S, S]`` in [-1, 1] (frames on white) -> latents ``[K, N, 4, S/8, S/8]``.
 
     The returned latents are the scaled ones (decode with :meth:`SyncDreamer.decode_latent`). ``callback(step,
-    total, info)`` runs after every DDIM step; raising from it cancels between steps. ``cond`` replaces the
-    conditioning computed from ``images`` (tests).
+    total, info)`` runs after every DDIM step (on CUDA once the device has finished it); raising from it cancels
+    between steps. ``cond`` replaces the conditioning computed from ``images`` (tests). ``clock`` receives the
+    seconds of ``condition``, ``graph capture`` and ``sampling`` (the DDIM loop without the capture).
+
+    The loop never waits for the device (schedule coefficients and the smoothing matrix are on it beforehand,
+    noise goes up through pinned memory), so Python queues step ``i + 1`` while the GPU runs step ``i``.
     """
     config.check()
     if images.ndim != 4 or images.shape[1] != 3:
@@ -136,6 +184,7 @@ def sample_latents(model: SyncDreamer, images: Tensor, config: SamplerConfig = S
         raise ValueError(f"SyncDreamer needs square frames whose side is a multiple of 64 (256 for the real model), "
                          f"got {images.shape[-1]}x{images.shape[-2]}; use 'Prepare Object Frames' (size 256)")
     noise = noise or NoiseOverride()
+    clock = clock or SubstageClock()
     dev = model.cc_projection.weight.device
     wdt = model.cc_projection.weight.dtype
     K, N = images.shape[0], model.num_views
@@ -143,8 +192,10 @@ def sample_latents(model: SyncDreamer, images: Tensor, config: SamplerConfig = S
     images = images.to(dev)
     h = images.shape[-1] // 8
     kernel = parse_kernel(config.temporal_weights, K)
+    smooth = smoothing_matrix(K, kernel, config.cyclic).to(device=dev, dtype=torch.float32)
     sched = ddim_schedule(model.alphas_cumprod, config.steps, config.eta)
-    with _autocast(dev, config.autocast_dtype):
+    coef = torch.stack([sched.alphas, sched.alphas_prev, sched.sigmas], dim=1).to(dev)  # [S, 3] float32
+    with _autocast(dev, config.autocast_dtype), clock("condition"):
         post = noise.posterior if noise.posterior is not None else _randn((K, 4, h, h), gen, images)
         elev = torch.full((K,), config.elevation, dtype=torch.float32).deg2rad()
         if cond is None:
@@ -153,28 +204,33 @@ def sample_latents(model: SyncDreamer, images: Tensor, config: SamplerConfig = S
             x = noise.x_T.to(dev, torch.float32).expand(K, N, 4, h, h).clone()
         else:
             x = _randn((1 if config.shared_noise else K, N, 4, h, h), gen, images).expand(K, -1, -1, -1, -1).clone()
-        total = len(sched.timesteps)
-        if config.channels_last and dev.type == "cuda" and fused_norm_works(dev, wdt):
-            use_channels_last(model)  # PyTorch's GroupNorm would undo the layout at every norm: only with ours
-        runner = ChunkRunner(model, cond, config.guidance, config.scales,
-                             use_graphs=config.cuda_graphs and config.autocast_dtype is None)
+    total = len(sched.timesteps)
+    if config.channels_last and dev.type == "cuda" and fused_norm_works(dev, wdt):
+        use_channels_last(model)  # PyTorch's GroupNorm would undo the layout at every norm: only with ours
+    runner = ChunkRunner(model, cond, config.guidance, config.scales,
+                         use_graphs=config.cuda_graphs and config.autocast_dtype is None)
+    progress = _LaggedProgress(callback, total, dev)
+    with _autocast(dev, config.autocast_dtype), clock("sampling"):
         for i in range(total):
             index = total - 1 - i
             t = int(sched.timesteps[index])
             t_embed = model.embed_time(torch.full((K,), t, device=dev, dtype=torch.long))
             with profile_range("sd/volume"):
                 volumes = model.spatial_volume_for(x.to(wdt), t_embed, cond.v_embed)
-                volumes = smooth_volumes(volumes, kernel, config.cyclic)  # SyncDreamer-T (eq. 10 / 15)
+                volumes = smooth_volumes(volumes, kernel, config.cyclic, smooth)  # SyncDreamer-T (eq. 10 / 15)
             eps = predict_all_views(model, x, t, cond, volumes, t_embed, config, runner)
             z = None
             if index > 0:
-                z = noise.step(index) if noise.step is not None else _randn(x.shape, gen, x)
+                z = _upload(noise.step(index), dev) if noise.step is not None else _randn(x.shape, gen, x)
                 z = z.to(dev, torch.float32)
-            x = ddim_step(x, eps, float(sched.alphas[index]), float(sched.alphas_prev[index]),
-                          float(sched.sigmas[index]), z)
+            x = ddim_step(x, eps, coef[index, 0], coef[index, 1], coef[index, 2], z)
             if i == 0 and getattr(model, "compiled", False):
                 save_compile_cache(model)
-            report(callback, i + 1, total, timestep=t)
+            progress.queued(i + 1, t)
+        progress.finish()
+    if runner.capture_s:  # the first step's captures are inside the loop: report them apart
+        clock.add("sampling", -runner.capture_s)
+        clock.add("graph capture", runner.capture_s)
     return x
 
 
@@ -204,7 +260,8 @@ def white_masks(images: Tensor, workers: int = 8) -> Tensor:
 
 def generate_view_matrix(model: SyncDreamer, frames: Tensor, alpha: Optional[Tensor] = None,
                          config: SamplerConfig = SamplerConfig(), times: Optional[Sequence[float]] = None,
-                         callback: Optional[ProgressCallback] = None, estimate_alpha: bool = True):
+                         callback: Optional[ProgressCallback] = None, estimate_alpha: bool = True,
+                         clock: Optional[SubstageClock] = None):
     """K prepared frames -> :class:`~e4d.viewmatrix.ViewMatrix` ``[K, 16, S, S, 3]`` (Efficient4D stage 1).
 
     Args:
@@ -216,6 +273,8 @@ def generate_view_matrix(model: SyncDreamer, frames: Tensor, alpha: Optional[Ten
         estimate_alpha: also give the generated views an alpha estimated from the white background (SyncDreamer
             draws objects on white), so the fit can supervise coverage; measured on CesiumMan, the alpha term
             lifts held-out PSNR by about 2-3 dB (docs/benchmarks.md).
+        clock: receives the seconds of each part (condition, graph capture, sampling, decode, to host, alpha
+            masks; device-synchronized at part boundaries only); they are also logged at INFO.
     """
     from ..cameras import input_view, syncdreamer16
     from ..viewmatrix import ViewMatrix
@@ -224,14 +283,23 @@ def generate_view_matrix(model: SyncDreamer, frames: Tensor, alpha: Optional[Ten
         raise ValueError(f"frames must be square [K, S, S, 3] in [0, 1] (run 'Prepare object frames' first), "
                          f"got {tuple(frames.shape)}")
     K, S = frames.shape[0], frames.shape[1]
-    imgs = frames.permute(0, 3, 1, 2).float() * 2 - 1
-    lat = sample_latents(model, imgs, config, callback)
-    views = decode_views(model, lat, batch=config.view_batch).cpu()
     tt = torch.linspace(0, 1, K) if times is None else torch.as_tensor(list(times), dtype=torch.float32)
     if tt.shape != (K,):
         raise ValueError(f"times must have K={K} entries, got {tuple(tt.shape)}")
+    dev = model.cc_projection.weight.device
+    clock = clock if clock is not None else SubstageClock(dev)
+    imgs = frames.permute(0, 3, 1, 2).float() * 2 - 1
+    lat = sample_latents(model, imgs, config, callback, clock=clock)
+    with clock("decode"):
+        views = decode_views(model, lat, batch=config.view_batch)
+    with clock("to host"):
+        views = views.cpu()
     cams = syncdreamer16(views.shape[-2])
-    view_alpha = white_masks(views.flatten(0, 1)).view(views.shape[:-1]) if estimate_alpha else None
+    view_alpha = None
+    if estimate_alpha:
+        with clock("alpha masks"):
+            view_alpha = white_masks(views.flatten(0, 1)).view(views.shape[:-1])
+    log.info("SyncDreamer-T, K=%d x %d views, %d steps: %s", K, views.shape[1], config.steps, clock.summary())
     return ViewMatrix(images=views, cameras=cams, times=tt, alpha=view_alpha,
                       input_images=frames.detach().float().cpu(),
                       input_alpha=None if alpha is None else alpha.detach().float().cpu(),

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict
+from typing import Dict, Union
 
 import torch
 from torch import Tensor
@@ -63,13 +63,17 @@ def ddim_schedule(alphas_cumprod: Tensor, steps: int = 50, eta: float = 1.0) -> 
     return DDIMSchedule(ts, a.float(), a_prev.float(), sig.float())
 
 
-def ddim_step(x: Tensor, eps: Tensor, a_t: float, a_prev: float, sigma: float, noise=None) -> Tensor:
+def ddim_step(x: Tensor, eps: Tensor, a_t: Union[float, Tensor], a_prev: Union[float, Tensor],
+              sigma: Union[float, Tensor], noise=None) -> Tensor:
     """DDIM update ``x_t -> x_{t-1}``: x0 = (x - sqrt(1-a_t) eps)/sqrt(a_t) (no clipping);
-    ``x_prev = sqrt(a_prev) x0 + sqrt(max(1 - a_prev - sigma^2, 1e-7)) eps + sigma * noise``."""
+    ``x_prev = sqrt(a_prev) x0 + sqrt(max(1 - a_prev - sigma^2, 1e-7)) eps + sigma * noise``.
+
+    The coefficients are Python floats or float32 0-d tensors already on ``x``'s device (the sampler's: no
+    host-to-device copy, which would make the host wait for the device at every step); same numbers either way."""
     dev, dt = x.device, torch.float32
-    a_t_ = torch.tensor(a_t, device=dev, dtype=dt)
-    a_p = torch.tensor(a_prev, device=dev, dtype=dt)
-    s = torch.tensor(sigma, device=dev, dtype=dt)
+    a_t_ = torch.as_tensor(a_t, device=dev, dtype=dt)
+    a_p = torch.as_tensor(a_prev, device=dev, dtype=dt)
+    s = torch.as_tensor(sigma, device=dev, dtype=dt)
     x0 = (x - torch.sqrt(1.0 - a_t_) * eps) / a_t_.sqrt()
     x_prev = a_p.sqrt() * x0 + torch.clamp(1.0 - a_p - s ** 2, min=1e-7).sqrt() * eps
     if noise is not None:

@@ -11,7 +11,7 @@ used (K = 5, 6 get the 7-tap kernel; cyclic K = 5, 6 even raise); K = 3, 4 use h
 """
 from __future__ import annotations
 
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -74,11 +74,18 @@ def smoothing_matrix(k: int, kernel: Sequence[float], cyclic: bool = False) -> T
     return M / M.sum(dim=1, keepdim=True)
 
 
-def smooth_volumes(volumes: Tensor, kernel: Sequence[float], cyclic: bool = False) -> Tensor:
-    """``volumes [K, C, V, V, V]`` -> temporally smoothed volumes (same shape and dtype)."""
+def smooth_volumes(volumes: Tensor, kernel: Sequence[float], cyclic: bool = False,
+                   matrix: Optional[Tensor] = None) -> Tensor:
+    """``volumes [K, C, V, V, V]`` -> temporally smoothed volumes (same shape and dtype).
+
+    ``matrix``: :func:`smoothing_matrix` of ``kernel`` already as float32 on ``volumes``' device (a sampler
+    builds it once instead of copying it to the device at every step)."""
     k = volumes.shape[0]
     if k == 1 or len(kernel) == 1:
         return volumes
-    M = smoothing_matrix(k, kernel, cyclic).to(device=volumes.device, dtype=torch.float32)
+    M = matrix if matrix is not None else smoothing_matrix(k, kernel, cyclic)
+    if M.shape != (k, k):
+        raise ValueError(f"smoothing matrix must be [K, K] = [{k}, {k}], got {tuple(M.shape)}")
+    M = M.to(device=volumes.device, dtype=torch.float32)
     out = torch.einsum("ij,j...->i...", M, volumes.float())
     return out.to(volumes.dtype)
