@@ -12,6 +12,7 @@ unconditional branch zeroes both; classifier-free guidance 5; ``w(t) = 1 - ᾱ_t
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Callable, Optional, Union
 
@@ -190,6 +191,8 @@ class Zero123Guidance:
         self.keep_debug = False
         self._graphs = GraphedCFG(cfg_noise_prediction)
         self._encoder = GraphedEncoder()
+        self.prepare_s = 0.0
+        """Seconds of the last :meth:`prepare` (model load/move and the reference encodings)."""
 
     def _eps(self, unet, z_t: Tensor, t: Tensor, cond: Tensor, ref: Tensor, scale: float) -> Tensor:
         """Guided eps through the captured CUDA graph when enabled (CUDA, no grad), else eagerly."""
@@ -200,6 +203,11 @@ class Zero123Guidance:
     @property
     def weight(self) -> float:
         return float(self.config.weight)
+
+    @property
+    def capture_s(self) -> float:
+        """Seconds spent capturing CUDA graphs (guided UNet call and VAE encoder) since the last release."""
+        return self._graphs.capture_s + self._encoder.capture_s
 
     @property
     def components(self) -> Zero123Components:
@@ -225,6 +233,7 @@ class Zero123Guidance:
         Uses ``vm.input_images`` / ``vm.input_camera`` when the view matrix has them, otherwise view 0 of the
         matrix (its camera and images) as the reference.
         """
+        t0 = time.perf_counter()
         if vm.has_input:
             frames, cam = vm.input_images, vm.input_camera
         else:
@@ -237,6 +246,9 @@ class Zero123Guidance:
         self.cache = ReferenceCache(clip, lat, az, el, r, focal, frames_encoded=int(frames.shape[0]))
         self._gen = torch.Generator(device=device).manual_seed(int(self.config.seed))
         self._pending = None
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        self.prepare_s = time.perf_counter() - t0
 
     def sample_cameras(self, time_idx: Tensor, step: int, total: int,
                        generator: Optional[torch.Generator] = None) -> Cameras:
@@ -331,8 +343,7 @@ class Zero123Guidance:
         """Drop the model and the caches (frees GPU memory; the next prepare() reloads through the loader)."""
         if self._loader is not None:
             self._model = None
-        self._graphs.clear()
-        self._encoder.clear()
+        self._graphs, self._encoder = GraphedCFG(cfg_noise_prediction), GraphedEncoder()  # drops graphs, timings
         self.cache, self._pending, self._alphas = None, None, None
 
 
