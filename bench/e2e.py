@@ -19,6 +19,7 @@ summary.
     python bench/e2e.py --warmup --view-batch 32 --compile --vae-dtype bf16 --sds-every 2   # fastest measured
     python bench/e2e.py --cudnn-benchmark    # with cuDNN autotuning (its workspace trials raise the peak)
     python bench/e2e.py --quick              # few steps / iterations: smoke run of the whole chain on a GPU
+    python bench/e2e.py --repeat 2           # the chain twice on the same models: run 2 = a warm session
     python bench/e2e.py --tiny               # tiny random models on the CPU (CI smoke, tests/test_e2e_smoke.py)
 """
 from __future__ import annotations
@@ -140,7 +141,8 @@ def run_chain(args, cfg: PipelineConfig, models: PipelineModels, hooks: List, de
         res = video_to_4d(rgba, models, cfg, hooks=hooks, device=dev)
     files = save_outputs(res, out, cfg, hooks=hooks, models=models)
     return {"files": files, "gaussians": res.gaussians.num, "frames_in": len(rgba), "keyframes": res.view_matrix.T,
-            "fit_loop_s": round(res.fit.seconds, 3)}  # the fit stage minus its setup (SDS references, data)
+            "fit_loop_s": round(res.fit.seconds, 3),  # the fit stage minus its setup (SDS references, data)
+            "substages_s": res.substages}
 
 
 def parse(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -154,6 +156,9 @@ def parse(argv: Optional[List[str]] = None) -> argparse.Namespace:
     ap.add_argument("--tiny", action="store_true", help="tiny random models on the CPU (CI smoke)")
     ap.add_argument("--no-sds", action="store_true", help="fit without the Zero123 SDS guidance")
     ap.add_argument("--warmup", action="store_true", help="run the chain once with few steps first (not reported)")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="run the chain this many times on the same models (a summary line per run; run 2 onwards "
+                         "shows a warm session, as a second queue in ComfyUI)")
     ap.add_argument("--compile", nargs="?", const="default", default=None,
                     help="torch.compile SyncDreamer's UNet + frustum net (mode, default 'default'); use with --warmup")
     ap.add_argument("--dtype", default="auto", choices=["auto", "fp16", "bf16", "fp32"],
@@ -229,29 +234,31 @@ def main(argv: Optional[List[str]] = None) -> int:
             wcfg.fit = wcfg.fit.replace(iterations=5)
             wcfg.orbit = dataclasses.replace(wcfg.orbit, frames=4)
             run_chain(args, wcfg, models, [offload] if offload else [], dev, Path(tmp) / "warmup")
-        timer = StageTimer(dev, sink=emit)
-        hooks = [timer] + ([offload] if offload else [])
-        moved0 = offload.seconds if offload else 0.0
-        try:
-            extra = run_chain(args, cfg, models, hooks, dev, args.out or Path(tmp) / "export")
-        except Exception as e:  # noqa: BLE001 -- the stage line (with its error) is out; sum up and fail
-            emit({"summary": True, "error": f"{type(e).__name__}: {str(e)[:1000]}",
-                  "stages_s": {r["stage"]: r["s"] for r in timer.records}})
-            raise
-    recs = timer.records
-    out: Dict[str, Any] = {"summary": True, "mode": "image" if args.image else "video", "offload": args.offload,
-                           "quick": args.quick, "tiny": args.tiny, "total_s": round(sum(r["s"] for r in recs), 3),
-                           "load_s": round(sum(loads.values()), 3),
-                           "offload_s": round((offload.seconds - moved0) if offload else 0.0, 3),
-                           "stages_s": {r["stage"]: r["s"] for r in recs},
-                           "wall_s": round(time.perf_counter() - t_start, 2),
-                           "cudnn_benchmark": args.cudnn_benchmark, "config": cfg.to_dict(), **extra}
-    if dev.type == "cuda":
-        out["peak_alloc_gb"] = max(r["peak_alloc_gb"] for r in recs)
-        out["peak_reserved_gb"] = max(r["peak_reserved_gb"] for r in recs)
-        out["stages_peak_alloc_gb"] = {r["stage"]: r["peak_alloc_gb"] for r in recs}
-    out["env"] = env_info(dev)
-    emit(out)
+        for run_i in range(max(1, args.repeat)):
+            timer = StageTimer(dev, sink=lambda rec, i=run_i: emit({"run": i + 1, **rec}))
+            hooks = [timer] + ([offload] if offload else [])
+            moved0 = offload.seconds if offload else 0.0
+            try:
+                extra = run_chain(args, cfg, models, hooks, dev, args.out or Path(tmp) / f"export{run_i}")
+            except Exception as e:  # noqa: BLE001 -- the stage line (with its error) is out; sum up and fail
+                emit({"summary": True, "run": run_i + 1, "error": f"{type(e).__name__}: {str(e)[:1000]}",
+                      "stages_s": {r["stage"]: r["s"] for r in timer.records}})
+                raise
+            recs = timer.records
+            out: Dict[str, Any] = {"summary": True, "run": run_i + 1, "mode": "image" if args.image else "video",
+                                   "offload": args.offload, "quick": args.quick, "tiny": args.tiny,
+                                   "total_s": round(sum(r["s"] for r in recs), 3),
+                                   "load_s": round(sum(loads.values()), 3),
+                                   "offload_s": round((offload.seconds - moved0) if offload else 0.0, 3),
+                                   "stages_s": {r["stage"]: r["s"] for r in recs},
+                                   "wall_s": round(time.perf_counter() - t_start, 2),
+                                   "cudnn_benchmark": args.cudnn_benchmark, "config": cfg.to_dict(), **extra}
+            if dev.type == "cuda":
+                out["peak_alloc_gb"] = max(r["peak_alloc_gb"] for r in recs)
+                out["peak_reserved_gb"] = max(r["peak_reserved_gb"] for r in recs)
+                out["stages_peak_alloc_gb"] = {r["stage"]: r["peak_alloc_gb"] for r in recs}
+            out["env"] = env_info(dev)
+            emit(out)
     return 0
 
 

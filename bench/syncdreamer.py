@@ -9,6 +9,9 @@ guidance <= 30 s and <= 16 GB; a view_batch that fits a 12 GB card.
     python bench/syncdreamer.py --configs 16:8 --dtype bf16
     python bench/syncdreamer.py --tiny --device cpu --steps 1 --configs 2:8   # script check without a GPU
     python bench/syncdreamer.py --configs 16:16 --profile   # top-25 CUDA kernels + per-stage GPU time, 2 steps
+    # the product's call (generate_view_matrix: condition, capture, sampling, decode, host copy, alpha masks) twice
+    # on one model, under ComfyUI's conditions (inference mode, no TF32 matmuls): where a node's seconds go
+    python bench/syncdreamer.py --configs 16:16 --product --repeat 2 --inference-mode --no-tf32 --dtype bf16
     # defaults (CUDA-graph replay, no compile), H200: 40.5 s, 7.4 GB alloc / 11.5 GB reserved at view_batch 16
     # fastest measured (H100, 27.1 s, 7.1 GB alloc / 11.3 GB reserved; ~2.3 min compile warm-up, not timed):
     python bench/syncdreamer.py --configs 16:32 --compile --vae-dtype bf16
@@ -16,7 +19,9 @@ guidance <= 30 s and <= 16 GB; a view_batch that fits a 12 GB card.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 import time
 import traceback
@@ -120,6 +125,32 @@ def run_config(model, device, k: int, view_batch: int, steps: int, guidance: str
     return out
 
 
+def run_product(model, device, k: int, view_batch: int, steps: int, guidance: str, size: int, call: int,
+                tags: dict = None, cuda_graphs: bool = True) -> dict:
+    """One ``generate_view_matrix`` call (the nodes' and the pipeline's path) with its sub-stage clock."""
+    from e4d.pipeline_hooks import SubstageClock
+    from e4d.syncdreamer.sampler import SamplerConfig, generate_view_matrix
+
+    cfg = SamplerConfig(steps=steps, view_batch=view_batch, guidance=guidance,
+                        scales=(2.0, 1.0) if guidance == "decomposed" else (2.0,), cuda_graphs=cuda_graphs)
+    clock = SubstageClock(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    sync(device)
+    t0 = time.perf_counter()
+    vm = generate_view_matrix(model, frames(k, size), config=cfg, clock=clock)
+    sync(device)
+    total = time.perf_counter() - t0
+    out = {"bench": "syncdreamer", "mode": "product", "call": call, "frames": k, "view_batch": view_batch,
+           "steps": steps, "total_s": round(total, 3), "parts_s": clock.seconds,
+           "sampling_per_step_s": round(clock.seconds.get("sampling", 0.0) / max(steps, 1), 4),
+           "finite": bool(torch.isfinite(vm.images).all()), "cuda_graphs": cuda_graphs, **(tags or {})}
+    if device.type == "cuda":
+        out["peak_alloc_gb"] = round(torch.cuda.max_memory_allocated(device) / 2 ** 30, 2)
+        out["peak_reserved_gb"] = round(torch.cuda.max_memory_reserved(device) / 2 ** 30, 2)
+    return out
+
+
 def profile_config(model, device, k: int, view_batch: int, guidance: str, size: int, steps: int = 2) -> None:
     """Print where the GPU time of ``steps`` DDIM steps goes (after a 1-step warm-up with the same shapes)."""
     from torch.profiler import ProfilerActivity, profile
@@ -171,6 +202,16 @@ def main(argv=None) -> int:
                     help="torch.backends.cudnn.benchmark = True (off in the product and in ComfyUI by default)")
     ap.add_argument("--literal-depth-attn", action="store_true",
                     help="official-order depth attention (materialised k/v, chunked fp32 softmax) instead of fused")
+    ap.add_argument("--product", action="store_true",
+                    help="time the product's call (generate_view_matrix) --repeat times on the same model, with its "
+                         "sub-stage figures (condition, graph capture, sampling, decode, to host, alpha masks)")
+    ap.add_argument("--repeat", type=int, default=2, help="with --product: calls per configuration (1 = cold only)")
+    ap.add_argument("--inference-mode", action="store_true",
+                    help="run under torch.inference_mode(), as ComfyUI runs every node")
+    ap.add_argument("--no-tf32", action="store_true",
+                    help="leave float32 matmuls in full precision (PyTorch's and ComfyUI's default) instead of TF32")
+    ap.add_argument("--eager-after", action="store_true",
+                    help="with --product: one more call with cuda_graphs=False (eager chunks) on the same model")
     ap.add_argument("--profile", action="store_true",
                     help="instead of timing: torch.profiler over 2 steps of each config; prints the top-25 CUDA "
                          "kernels by total time and the per-stage ranges (volume / frustum / unet / ddim)")
@@ -179,8 +220,8 @@ def main(argv=None) -> int:
     dtype = DTYPES[a.dtype]
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = a.cudnn_benchmark
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cuda.matmul.allow_tf32 = not a.no_tf32
+        torch.backends.cudnn.allow_tf32 = True  # PyTorch's default for convolutions (ComfyUI keeps it)
     size = 64 if a.tiny else 256
     t0 = time.perf_counter()
     model = build_model(device, dtype, a.tiny, DTYPES[a.vae_dtype] if a.vae_dtype else None)
@@ -196,9 +237,20 @@ def main(argv=None) -> int:
           flush=True)
     configs = [tuple(int(v) for v in c.split(":")) for c in a.configs.split(",") if c.strip()]
     rc = 0
+    mode = torch.inference_mode() if a.inference_mode else contextlib.nullcontext()
     for k, vb in configs:
         if a.profile:
             profile_config(model, device, k, vb, a.guidance, size)
+            continue
+        if a.product:
+            env = {"inference_mode": a.inference_mode, "tf32_matmul": not a.no_tf32,
+                   "alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF", ""),
+                   "dtype": str(next(model.unet.parameters()).dtype).replace("torch.", "")}
+            calls = [True] * max(1, a.repeat) + ([False] if a.eager_after else [])
+            for i, graphs in enumerate(calls):
+                with mode:
+                    print(json.dumps(run_product(model, device, k, vb, a.steps, a.guidance, size, i + 1, env,
+                                                 graphs)), flush=True)
             continue
         try:
             tw = time.perf_counter()

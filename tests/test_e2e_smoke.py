@@ -33,14 +33,22 @@ def _run(*args: str, timeout: float = 180.0) -> tuple[int, list[dict], str]:
 def test_tiny_chain_runs_every_stage_and_exports(tmp_path):
     out = tmp_path / "export"
     log = tmp_path / "e2e.jsonl"
-    rc, recs, err = _run("--tiny", "--data", str(DEMO), "--out", str(out), "--json-out", str(log))
+    rc, recs, err = _run("--tiny", "--data", str(DEMO), "--out", str(out), "--json-out", str(log), "--repeat", "2")
     assert rc == 0, err[-3000:]
-    assert [r["load"] for r in recs if "load" in r] == ["syncdreamer", "rife", "zero123"]
-    stages = [r for r in recs if "stage" in r]
-    assert [r["stage"] for r in stages] == STAGES and not any("error" in r for r in stages)
+    assert [r["load"] for r in recs if "load" in r] == ["syncdreamer", "rife", "zero123"]  # built once
+    summaries = [r for r in recs if r.get("summary")]
+    assert [r["run"] for r in summaries] == [1, 2]  # --repeat 2: the same models run the chain twice
+    stages = [r for r in recs if "stage" in r and r["run"] == 2]
+    assert [r["stage"] for r in recs if "stage" in r] == STAGES * 2 and not any("error" in r for r in stages)
     summ = recs[-1]
     assert summ["summary"] is True and summ["mode"] == "video" and summ["offload"] is False
     assert summ["stages_s"] == {r["stage"]: r["s"] for r in stages}
+    # the named parts inside the two model stages (device-synchronized; no graph capture on the CPU)
+    sd, fit = summ["substages_s"]["syncdreamer"], summ["substages_s"]["fit"]
+    assert list(sd) == ["prepare", "condition", "sampling", "decode", "to host", "alpha masks"]
+    assert sum(sd.values()) <= summ["stages_s"]["syncdreamer"] and sd["sampling"] > 0
+    assert list(fit) == ["setup", "SDS references", "SDS graph capture", "loop"] and fit["SDS graph capture"] == 0
+    assert sum(fit.values()) == pytest.approx(summ["stages_s"]["fit"], abs=0.05)
     assert summ["total_s"] == pytest.approx(sum(summ["stages_s"].values()), abs=0.01)
     # the stages are timed inside the process's wall time, and the two model stages did measurable work
     assert summ["total_s"] + summ["load_s"] <= summ["wall_s"]
