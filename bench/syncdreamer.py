@@ -126,8 +126,11 @@ def run_config(model, device, k: int, view_batch: int, steps: int, guidance: str
 
 
 def run_product(model, device, k: int, view_batch: int, steps: int, guidance: str, size: int, call: int,
-                tags: dict = None, cuda_graphs: bool = True) -> dict:
-    """One ``generate_view_matrix`` call (the nodes' and the pipeline's path) with its sub-stage clock."""
+                tags: dict = None, cuda_graphs: bool = True, synced: bool = False) -> dict:
+    """One ``generate_view_matrix`` call (the nodes' and the pipeline's path) with its sub-stage clock.
+
+    ``synced``: a progress callback that waits for the device at every step, as the loop did before it stopped
+    waiting (the host then queues each step's eager part while the GPU idles)."""
     from e4d.pipeline_hooks import SubstageClock
     from e4d.syncdreamer.sampler import SamplerConfig, generate_view_matrix
 
@@ -138,13 +141,15 @@ def run_product(model, device, k: int, view_batch: int, steps: int, guidance: st
         torch.cuda.reset_peak_memory_stats(device)
     sync(device)
     t0 = time.perf_counter()
-    vm = generate_view_matrix(model, frames(k, size), config=cfg, clock=clock)
+    vm = generate_view_matrix(model, frames(k, size), config=cfg, clock=clock,
+                              callback=(lambda *_: sync(device)) if synced else None)
     sync(device)
     total = time.perf_counter() - t0
     out = {"bench": "syncdreamer", "mode": "product", "call": call, "frames": k, "view_batch": view_batch,
            "steps": steps, "total_s": round(total, 3), "parts_s": clock.seconds,
            "sampling_per_step_s": round(clock.seconds.get("sampling", 0.0) / max(steps, 1), 4),
-           "finite": bool(torch.isfinite(vm.images).all()), "cuda_graphs": cuda_graphs, **(tags or {})}
+           "finite": bool(torch.isfinite(vm.images).all()), "cuda_graphs": cuda_graphs, "synced_steps": synced,
+           **(tags or {})}
     if device.type == "cuda":
         out["peak_alloc_gb"] = round(torch.cuda.max_memory_allocated(device) / 2 ** 30, 2)
         out["peak_reserved_gb"] = round(torch.cuda.max_memory_reserved(device) / 2 ** 30, 2)
@@ -212,6 +217,9 @@ def main(argv=None) -> int:
                     help="leave float32 matmuls in full precision (PyTorch's and ComfyUI's default) instead of TF32")
     ap.add_argument("--eager-after", action="store_true",
                     help="with --product: one more call with cuda_graphs=False (eager chunks) on the same model")
+    ap.add_argument("--synced-after", action="store_true",
+                    help="with --product: one more call whose progress callback waits for the device every step "
+                         "(how exposed the host's per-step work is)")
     ap.add_argument("--profile", action="store_true",
                     help="instead of timing: torch.profiler over 2 steps of each config; prints the top-25 CUDA "
                          "kernels by total time and the per-stage ranges (volume / frustum / unet / ddim)")
@@ -246,11 +254,12 @@ def main(argv=None) -> int:
             env = {"inference_mode": a.inference_mode, "tf32_matmul": not a.no_tf32,
                    "alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF", ""),
                    "dtype": str(next(model.unet.parameters()).dtype).replace("torch.", "")}
-            calls = [True] * max(1, a.repeat) + ([False] if a.eager_after else [])
-            for i, graphs in enumerate(calls):
+            calls = [(True, False)] * max(1, a.repeat) + ([(False, False)] if a.eager_after else []) \
+                + ([(True, True)] if a.synced_after else [])
+            for i, (graphs, synced) in enumerate(calls):
                 with mode:
                     print(json.dumps(run_product(model, device, k, vb, a.steps, a.guidance, size, i + 1, env,
-                                                 graphs)), flush=True)
+                                                 graphs, synced)), flush=True)
             continue
         try:
             tw = time.perf_counter()
