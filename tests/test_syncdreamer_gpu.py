@@ -95,8 +95,11 @@ def test_cuda_graphs_match_eager(tmp_path):
     m = load_syncdreamer(write_tiny_syncdreamer(tmp_path), dtype=torch.float16, device="cuda")
     imgs = torch.rand(3, 3, 64, 64, device="cuda") * 2 - 1
     eager = sample_latents(m, imgs, SamplerConfig(steps=3, view_batch=7, cuda_graphs=False))
-    graphed = sample_latents(m, imgs, SamplerConfig(steps=3, view_batch=7))
+    steps = []  # on CUDA each step is reported once the device has finished it, in order
+    graphed = sample_latents(m, imgs, SamplerConfig(steps=3, view_batch=7),
+                             callback=lambda s, total, info: steps.append((s, total)))
     torch.testing.assert_close(graphed, eager, rtol=1e-3, atol=1e-3)
+    assert steps == [(1, 3), (2, 3), (3, 3)]
 
 
 FAST_EPS_REL = 0.01
