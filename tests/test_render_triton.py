@@ -106,13 +106,37 @@ def test_bin_tiles_lists_every_overlapping_tile_in_depth_order():
     # 2 images x 3 Gaussians = 6 pairs on a 3 x 2 tile grid; boxes are tile ranges [x0, x1) x [y0, y1)
     box = torch.tensor([[0, 0, 2, 2], [0, 0, 1, 1], [0, 0, 0, 0], [0, 1, 3, 2], [1, 0, 2, 1], [1, 0, 2, 2]],
                        dtype=torch.int32, device=DEV)
-    count = ((box[:, 2] - box[:, 0]) * (box[:, 3] - box[:, 1])).to(torch.int32)
+    hits = torch.tensor([0b1111, 1, 0, 0b111, 1, 0b11], dtype=torch.int32, device=DEV)
+    hits[0] = 0b1101  # pair 0 does not reach the second tile of its box, (1, 0)
+    count = torch.tensor([3, 1, 0, 3, 1, 2], dtype=torch.int32, device=DEV)
     depth = torch.tensor([2.0, 1.0, 1.0, 0.5, 3.0, 1.0], device=DEV)
-    ids, offsets = bin_tiles(box, count, depth, 3, 6, 3)
+    ids, offsets = bin_tiles(box, count, hits, depth, 3, 6, 3)
     tiles = [ids[offsets[t]:offsets[t + 1]].tolist() for t in range(offsets.numel() - 1)]
-    assert tiles[:6] == [[1, 0], [0], [], [0], [0], []]  # image 0: pair 0 covers 2 x 2 tiles, behind pair 1
+    assert tiles[:6] == [[1, 0], [], [], [0], [0], []]  # image 0: pair 0 covers 3 tiles of its box, behind pair 1
     assert tiles[6:] == [[], [5, 4], [], [3], [3, 5], [3]]  # image 1: depth order inside each tile
-    assert int(offsets[-1]) == ids.numel() == 11
+    assert int(offsets[-1]) == ids.numel() == 10
+
+
+def test_thin_tilted_gaussian_reaches_only_the_diagonal_tiles():
+    """A needle along the image diagonal: its axis-aligned box holds 4 x 4 tiles, the ellipse reaches the 4 on the
+    diagonal and the 6 beside them it grazes (pixel centres within its extent), not the far corners."""
+    from e4d.render import triton_projection as pk
+
+    S, f = 64, 64.0
+    R = torch.tensor([[1.0, -1.0, 0.0], [1.0, 1.0, 0.0], [0.0, 0.0, 2 ** 0.5]]) / 2 ** 0.5
+    cov = R @ torch.diag(torch.tensor([0.2, 1e-4, 1e-4])) @ R.T  # long along x = y in the camera plane
+    means = torch.tensor([[[0.0, 0.0, 2.0]]], device=DEV)
+    w2c = torch.eye(4, device=DEV)[None]
+    K = torch.tensor([[[f, 0.0, S / 2], [0.0, f, S / 2], [0.0, 0.0, 1.0]]], device=DEV)
+    out = {name: torch.empty(shape, dtype=dt, device=DEV) for name, shape, dt in (
+        ("feat", (1, 9), torch.float32), ("depth", (1,), torch.float32), ("box", (1, 4), torch.int32),
+        ("count", (1,), torch.int32), ("hits", (1,), torch.int32))}
+    pk.project_forward[(1,)](means, cov[None, None].to(DEV).contiguous(), torch.ones(1, 1, device=DEV),
+                             torch.ones(1, 1, 3, device=DEV), w2c, K, out["feat"], out["depth"], out["box"],
+                             out["count"], out["hits"], 1, 1, 1, 1, S, S, 4, 4, 0.01, 100.0, 0.3, BLOCK=32, TS=16)
+    assert out["box"][0].tolist() == [0, 0, 4, 4]
+    reached = [i for i in range(16) if (int(out["hits"][0]) >> i) & 1]
+    assert reached == [0, 1, 4, 5, 6, 9, 10, 11, 14, 15] and int(out["count"][0]) == 10
 
 
 def test_triton_batched_equals_single_calls():

@@ -3,10 +3,10 @@
 Pipeline of one call (B time slices x C cameras = I images, N Gaussians, P = I * N pairs), one autograd Function:
 
 1. projection kernel (:mod:`e4d.render.triton_projection`): per pair, the EWA projection of
-   :mod:`e4d.render.projection` (means2d, conic, opacity-aware box, culling) and its tile box; colours come in
-   from torch (SH evaluated there, so autograd covers them);
+   :mod:`e4d.render.projection` (means2d, conic, opacity-aware box, culling), its tile box and which of the box's
+   tiles the ellipse reaches; colours come in from torch (SH evaluated there, so autograd covers them);
 2. binning: the pairs' tile counts are summed (the one host sync: the list size), a kernel writes one
-   ``(tile << 32) | depth`` key per (pair, tile) and one sort orders every tile's list front to back;
+   ``(tile << 32) | depth`` key per (pair, reached tile) and one sort orders every tile's list front to back;
 3. compositing per 16x16 tile (:mod:`e4d.render.triton_kernels`); the backward runs the compositing backward
    kernel, then the projection backward kernel, and sums the per-image gradients over a slice's cameras.
 
@@ -88,11 +88,13 @@ PROJECT_BLOCK = 256
 """(image, Gaussian) pairs per program of the projection kernels."""
 
 
-def bin_tiles(box: Tensor, count: Tensor, depth: Tensor, N: int, n_tiles: int, tiles_x: int) -> Tuple[Tensor, Tensor]:
+def bin_tiles(box: Tensor, count: Tensor, hits: Tensor, depth: Tensor, N: int, n_tiles: int,
+              tiles_x: int) -> Tuple[Tensor, Tensor]:
     """Tile lists of P = I * N projected pairs: ``ids [M]`` int32 (pair indices, tile-major, depth-sorted within a
     tile) and ``offsets [I * n_tiles + 1]`` int32 (tile ``t`` owns ``ids[offsets[t]:offsets[t + 1]]``).
 
     Args: ``box [P, 4]`` int32 tile box (x0, y0, x1, y1), ``count [P]`` int32 tiles per pair (0: culled),
+    ``hits [P]`` int32 which of the box's tiles (bit i: tile i, row-major; all when the box has > 32 tiles),
     ``depth [P]`` positive camera depths, N Gaussians per image, tiles per image and per row. One host sync (the
     list size), one sort of int64 ``(tile << 32) | depth bits`` keys.
     """
@@ -111,7 +113,8 @@ def bin_tiles(box: Tensor, count: Tensor, depth: Tensor, N: int, n_tiles: int, t
     first = first - count
     pk = _projection()
     block = 128
-    pk.emit_keys[(_cdiv(P, block),)](box, count, first, depth, keys, vals, P, N, n_tiles, tiles_x, BLOCK=block)
+    pk.emit_keys[(_cdiv(P, block),)](box, count, hits, first, depth, keys, vals, P, N, n_tiles, tiles_x,
+                                     BLOCK=block)
     keys, order = torch.sort(keys, stable=True)
     ids = vals[order]
     offsets = torch.searchsorted(keys >> 32, offsets_index).to(torch.int32)
@@ -143,12 +146,13 @@ class _Rasterize(torch.autograd.Function):
         depth = torch.empty(P, dtype=torch.float32, device=dev)
         box = torch.empty(P, 4, dtype=torch.int32, device=dev)
         count = torch.empty(P, dtype=torch.int32, device=dev)
+        hits = torch.empty(P, dtype=torch.int32, device=dev)
         color_div = C if colors.shape[0] == B else 1
         pk.project_forward[(_cdiv(P, PROJECT_BLOCK),)](
-            means, covs, opacities, colors, w2c, K, feat, depth, box, count, P, N, C, color_div, width, height,
+            means, covs, opacities, colors, w2c, K, feat, depth, box, count, hits, P, N, C, color_div, width, height,
             tiles_x, tiles_y, float(settings.near_plane), float(settings.far_plane), float(settings.eps2d),
             BLOCK=PROJECT_BLOCK, TS=k.TILE)
-        ids, offsets = bin_tiles(box, count, depth, N, n_tiles, tiles_x)
+        ids, offsets = bin_tiles(box, count, hits, depth, N, n_tiles, tiles_x)
         color = feat.new_zeros(3, images, height, width)  # planar: every kernel access is contiguous
         trans = feat.new_ones(images, height, width)
         last = torch.zeros(images, height, width, dtype=torch.int32, device=dev)

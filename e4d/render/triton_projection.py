@@ -4,10 +4,13 @@ Imported only by :mod:`e4d.render.triton_backend`. The maths is :mod:`e4d.render
 classic EWA projection), evaluated per pair ``p = image * N + n`` in registers:
 
 * :func:`project_forward` writes the compositing features ``feat [P, 9]`` (mean x, y, conic a, b, c, opacity,
-  r, g, b), the camera depth ``[P]``, the pair's tile box ``[P, 4]`` (x0, y0, x1, y1; tiles ``[x0, x1) x [y0, y1)``)
-  and its tile count ``[P]`` (0 when culled: outside the near/far planes, opacity < 1/255, non-positive 2D
-  determinant or a box off the image);
-* :func:`emit_keys` writes one ``(image tile << 32) | depth bits`` key per (pair, tile) at the pair's offset, so
+  r, g, b), the camera depth ``[P]``, the pair's tile box ``[P, 4]`` (x0, y0, x1, y1; tiles ``[x0, x1) x [y0, y1)``),
+  which of the box's tiles the ellipse alpha >= 1/255 actually reaches (``hits [P]``, bit i = tile i of the box in
+  row-major order; boxes of more than 32 tiles keep all) and the tile count ``[P]`` (0 when culled: outside the
+  near/far planes, opacity < 1/255, non-positive 2D determinant or no tile reached). The axis-aligned box of a
+  thin, tilted ellipse holds many tiles it misses (a quarter of the (tile, Gaussian) pairs of a fitted CesiumMan
+  scene); the compositing kernels would walk them for nothing;
+* :func:`emit_keys` writes one ``(image tile << 32) | depth bits`` key per (pair, reached tile) at the pair's offset, so
   a single sort orders every list by tile, then depth (positive fp32 depths sort as their bit patterns);
 * :func:`project_backward` recomputes the projection and applies the chain rule from the gradients of ``feat``
   to camera-space means and covariances, then to world space (``v_means [P, 3]``, ``v_covs [P, 6]``: the
@@ -103,8 +106,32 @@ def _jacobian_cov2d(x, y, z, fx, fy, cx, cy, width, height, c00, c01, c02, c11, 
 
 
 @triton.jit
+def _tile_reached(u, v, qa, qb, qc, thr, tx, ty, width, height, TS: tl.constexpr):
+    """Whether the ellipse ``sigma <= thr`` of a Gaussian at ``(u, v)`` with conic ``(qa, qb, qc)`` holds a pixel
+    centre of tile ``(tx, ty)`` (clipped to the image). ``sigma`` is convex with its minimum 0 at the mean; over
+    the rectangle of centres its minimum is 0 if the mean is inside, else it lies on one of the two edges facing
+    the mean (the segment from any point to the mean leaves the rectangle through one of them), where the 1D
+    minimum is a clamped vertex of a parabola."""
+    x_lo = (tx * TS).to(tl.float32) + 0.5
+    y_lo = (ty * TS).to(tl.float32) + 0.5
+    x_hi = tl.minimum(x_lo + (TS - 1), width - 0.5)
+    y_hi = tl.minimum(y_lo + (TS - 1), height - 0.5)
+    dx_lo = u - x_hi
+    dx_hi = u - x_lo
+    dy_lo = v - y_hi
+    dy_hi = v - y_lo
+    ex = tl.minimum(tl.maximum(0.0, dx_lo), dx_hi)  # offset of the facing edge (0: the mean is within x range)
+    ey = tl.minimum(tl.maximum(0.0, dy_lo), dy_hi)
+    dy = tl.minimum(tl.maximum(-qb * ex / qc, dy_lo), dy_hi)
+    dx = tl.minimum(tl.maximum(-qb * ey / qa, dx_lo), dx_hi)
+    s1 = 0.5 * (qa * ex * ex + qc * dy * dy) + qb * ex * dy
+    s2 = 0.5 * (qa * dx * dx + qc * ey * ey) + qb * dx * ey
+    return tl.minimum(s1, s2) <= thr
+
+
+@triton.jit
 def project_forward(means_ptr, covs_ptr, opac_ptr, colors_ptr, w2c_ptr, K_ptr, feat_ptr, depth_ptr, box_ptr,
-                    count_ptr, P, N, C, color_div, width, height, tiles_x, tiles_y, near, far, eps2d,
+                    count_ptr, hits_ptr, P, N, C, color_div, width, height, tiles_x, tiles_y, near, far, eps2d,
                     BLOCK: tl.constexpr, TS: tl.constexpr):
     p = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     (valid, img, op, r00, r01, r02, r10, r11, r12, r20, r21, r22, fx, fy, cx, cy, x, y, z,
@@ -125,7 +152,24 @@ def project_forward(means_ptr, covs_ptr, opac_ptr, colors_ptr, w2c_ptr, K_ptr, f
     y0 = tl.minimum(tl.maximum(tl.floor((v - ry) / TS), 0.0), tiles_y * 1.0).to(tl.int32)
     x1 = tl.minimum(tl.maximum(tl.ceil((u + rx) / TS), 0.0), tiles_x * 1.0).to(tl.int32)
     y1 = tl.minimum(tl.maximum(tl.ceil((v + ry) / TS), 0.0), tiles_y * 1.0).to(tl.int32)
-    count = tl.where(on, tl.maximum(x1 - x0, 0) * tl.maximum(y1 - y0, 0), 0)
+    area = tl.where(on, tl.maximum(x1 - x0, 0) * tl.maximum(y1 - y0, 0), 0)
+    # keep only the box's tiles the ellipse alpha >= 1/255 reaches (a margin keeps borderline ones): bit i of
+    # ``hits`` is tile i of the box in row-major order; boxes of more than 32 tiles keep every tile
+    qa = tl.where(on, c / det, 1.0)
+    qb = tl.where(on, -b / det, 0.0)
+    qc = tl.where(on, a / det, 1.0)
+    thr = tl.log(tl.maximum(op, 1.0 / 255.0) * 255.0) * 1.001 + 1e-3
+    span = tl.maximum(x1 - x0, 1)
+    hits = tl.zeros_like(area)
+    reached = tl.zeros_like(area)
+    i = 0
+    most = tl.minimum(tl.max(area, axis=0), 32)
+    while i < most:
+        hit = (i < area) & _tile_reached(u, v, qa, qb, qc, thr, x0 + i % span, y0 + i // span, width, height, TS)
+        hits = hits | (hit.to(tl.int32) << i)
+        reached += hit.to(tl.int32)
+        i += 1
+    count = tl.where(area > 32, area, reached)
     crow = ((img // color_div) * N + p % N) * 3
     f = feat_ptr + p * 9
     tl.store(f, tl.where(on, u, 0.0), mask=valid)
@@ -143,27 +187,32 @@ def project_forward(means_ptr, covs_ptr, opac_ptr, colors_ptr, w2c_ptr, K_ptr, f
     tl.store(box_ptr + p * 4 + 2, x1, mask=valid)
     tl.store(box_ptr + p * 4 + 3, y1, mask=valid)
     tl.store(count_ptr + p, count, mask=valid)
+    tl.store(hits_ptr + p, hits, mask=valid)
 
 
 @triton.jit
-def emit_keys(box_ptr, count_ptr, first_ptr, depth_ptr, keys_ptr, vals_ptr, P, N, n_tiles, tiles_x,
+def emit_keys(box_ptr, count_ptr, hits_ptr, first_ptr, depth_ptr, keys_ptr, vals_ptr, P, N, n_tiles, tiles_x,
               BLOCK: tl.constexpr):
     p = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     valid = p < P
     count = tl.load(count_ptr + p, mask=valid, other=0)
+    hits = tl.load(hits_ptr + p, mask=valid, other=0)
     x0 = tl.load(box_ptr + p * 4, mask=valid, other=0)
     y0 = tl.load(box_ptr + p * 4 + 1, mask=valid, other=0)
     span = tl.maximum(tl.load(box_ptr + p * 4 + 2, mask=valid, other=1) - x0, 1)
+    area = tl.where(count > 0, span * (tl.load(box_ptr + p * 4 + 3, mask=valid, other=0) - y0), 0)
     first = tl.load(first_ptr + p, mask=valid, other=0)
     depth_bits = tl.load(depth_ptr + p, mask=valid, other=1.0).to(tl.int32, bitcast=True).to(tl.int64)
     base = (p // N) * n_tiles
-    most = tl.max(count, axis=0)
+    most = tl.max(area, axis=0)
     i = 0
+    k = tl.zeros_like(count)  # keys written so far (count in the end: project_forward counted the same bits)
     while i < most:
-        ok = i < count
+        ok = (i < area) & ((area > 32) | (((hits >> tl.minimum(i, 31)) & 1) != 0))
         tile = base + (y0 + i // span) * tiles_x + x0 + i % span
-        tl.store(keys_ptr + first + i, (tile << 32) | depth_bits, mask=ok)
-        tl.store(vals_ptr + first + i, p.to(tl.int32), mask=ok)
+        tl.store(keys_ptr + first + k, (tile << 32) | depth_bits, mask=ok)
+        tl.store(vals_ptr + first + k, p.to(tl.int32), mask=ok)
+        k += ok.to(tl.int32)
         i += 1
 
 
