@@ -7,6 +7,7 @@ mesh also the tracking error (each vertex attached at the reference time to its 
 through the GT animation). Extraction time = :func:`e4d.mesh.extract_mesh_4d` + writing the animated GLB
 (device-synchronized, after an untimed warm-up extraction). Targets: Chamfer <= 0.01 at every time, tracking
 <= 0.02, extraction + GLB <= 10 s on the GPU for 16 times. One JSON line per time and mode, then a summary per mode.
+``--texture N`` adds the optional UV-texture bake to the fixed-topology modes (its seconds: ``texture_seconds``).
 
 Usage (repo root)::
 
@@ -55,6 +56,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--no-warmup", action="store_true")
     ap.add_argument("--out", type=Path, default=None, help="keep the animated GLB here")
     ap.add_argument("--backend", default="auto")
+    ap.add_argument("--texture", type=int, default=0,
+                    help="MeshConfig.texture_size of the fixed-topology modes (UV bake, needs xatlas); 0 = off")
     args = ap.parse_args(argv)
 
     dev = pick_device(args.device)
@@ -96,7 +99,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             raise SystemExit(f"--modes: unknown mode {mode!r}; use fixed, fixed_norefit, independent")
         mcfg = MeshConfig(resolution=args.resolution, views=args.views, view_size=args.view_size,
                           decimate_faces=decimate, fixed_topology=mode != "independent",
-                          refit_iterations=0 if mode == "fixed_norefit" else MeshConfig.refit_iterations).validate()
+                          refit_iterations=0 if mode == "fixed_norefit" else MeshConfig.refit_iterations,
+                          texture_size=args.texture if mode != "independent" else 0).validate()
         try:
             run_mode(mode, mcfg, g, times, gt_v, gt_f, gt_pts, gen, base, sw, out_dir, args, dev)
         except (RuntimeError, ValueError, ImportError) as e:  # report it, run the other modes

@@ -174,7 +174,7 @@ def extract_mesh_4d(g: Gaussians4D, times: TimesLike, config: Optional[MeshConfi
             tick("fuse" if cfg.fixed_topology else "surface", time=float(t[b]))
         fused_s = _time.perf_counter() - tic
         track_s = 0.0
-        texture = None
+        texture, bake_s = None, 0.0
         if cfg.fixed_topology:
             v0, f0 = _surface(tsdfs[ref], cfg)  # marching cubes reads the grid on the CPU: the fusion is done
             tick("surface", time=float(t[ref]))
@@ -190,16 +190,18 @@ def extract_mesh_4d(g: Gaussians4D, times: TimesLike, config: Optional[MeshConfi
             fs = [f0.cpu()] * T
             cs = [c0] * T
             if cfg.texture_size:
+                bake_tic = _time.perf_counter()
                 at = lambda p, n: surface_colors(p, n, cams, *ref_maps, 1.5 * band,  # noqa: E731
                                                  cfg.alpha_threshold)
                 texture = bake_texture(v0, f0, c0.to(v0), at, cfg.texture_size)
+                bake_s = _time.perf_counter() - bake_tic
     # Stage times count asynchronous device work where it is first waited for (fusion: in the marching cubes).
     info = {"seconds": round(_time.perf_counter() - tic, 3), "per_time_seconds": round(fused_s, 3),
             "track_seconds": round(track_s, 3),
             "vertices": [int(v.shape[0]) for v in vs], "faces": [int(f.shape[0]) for f in fs],
             "voxel": grid.voxel, "grid": cfg.resolution, "views": cfg.views}
     if texture is not None:
-        info["texture"] = list(texture.image.shape[:2])
+        info["texture"], info["texture_seconds"] = list(texture.image.shape[:2]), round(bake_s, 3)
     return MeshSequence(t.float().cpu(), vs, fs, cs, cfg.fixed_topology, ref, info, texture)
 
 
