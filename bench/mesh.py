@@ -7,7 +7,8 @@ mesh also the tracking error (each vertex attached at the reference time to its 
 through the GT animation). Extraction time = :func:`e4d.mesh.extract_mesh_4d` + writing the animated GLB
 (device-synchronized, after an untimed warm-up extraction). Targets: Chamfer <= 0.01 at every time, tracking
 <= 0.02, extraction + GLB <= 10 s on the GPU for 16 times. One JSON line per time and mode, then a summary per mode.
-``--texture N`` adds the optional UV-texture bake to the fixed-topology modes (its seconds: ``texture_seconds``).
+Mode ``fixed_texture`` is ``fixed`` plus the optional UV-texture bake of ``--texture`` texels (needs xatlas; its
+seconds: ``texture_seconds`` in ``extract_info``, included in ``extract_glb_s``).
 
 Usage (repo root)::
 
@@ -51,13 +52,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--view-size", type=int, default=MeshConfig.view_size)
     ap.add_argument("--decimate", type=int, default=MeshConfig.decimate_faces)
     ap.add_argument("--modes", default="fixed,independent",
-                    help="comma list: fixed, fixed_norefit (tracking by the Gaussians' motion alone), independent")
+                    help="comma list: fixed, fixed_norefit (tracking by the Gaussians' motion alone), independent, "
+                         "fixed_texture (fixed + the UV-texture bake)")
     ap.add_argument("--samples", type=int, default=100_000, help="surface points per mesh for the metrics")
     ap.add_argument("--no-warmup", action="store_true")
     ap.add_argument("--out", type=Path, default=None, help="keep the animated GLB here")
     ap.add_argument("--backend", default="auto")
-    ap.add_argument("--texture", type=int, default=0,
-                    help="MeshConfig.texture_size of the fixed-topology modes (UV bake, needs xatlas); 0 = off")
+    ap.add_argument("--texture", type=int, default=1024,
+                    help="MeshConfig.texture_size of mode fixed_texture (the UV bake, needs xatlas)")
     args = ap.parse_args(argv)
 
     dev = pick_device(args.device)
@@ -95,12 +97,12 @@ def main(argv: Optional[List[str]] = None) -> int:
             decimate = 0
     base["decimate_faces"] = decimate
     for mode in args.modes.split(","):
-        if mode not in ("fixed", "fixed_norefit", "independent"):
-            raise SystemExit(f"--modes: unknown mode {mode!r}; use fixed, fixed_norefit, independent")
+        if mode not in ("fixed", "fixed_norefit", "independent", "fixed_texture"):
+            raise SystemExit(f"--modes: unknown mode {mode!r}; use fixed, fixed_norefit, independent, fixed_texture")
         mcfg = MeshConfig(resolution=args.resolution, views=args.views, view_size=args.view_size,
                           decimate_faces=decimate, fixed_topology=mode != "independent",
                           refit_iterations=0 if mode == "fixed_norefit" else MeshConfig.refit_iterations,
-                          texture_size=args.texture if mode != "independent" else 0).validate()
+                          texture_size=args.texture if mode == "fixed_texture" else 0).validate()
         try:
             run_mode(mode, mcfg, g, times, gt_v, gt_f, gt_pts, gen, base, sw, out_dir, args, dev)
         except (RuntimeError, ValueError, ImportError) as e:  # report it, run the other modes
