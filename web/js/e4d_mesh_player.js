@@ -83,7 +83,7 @@ export class E4DMeshPlayer {
   }
 
   _setScene(THREE, gltf) {
-    if (this.root3) this.scene.remove(this.root3);
+    this._disposeScene(); // a node that runs again loads its new GLB into the same player
     this.root3 = gltf.scene;
     this.scene.add(this.root3);
     this.mesh = null;
@@ -112,6 +112,18 @@ export class E4DMeshPlayer {
     this._home = { az: 0, el: 15, r, target: [c.x, -c.z, c.y] }; // back to our +Z-up world
     this.resetView();
     this.msg.textContent = "";
+  }
+
+  _disposeScene() {
+    if (!this.root3) return;
+    this.mixer?.stopAllAction();
+    this.scene.remove(this.root3);
+    this.root3.traverse((o) => {
+      if (!o.isMesh) return;
+      o.geometry.dispose();
+      for (const m of [].concat(o.material)) { m.map?.dispose(); m.dispose(); }
+    });
+    this.root3 = null;
   }
 
   // ------------------------------------------------------------------------------ time / playback
@@ -258,7 +270,7 @@ export class E4DMeshPlayer {
     this.playing = false;
     if (this._raf) cancelAnimationFrame(this._raf);
     if (this._ro) this._ro.disconnect();
-    if (this.renderer) { this.renderer.dispose(); this.renderer.forceContextLoss(); }
+    if (this.renderer) { this._disposeScene(); this.renderer.dispose(); this.renderer.forceContextLoss(); }
     this.root.remove();
   }
 }
