@@ -98,7 +98,7 @@ def _randn(shape, gen: torch.Generator, like: Tensor) -> Tensor:
 
 
 def _upload(t: Tensor, device: torch.device) -> Tensor:
-    if device.type != "cuda":
+    if device.type != "cuda" or t.device.type != "cpu":
         return t.to(device)
     return t.pin_memory().to(device, non_blocking=True)
 
