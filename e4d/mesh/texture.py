@@ -48,7 +48,8 @@ def uv_atlas(verts: Tensor, faces: Tensor, size: int, padding: int = 2) -> Tuple
         raise ImportError("a baked UV texture needs xatlas: pip install xatlas (or set texture_size to 0 for "
                           "vertex colours only)") from e
     if verts.ndim != 2 or verts.shape[1] != 3 or faces.ndim != 2 or faces.shape[1] != 3:
-        raise ValueError(f"uv_atlas needs verts [M, 3] and faces [F, 3], got {tuple(verts.shape)}, {tuple(faces.shape)}")
+        raise ValueError(f"uv_atlas needs verts [M, 3] and faces [F, 3], got {tuple(verts.shape)}, "
+                         f"{tuple(faces.shape)}")
     atlas = xatlas.Atlas()
     atlas.add_mesh(verts.detach().cpu().float().numpy(), faces.cpu().numpy().astype("uint32"))
     pack = xatlas.PackOptions()

@@ -133,7 +133,8 @@ def test_drawn_mesh_follows_the_animation(page, glb, artifacts_dir):
         ys, xpix = np.nonzero(fg)
         cx, cy = float(xpix.mean()) + 0.5, float(ys.mean()) + 0.5
         ex, ey = _expected_pixel(page, glb.positions[k].mean(0), az, el, r)
-        assert abs(cx - ex) < 6 and abs(cy - ey) < 6, f"t={t}: drawn at ({cx:.1f}, {cy:.1f}), expected ({ex:.1f}, {ey:.1f})"
+        assert abs(cx - ex) < 6 and abs(cy - ey) < 6, \
+            f"t={t}: drawn at ({cx:.1f}, {cy:.1f}), expected ({ex:.1f}, {ey:.1f})"
         xs.append(cx)
     assert abs(xs[1] - xs[0]) > 30, f"the drawn sphere did not move between the first and last key: {xs}"
 
