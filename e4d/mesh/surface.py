@@ -9,7 +9,7 @@ which never imports ComfyUI. Decimation is the quadric edge collapse of ``fast-s
 """
 from __future__ import annotations
 
-from typing import Tuple
+from typing import NamedTuple, Tuple
 
 import numpy as np
 import torch
@@ -95,25 +95,42 @@ def vertex_normals(verts: Tensor, faces: Tensor) -> Tensor:
     return n / n.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
-def uniform_laplacian(faces: Tensor, num_vertices: int, like: Tensor) -> Tensor:
-    """Sparse row-normalized adjacency ``A [M, M]`` of the mesh graph: ``A @ x`` averages each vertex's
-    neighbours (an isolated vertex averages to zero)."""
+class Adjacency(NamedTuple):
+    """Row-normalized adjacency of a mesh graph as an edge list: ``A @ x`` is
+    ``index_add(rows, weights * x[cols])``. Not a torch sparse tensor: scatter-adds run on every device (MPS's sparse
+    support is partial) and raise no sparse-invariant warnings."""
+    rows: Tensor
+    """Receiving vertex of each directed edge ``[E]``."""
+    cols: Tensor
+    """Sending vertex of each directed edge ``[E]``."""
+    weights: Tensor
+    """``1 / degree(rows)`` per edge ``[E]``."""
+
+
+def uniform_laplacian(faces: Tensor, num_vertices: int, like: Tensor) -> Adjacency:
+    """Row-normalized adjacency ``A [M, M]`` of the mesh graph: ``A @ x`` averages each vertex's neighbours (an
+    isolated vertex averages to zero)."""
     i = torch.cat([faces[:, 0], faces[:, 1], faces[:, 2], faces[:, 1], faces[:, 2], faces[:, 0]])
     j = torch.cat([faces[:, 1], faces[:, 2], faces[:, 0], faces[:, 0], faces[:, 1], faces[:, 2]])
     key = torch.unique(i * num_vertices + j)  # each undirected edge once per direction
     i, j = key // num_vertices, key % num_vertices
     deg = torch.bincount(i, minlength=num_vertices).to(like.dtype)
-    vals = 1.0 / deg[i]
-    return torch.sparse_coo_tensor(torch.stack([i, j]), vals, (num_vertices, num_vertices),
-                                   device=like.device, dtype=like.dtype, check_invariants=False).coalesce()
+    return Adjacency(i.to(like.device), j.to(like.device), (1.0 / deg[i]).to(like.device))
 
 
-def smooth(values: Tensor, adjacency: Tensor, iterations: int, weight: float = 0.5) -> Tensor:
+def neighbour_mean(values: Tensor, adjacency: Adjacency) -> Tensor:
+    """``A @ values`` for per-vertex ``values [M, C]``: the mean of each vertex's neighbours."""
+    rows, cols, w = adjacency
+    out = torch.zeros_like(values)
+    return out.index_add_(0, rows, values[cols] * w.to(values.dtype)[:, None])
+
+
+def smooth(values: Tensor, adjacency: Adjacency, iterations: int, weight: float = 0.5) -> Tensor:
     """``iterations`` steps of ``x <- x + weight * (mean of neighbours - x)`` on per-vertex ``values [M, C]``."""
     for _ in range(int(iterations)):
-        values = values + weight * (torch.sparse.mm(adjacency, values) - values)
+        values = values + weight * (neighbour_mean(values, adjacency) - values)
     return values
 
 
-__all__ = ["marching_cubes", "drop_small_components", "compact", "decimate", "vertex_normals", "uniform_laplacian",
-           "smooth"]
+__all__ = ["marching_cubes", "drop_small_components", "compact", "decimate", "vertex_normals", "Adjacency",
+           "uniform_laplacian", "neighbour_mean", "smooth"]

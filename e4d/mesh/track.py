@@ -30,7 +30,7 @@ from ..gaussians4d import Gaussians4D
 from ..rotation4d import covariance_4d
 from ..slicing import CULL_THRESHOLD
 from .register import RegisterConfig, register, surface_samples
-from .surface import compact, decimate, smooth, uniform_laplacian, vertex_normals
+from .surface import Adjacency, compact, decimate, smooth, uniform_laplacian, vertex_normals
 from .tsdf import TSDF
 
 log = logging.getLogger(__name__)
@@ -127,7 +127,7 @@ class Proxy:
     """``[P, 3]`` coarse vertices at the reference time."""
     faces: Tensor
     """``[G, 3]`` its faces."""
-    adj: Tensor
+    adj: Adjacency
     """Its row-normalized adjacency (:func:`e4d.mesh.surface.uniform_laplacian`)."""
     bind_index: Tensor
     """``[M, k]`` coarse vertices each fine vertex follows ..."""
