@@ -177,9 +177,9 @@ def composite_backward(feat_ptr, ids_ptr, offsets_ptr, color_ptr, trans_ptr, las
         j0 += BG
 
 
-FORWARD_CONFIGS = ((8, 4), (16, 4), (8, 1))
+FORWARD_CONFIGS = ((8, 4), (16, 4), (8, 1), (16, 1))
 """(Gaussians per unrolled group, warps) of the forward kernel that :data:`composite_forward_tuned` times."""
-BACKWARD_CONFIGS = (2, 4)
+BACKWARD_CONFIGS = (1, 2, 4)
 """Gaussians per unrolled group of the one-warp backward that :data:`composite_backward_tuned` times."""
 
 composite_forward_tuned = triton.autotune(
