@@ -234,7 +234,10 @@ from tiny_syncdreamer import write_tiny_syncdreamer
 from e4d.syncdreamer.loader import load_syncdreamer
 from e4d.syncdreamer.sampler import SamplerConfig, sample_latents
 
+from e4d.syncdreamer.layers import fused_norm_works
+
 assert torch.cuda.get_allocator_backend() == "cudaMallocAsync"
+assert fused_norm_works(torch.device("cuda"), torch.float16)  # Triton's pointer check refused tensors here
 m = load_syncdreamer(write_tiny_syncdreamer(sys.argv[1]), dtype=torch.float16, device="cuda")
 imgs = torch.rand(3, 3, 64, 64, device="cuda") * 2 - 1
 with torch.inference_mode():  # as ComfyUI runs a node
@@ -250,8 +253,9 @@ os._exit(0)  # what the run freed is checked; process teardown (torch's own cach
 
 
 def test_graphs_free_nothing_they_captured_under_cuda_malloc_async(tmp_path):
-    """Under ComfyUI's allocator backend (cudaMallocAsync) the chunk graphs leave no captured allocation to be freed
-    after their capture: no "uncaptured free of a captured allocation" warning (a fresh process, as a server)."""
+    """Under ComfyUI's allocator backend (cudaMallocAsync) the fused GroupNorm kernel works (launched with addresses)
+    and the chunk graphs leave no captured allocation to be freed after their capture: no "uncaptured free of a
+    captured allocation" warning (a fresh process, as a server)."""
     import os
     import subprocess
     import sys

@@ -11,6 +11,9 @@ Imported only where Triton and a CUDA tensor are at hand (:class:`e4d.syncdreame
 """
 from __future__ import annotations
 
+import functools
+from typing import Optional
+
 import torch
 import triton
 import triton.language as tl
@@ -101,6 +104,45 @@ def _group_apply_kernel(x_ptr, y_ptr, w_ptr, b_ptr, part_ptr, S, G, CG, sxn, sxc
             tl.store(yrow + s[None, :] * sys, y.to(y_ptr.dtype.element_ty), mask=m)
 
 
+# The same two kernels with the tensors passed as integer addresses, cast to pointers inside. Triton's launcher checks
+# every pointer argument with cuPointerGetAttribute, and under PyTorch's cudaMallocAsync backend (ComfyUI's default)
+# that check rejects fresh stream-ordered allocations ("Pointer argument (at 0) cannot be accessed from Triton (cpu
+# tensor?)", measured on an H200 with torch 2.11 + Triton 3.6); integers are passed through unchecked.
+@triton.jit(do_not_specialize=["S", "G", "CG", "tiles", "split"])
+def _group_stats_addr_kernel(x_addr, part_addr, S, G, CG, sxn, sxc, sxs, tiles, split, X_DTYPE: tl.constexpr,
+                             BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr):
+    """:func:`_group_stats_kernel` on addresses."""
+    _group_stats_kernel(x_addr.to(tl.int64).to(tl.pointer_type(X_DTYPE)),
+                        part_addr.to(tl.int64).to(tl.pointer_type(tl.float32)), S, G, CG, sxn, sxc, sxs, tiles, split,
+                        BLOCK_C, BLOCK_S)
+
+
+@triton.jit(do_not_specialize=["S", "G", "CG", "tiles", "split", "act"])
+def _group_apply_addr_kernel(x_addr, y_addr, w_addr, b_addr, part_addr, S, G, CG, sxn, sxc, sxs, syn, syc, sys, tiles,
+                             split, eps, act, X_DTYPE: tl.constexpr, W_DTYPE: tl.constexpr, BLOCK_C: tl.constexpr,
+                             BLOCK_S: tl.constexpr, BLOCK_P: tl.constexpr):
+    """:func:`_group_apply_kernel` on addresses."""
+    _group_apply_kernel(x_addr.to(tl.int64).to(tl.pointer_type(X_DTYPE)),
+                        y_addr.to(tl.int64).to(tl.pointer_type(X_DTYPE)),
+                        w_addr.to(tl.int64).to(tl.pointer_type(W_DTYPE)),
+                        b_addr.to(tl.int64).to(tl.pointer_type(W_DTYPE)),
+                        part_addr.to(tl.int64).to(tl.pointer_type(tl.float32)), S, G, CG, sxn, sxc, sxs, syn, syc, sys,
+                        tiles, split, eps, act, BLOCK_C, BLOCK_S, BLOCK_P)
+
+
+_TL_DTYPES = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32}
+
+
+def pass_addresses(device: torch.device) -> bool:
+    """Whether launches on ``device`` pass addresses (PyTorch's ``cudaMallocAsync`` allocator backend)."""
+    return device.type == "cuda" and _async_backend()
+
+
+@functools.lru_cache(maxsize=None)
+def _async_backend() -> bool:
+    return torch.cuda.get_allocator_backend() == "cudaMallocAsync"  # fixed once CUDA is initialised
+
+
 MAX_SPLIT = 64
 """Most programs one group's statistics are split over (the partials are merged in one vector)."""
 TARGET_PROGRAMS = 2048
@@ -121,8 +163,12 @@ def _flat_strides(t: Tensor) -> tuple:
     return stride[0], stride[1], s_inner
 
 
-def group_norm_act(x: Tensor, num_groups: int, weight: Tensor, bias: Tensor, eps: float, act: str) -> Tensor:
-    """``act(group_norm(x))`` for ``x [N, C, *spatial]`` on CUDA; output in ``x``'s dtype and memory format."""
+def group_norm_act(x: Tensor, num_groups: int, weight: Tensor, bias: Tensor, eps: float, act: str,
+                   addresses: Optional[bool] = None) -> Tensor:
+    """``act(group_norm(x))`` for ``x [N, C, *spatial]`` on CUDA; output in ``x``'s dtype and memory format.
+
+    ``addresses``: launch the kernels with integer addresses instead of tensors (see the address kernels); None =
+    where PyTorch runs the ``cudaMallocAsync`` backend (:func:`pass_addresses`)."""
     if act not in ACTS:
         raise ValueError(f"act must be one of {tuple(ACTS)}, got {act!r}")
     N, C = x.shape[:2]
@@ -148,6 +194,15 @@ def group_norm_act(x: Tensor, num_groups: int, weight: Tensor, bias: Tensor, eps
     split = triton.cdiv(S, tiles * block_s)
     part = torch.empty(groups * split * 3, device=x.device, dtype=torch.float32)
     grid = (groups, split)
+    if pass_addresses(x.device) if addresses is None else addresses:
+        weight, bias = weight.contiguous(), bias.contiguous()
+        ptr = [t.data_ptr() for t in (x, y, weight, bias, part)]
+        _group_stats_addr_kernel[grid](ptr[0], ptr[4], S, num_groups, CG, *xs, tiles, split,
+                                       X_DTYPE=_TL_DTYPES[x.dtype], BLOCK_C=block_c, BLOCK_S=block_s, num_warps=4)
+        _group_apply_addr_kernel[grid](*ptr, S, num_groups, CG, *xs, *ys, tiles, split, float(eps), ACTS[act],
+                                       X_DTYPE=_TL_DTYPES[x.dtype], W_DTYPE=_TL_DTYPES[weight.dtype],
+                                       BLOCK_C=block_c, BLOCK_S=block_s, BLOCK_P=MAX_SPLIT, num_warps=4)
+        return y
     _group_stats_kernel[grid](x, part, S, num_groups, CG, *xs, tiles, split, BLOCK_C=block_c, BLOCK_S=block_s,
                               num_warps=4)
     _group_apply_kernel[grid](x, y, weight, bias, part, S, num_groups, CG, *xs, *ys, tiles, split, float(eps),
