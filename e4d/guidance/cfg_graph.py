@@ -59,13 +59,13 @@ class GraphedCFG:
         static = tuple(a.clone() for a in args)
         side = torch.cuda.Stream(device=dev)
         side.wait_stream(torch.cuda.current_stream(dev))
-        with torch.cuda.stream(side):  # warm-up outside the capture: cuDNN autotuning, lazy kernel loading
+        with torch.cuda.stream(side):  # warm-up outside the capture, on the capturing stream (its cuBLAS workspace)
             warm = self.eps_fn(unet, *static, scale)
         torch.cuda.current_stream(dev).wait_stream(side)
         out = torch.empty_like(warm)  # the graph's output buffer, allocated outside it
         del warm
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
+        with torch.cuda.graph(graph, pool=self._pool, stream=side):
             out.copy_(self.eps_fn(unet, *static, scale))
         torch.cuda.synchronize(dev)
         dt = time.perf_counter() - t0

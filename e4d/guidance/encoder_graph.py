@@ -39,7 +39,7 @@ class _EncoderGraphs:
         self.x = torch.zeros_like(like)  # static input; both graphs read it
         side = torch.cuda.Stream(device=dev)
         side.wait_stream(torch.cuda.current_stream(dev))
-        with torch.cuda.stream(side):  # warm-up: cuDNN heuristics, lazy kernel loading; its autograd graph dies here
+        with torch.cuda.stream(side):  # warm-up on the capturing stream (cuDNN plans, kernels, its cuBLAS workspace)
             warm_in = self.x.clone().requires_grad_(True)
             warm = encoder_moments(vae, warm_in)
             (warm_grad,) = torch.autograd.grad(warm, warm_in, torch.ones_like(warm))
@@ -47,13 +47,13 @@ class _EncoderGraphs:
         self.moments = torch.empty_like(warm)  # static output, grad of the output, grad of the input
         self.grad_moments = torch.zeros_like(warm)
         self.grad_x = torch.empty_like(warm_grad)
-        del warm_in, warm, warm_grad
+        del warm_in, warm, warm_grad  # the warm-up's autograd graph dies here
         self.fwd, self.bwd = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.fwd, pool=pool):
+        with torch.cuda.graph(self.fwd, pool=pool, stream=side):
             leaf = self.x.detach().requires_grad_(True)  # its AccumulateGrad is made on the capture stream
             out = encoder_moments(vae, leaf)
             self.moments.copy_(out.detach())
-        with torch.cuda.graph(self.bwd, pool=pool):
+        with torch.cuda.graph(self.bwd, pool=pool, stream=side):
             (g,) = torch.autograd.grad(out, leaf, self.grad_moments)  # frees the saved activations in here
             self.grad_x.copy_(g)
             del g, out, leaf  # the forward's output goes inside a capture too

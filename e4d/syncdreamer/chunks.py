@@ -98,13 +98,15 @@ class ChunkRunner:
         xs, fs, vs = x.clone(), f.clone(), v.clone()
         side = torch.cuda.Stream(device=x.device)
         side.wait_stream(torch.cuda.current_stream(x.device))
-        with torch.cuda.stream(side):  # warm-up outside the capture: cuDNN autotuning, lazy kernel loading
+        # warm-up outside the capture, on the stream that then captures: cuDNN plans, lazy kernel loading, and that
+        # stream's cuBLAS workspace are made here, not inside the capture
+        with torch.cuda.stream(side):
             warm = self._eps(xs, fs, vs)
         torch.cuda.current_stream(x.device).wait_stream(side)
         out = torch.empty_like(warm)  # the graph's output buffer, allocated outside it
         del warm
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
+        with torch.cuda.graph(graph, pool=self._pool, stream=side):
             out.copy_(self._eps(xs, fs, vs))
         torch.cuda.synchronize(x.device)
         dt = time.perf_counter() - t0
