@@ -129,7 +129,7 @@ def bench_backend(backend: str, args: argparse.Namespace) -> dict:
         res["triton_tuned"] = {name: {str(key[:2]): str(cfg) for key, cfg in fn.cache.items()} for name, fn in tuned}
         # the autotuner's last timings (ms per launch shape; Triton keeps those of the last size it tuned)
         first = lambda ms: float(ms[0] if isinstance(ms, (list, tuple)) else ms)  # noqa: E731  (median, or one)
-        res["triton_tuning_ms"] = {name: {f"{cfg.kwargs} w{cfg.num_warps}": round(first(ms), 4)
+        res["triton_tuning_ms"] = {name: {f"{cfg.kwargs} w{cfg.num_warps} r{cfg.maxnreg}": round(first(ms), 4)
                                           for cfg, ms in getattr(fn, "configs_timings", {}).items()}
                                    for name, fn in tuned}
     if backend == "triton" and args.launch_sweep:

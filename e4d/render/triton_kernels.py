@@ -73,8 +73,9 @@ def _sigma2(dx, dy, ca, cb, cc):
 
 @triton.jit
 def _add(ptr, value, valid):
-    """``*ptr += value`` unless not ``valid`` or 0; relaxed (acq_rel, the default, fences and syncs the block)."""
-    tl.atomic_add(ptr, value, mask=valid & (value != 0.0), sem="relaxed")
+    """``*ptr += value`` where ``valid``; relaxed (acq_rel, the default, fences and syncs the block). Walked
+    Gaussians reach the tile, so a zero sum is rare: skipping zeros would only add a branch per atomic."""
+    tl.atomic_add(ptr, value, mask=valid, sem="relaxed")
 
 
 @triton.jit
@@ -177,10 +178,21 @@ def composite_backward(feat_ptr, ids_ptr, offsets_ptr, color_ptr, trans_ptr, las
         j0 += BG
 
 
-FORWARD_CONFIGS = ((8, 4), (16, 4), (8, 1), (16, 1))
-"""(Gaussians per unrolled group, warps) of the forward kernel that :data:`composite_forward_tuned` times."""
-BACKWARD_CONFIGS = (1, 2, 4)
-"""Gaussians per unrolled group of the one-warp backward that :data:`composite_backward_tuned` times."""
+FORWARD_CONFIGS = ((8, 4), (16, 4))
+"""(Gaussians per unrolled group, warps) of the forward kernel that :data:`composite_forward_tuned` times (on the
+H200, one-warp forwards took 1.7 x as long at the fit's shape and were never chosen)."""
+BACKWARD_CONFIGS = ((1, None), (2, None), (4, None), (2, 104), (2, 96))
+"""(Gaussians per unrolled group, register cap or None) of the one-warp backward that
+:data:`composite_backward_tuned` times. Uncapped it takes about 130 registers (15 warps per SM); the capped shapes
+trade a few spills to L1 for occupancy. Caps are CUDA-only, dropped elsewhere (ROCm)."""
+
+
+def _cuda_only_caps(configs, named_args, **kwargs):
+    """The autotuner's early pruning: keep register caps only where the active Triton backend is CUDA."""
+    if triton.runtime.driver.active.get_current_target().backend == "cuda":
+        return configs
+    return [c for c in configs if c.maxnreg is None]
+
 
 composite_forward_tuned = triton.autotune(
     [triton.Config({"BG": bg}, num_warps=w) for bg, w in FORWARD_CONFIGS],
@@ -188,6 +200,7 @@ composite_forward_tuned = triton.autotune(
 """The forward with the fastest of :data:`FORWARD_CONFIGS` for the image size, timed on its first call (the GPU's
 first render of that size; compiled kernels are cached on disk by Triton)."""
 composite_backward_tuned = triton.autotune(
-    [triton.Config({"BG": bg}, num_warps=1) for bg in BACKWARD_CONFIGS],
-    key=["height", "width"], reset_to_zero=["grad_ptr"])(composite_backward)
+    [triton.Config({"BG": bg}, num_warps=1, maxnreg=cap) for bg, cap in BACKWARD_CONFIGS],
+    key=["height", "width"], reset_to_zero=["grad_ptr"],
+    prune_configs_by={"early_config_prune": _cuda_only_caps})(composite_backward)
 """The backward with the fastest of :data:`BACKWARD_CONFIGS` (``grad`` is zeroed between the timed runs)."""
