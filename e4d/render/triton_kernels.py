@@ -178,9 +178,9 @@ def composite_backward(feat_ptr, ids_ptr, offsets_ptr, color_ptr, trans_ptr, las
         j0 += BG
 
 
-FORWARD_CONFIGS = ((8, 4), (16, 4))
+FORWARD_CONFIGS = ((8, 4), (16, 4), (8, 2), (16, 8))
 """(Gaussians per unrolled group, warps) of the forward kernel that :data:`composite_forward_tuned` times (on the
-H200, one-warp forwards took 1.7 x as long at the fit's shape and were never chosen)."""
+H200, one-warp forwards took 1.7 x as long as four-warp ones at the fit's shape and were never chosen)."""
 BACKWARD_CONFIGS = ((1, None), (2, None), (4, None), (2, 104), (2, 96))
 """(Gaussians per unrolled group, register cap or None) of the one-warp backward that
 :data:`composite_backward_tuned` times. Uncapped it takes about 130 registers (15 warps per SM); the capped shapes
