@@ -3,9 +3,9 @@
 //  * nothing points at a remote URL (the players must work offline: no CDN); the three.js bundle may hold W3C
 //    namespace names (createElementNS), which are identifiers, not addresses,
 //  * only e4d_preview.js registers a ComfyUI extension,
-//  * the committed bundle lib/three_gltf.js is the three.js version web_build/package.json pins, is small, and has
+//  * the committed bundle lib/three_gltf.js is the three.js version tools/web_build/package.json pins, is small, and has
 //    no side effect on import.
-// The bundle itself is built by ../web_build (npm ci && npm run build there), outside this folder because ComfyUI
+// The bundle itself is built by ../tools/web_build (npm ci && npm run build there), outside this folder because ComfyUI
 // would import every .js of a node_modules/ here.
 import { execFileSync } from "node:child_process";
 import { existsSync, readdirSync, readFileSync, statSync } from "node:fs";
@@ -16,7 +16,7 @@ const root = dirname(fileURLToPath(import.meta.url));
 const BUNDLE = "lib/three_gltf.js";
 const BUNDLE_MAX_BYTES = 700_000; // three r187's WebGLRenderer + GLTFLoader + AnimationMixer: about 640 kB minified
 const NAMESPACES = /^http:\/\/www\.w3\.org\/(1999\/xhtml|2000\/svg)$/;
-const buildPkg = join(root, "..", "web_build", "package.json"); // absent where only web/ is installed
+const buildPkg = join(root, "..", "tools", "web_build", "package.json"); // absent where only web/ is installed
 const THREE_PIN = existsSync(buildPkg) ? JSON.parse(readFileSync(buildPkg, "utf8")).devDependencies.three : null;
 
 const files = [];
@@ -46,18 +46,18 @@ for (const f of files) {
   }
   if (rel === BUNDLE) {
     if (THREE_PIN && !src.startsWith(`/* three.js npm three@${THREE_PIN},`)) {
-      bad++; console.error(`${rel}: not built from three@${THREE_PIN} (web_build/package.json); run npm ci && ` +
-                           `npm run build in web_build/`);
+      bad++; console.error(`${rel}: not built from three@${THREE_PIN} (tools/web_build/package.json); run npm ci && ` +
+                           `npm run build in tools/web_build/`);
     }
     if (src.length > BUNDLE_MAX_BYTES) {
-      bad++; console.error(`${rel}: ${src.length} bytes > ${BUNDLE_MAX_BYTES}; export less from web_build/three_gltf.js`);
+      bad++; console.error(`${rel}: ${src.length} bytes > ${BUNDLE_MAX_BYTES}; export less from tools/web_build/three_gltf.js`);
     }
     if (/__THREE__\s*=/.test(src)) { bad++; console.error(`${rel}: still sets window.__THREE__ on import`); }
   }
   console.log(`${rel}: ${src.length} bytes`);
 }
 if (!files.some((f) => relative(root, f).split("\\").join("/") === BUNDLE)) {
-  bad++; console.error(`${BUNDLE} is missing: run npm ci && npm run build in web_build/`);
+  bad++; console.error(`${BUNDLE} is missing: run npm ci && npm run build in tools/web_build/`);
 }
 if (bad) { console.error(`${bad} problem(s)`); process.exit(1); }
 console.log(`ok: ${files.length} files`);

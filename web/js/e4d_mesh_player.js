@@ -2,7 +2,7 @@
 // per time, an animation of the morph weights) with three.js's GLTFLoader, AnimationMixer and WebGLRenderer.
 //
 // No side effects on import (ComfyUI imports every .js under WEB_DIRECTORY). three.js (../lib/three_gltf.js, the
-// bundle web_build/ makes) is imported on the first load(): player.html parses it only for a mesh (in ComfyUI it is
+// bundle tools/web_build/ makes) is imported on the first load(): player.html parses it only for a mesh (in ComfyUI it is
 // one of the .js files imported at start-up anyway, and has no side effect either).
 // Camera conventions are the 4D player's (e4d/cameras.py: world +Z up, azimuth 0 = +X), converted to glTF's +Y up
 // the way the exporter converts the mesh: (x, y, z) -> (x, z, -y).

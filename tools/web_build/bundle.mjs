@@ -39,10 +39,10 @@ const noSelfRegistration = {
 };
 
 await esbuild.build({
-  absWorkingDir: here, entryPoints: ["three_gltf.js"], outfile: join("..", "web", "lib", "three_gltf.js"),
+  absWorkingDir: here, entryPoints: ["three_gltf.js"], outfile: join("..", "..", "web", "lib", "three_gltf.js"),
   bundle: true, format: "esm", minify: true, target: "es2020", legalComments: "none", logLevel: "warning",
   plugins: [noSelfRegistration],
   banner: { js: `/* three.js npm three@${three}, MIT licence, Copyright 2010-2026 three.js authors. Only the parts ` +
-                `web_build/three_gltf.js exports, bundled by web_build/bundle.mjs; see web/LICENSES.md. */` },
+                `tools/web_build/three_gltf.js exports, bundled by tools/web_build/bundle.mjs; see web/LICENSES.md. */` },
 });
-execFileSync(process.execPath, [join(here, "..", "web", "build.mjs")], { stdio: "inherit" });
+execFileSync(process.execPath, [join(here, "..", "..", "web", "build.mjs")], { stdio: "inherit" });
