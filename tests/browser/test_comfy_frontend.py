@@ -10,27 +10,15 @@ import json
 import pytest
 
 from comfy_tiny import error_text
-from e4d_comfyui import APP_LOADED, queue_from_frontend
+from e4d_comfyui import APP_LOADED, gaussians_into, queue_from_frontend
 from e4d_images import foreground, png_to_array
 
 pytestmark = [pytest.mark.browser, pytest.mark.comfy]
 
 
 def _workflow(native: str) -> dict:
-    """UI-format (litegraph) workflow: Load 4D Gaussians -> Preview 4D."""
-    return {
-        "last_node_id": 2, "last_link_id": 1, "version": 0.4, "extra": {"ds": {"scale": 1.0, "offset": [0, 0]}},
-        "nodes": [
-            {"id": 1, "type": "E4D_Load4DGaussians", "pos": [20, 60], "size": [320, 110], "flags": {}, "order": 0,
-             "mode": 0, "inputs": [], "properties": {},
-             "outputs": [{"name": "gaussians", "type": "E4D_GAUSSIANS4D", "links": [1], "slot_index": 0}],
-             "widgets_values": [native, ""]},
-            {"id": 2, "type": "E4D_Preview4D", "pos": [380, 40], "size": [520, 620], "flags": {}, "order": 1,
-             "mode": 0, "inputs": [{"name": "gaussians", "type": "E4D_GAUSSIANS4D", "link": 1}], "outputs": [],
-             "properties": {}, "widgets_values": ["white", False, 3.0, 300000]},
-        ],
-        "links": [[1, 1, 0, 2, 0, "E4D_GAUSSIANS4D"]], "groups": [], "config": {},
-    }
+    """Load 4D Gaussians -> Preview 4D."""
+    return gaussians_into(native, "E4D_Preview4D", [520, 620], ["white", False, 3.0, 300000])
 
 
 def test_preview_node_plays_inside_comfyui(comfy_frontend, chromium_path, artifacts_dir):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from comfy_tiny import error_text
-from e4d_comfyui import APP_LOADED, queue_from_frontend
+from e4d_comfyui import APP_LOADED, gaussians_into, queue_from_frontend
 from e4d_images import foreground, png_to_array
 
 pytestmark = [pytest.mark.browser, pytest.mark.comfy]
@@ -21,23 +21,10 @@ TIMES = 3
 PREFIX = "e4d_ci_mesh/blob"
 
 
-def _workflow(native: str, outputs: list[str]) -> dict:
-    """UI-format (litegraph) workflow: Load 4D Gaussians -> Extract Mesh 4D with CI-sized settings."""
+def _workflow(native: str, outputs: list) -> dict:
+    """Load 4D Gaussians -> Extract Mesh 4D with CI-sized settings."""
     widgets = [TIMES, 32, 8, 40, True, 0.5, 3, 4, 0.001, 0, 3.0, 0.5, 16, 0.01, 4.0, "none", PREFIX, 0]
-    return {
-        "last_node_id": 2, "last_link_id": 1, "version": 0.4, "extra": {"ds": {"scale": 1.0, "offset": [0, 0]}},
-        "nodes": [
-            {"id": 1, "type": "E4D_Load4DGaussians", "pos": [20, 60], "size": [320, 110], "flags": {}, "order": 0,
-             "mode": 0, "inputs": [], "properties": {},
-             "outputs": [{"name": "gaussians", "type": "E4D_GAUSSIANS4D", "links": [1], "slot_index": 0}],
-             "widgets_values": [native, ""]},
-            {"id": 2, "type": "E4D_ExtractMesh4D", "pos": [380, 40], "size": [420, 560], "flags": {}, "order": 1,
-             "mode": 0, "inputs": [{"name": "gaussians", "type": "E4D_GAUSSIANS4D", "link": 1}],
-             "outputs": [{"name": n, "type": t, "links": [], "slot_index": i} for i, (n, t) in enumerate(outputs)],
-             "properties": {}, "widgets_values": widgets},
-        ],
-        "links": [[1, 1, 0, 2, 0, "E4D_GAUSSIANS4D"]], "groups": [], "config": {},
-    }
+    return gaussians_into(native, "E4D_ExtractMesh4D", [420, 560], widgets, outputs)
 
 
 def test_extract_mesh_node_plays_its_glb_inside_comfyui(comfy_frontend, chromium_path, artifacts_dir):
