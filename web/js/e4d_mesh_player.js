@@ -6,7 +6,7 @@
 // one of the .js files imported at start-up anyway, and has no side effect either).
 // Camera conventions are the 4D player's (e4d/cameras.py: world +Z up, azimuth 0 = +X), converted to glTF's +Y up
 // the way the exporter converts the mesh: (x, y, z) -> (x, z, -y).
-import { el, injectStyle } from "./e4d_player.js";
+import { bindViewGestures, el, injectStyle } from "./e4d_player.js";
 
 const DEG = Math.PI / 180;
 const BACKGROUNDS = { white: 0xffffff, black: 0x000000, grey: 0x808080 };
@@ -240,29 +240,7 @@ export class E4DMeshPlayer {
   }
 
   _bindPointer() {
-    const c = this.canvas;
-    let drag = null;
-    c.style.touchAction = "none";
-    c.addEventListener("contextmenu", (e) => e.preventDefault());
-    c.addEventListener("pointerdown", (e) => {
-      e.preventDefault(); e.stopPropagation();
-      drag = { x: e.clientX, y: e.clientY };
-      c.setPointerCapture?.(e.pointerId);
-    });
-    c.addEventListener("pointermove", (e) => {
-      if (!drag) return;
-      e.preventDefault(); e.stopPropagation();
-      this.orbit(-0.4 * (e.clientX - drag.x), 0.4 * (e.clientY - drag.y));
-      drag.x = e.clientX; drag.y = e.clientY;
-    });
-    const end = (e) => { drag = null; c.releasePointerCapture?.(e.pointerId); };
-    c.addEventListener("pointerup", end);
-    c.addEventListener("pointercancel", end);
-    c.addEventListener("wheel", (e) => {
-      e.preventDefault(); e.stopPropagation();
-      this.zoom(Math.exp(Math.max(-100, Math.min(100, e.deltaY)) * 0.002));
-    }, { passive: false });
-    c.addEventListener("dblclick", (e) => { e.stopPropagation(); this.resetView(); });
+    bindViewGestures(this.canvas, this);
   }
 
   dispose() {

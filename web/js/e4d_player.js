@@ -205,6 +205,37 @@ function compile(gl, type, src) {
  * Options: background ("white"|"black"|"grey"), autoplay (bool), duration (seconds for the whole clip at speed 1),
  * loop (bool), fov (vertical, degrees), controls (bool: show the control bar).
  */
+/** Pointer gestures on a player's canvas, shared by the 4D and the mesh player: drag orbits (right or middle button,
+ * Shift or Ctrl pan where ``view`` can pan), the wheel zooms, a double click resets the view. Every event stops
+ * here, so ComfyUI's graph canvas underneath does not also drag or zoom. */
+export function bindViewGestures(c, view) {
+  let drag = null;
+  c.style.touchAction = "none";
+  c.addEventListener("contextmenu", (e) => e.preventDefault());
+  c.addEventListener("pointerdown", (e) => {
+    e.preventDefault(); e.stopPropagation();
+    const pan = typeof view.pan === "function" && (e.button === 2 || e.button === 1 || e.shiftKey || e.ctrlKey);
+    drag = { x: e.clientX, y: e.clientY, pan };
+    c.setPointerCapture?.(e.pointerId);
+    c.style.cursor = "grabbing";
+  });
+  c.addEventListener("pointermove", (e) => {
+    if (!drag) return;
+    e.preventDefault(); e.stopPropagation();
+    const dx = e.clientX - drag.x, dy = e.clientY - drag.y;
+    drag.x = e.clientX; drag.y = e.clientY;
+    if (drag.pan) view.pan(dx, dy); else view.orbit(-0.4 * dx, 0.4 * dy);
+  });
+  const end = (e) => { drag = null; c.style.cursor = ""; c.releasePointerCapture?.(e.pointerId); };
+  c.addEventListener("pointerup", end);
+  c.addEventListener("pointercancel", end);
+  c.addEventListener("wheel", (e) => {
+    e.preventDefault(); e.stopPropagation();
+    view.zoom(Math.exp(Math.max(-100, Math.min(100, e.deltaY)) * 0.002));
+  }, { passive: false });
+  c.addEventListener("dblclick", (e) => { e.stopPropagation(); view.resetView(); });
+}
+
 export class E4DPlayer {
   constructor(container, options = {}) {
     injectStyle();
@@ -566,30 +597,7 @@ export class E4DPlayer {
   }
 
   _bindPointer() {
-    const c = this.canvas;
-    let drag = null;
-    c.addEventListener("contextmenu", (e) => e.preventDefault());
-    c.addEventListener("pointerdown", (e) => {
-      e.preventDefault(); e.stopPropagation();
-      drag = { x: e.clientX, y: e.clientY, pan: e.button === 2 || e.button === 1 || e.shiftKey || e.ctrlKey };
-      c.setPointerCapture?.(e.pointerId);
-      c.style.cursor = "grabbing";
-    });
-    c.addEventListener("pointermove", (e) => {
-      if (!drag) return;
-      e.preventDefault(); e.stopPropagation();
-      const dx = e.clientX - drag.x, dy = e.clientY - drag.y;
-      drag.x = e.clientX; drag.y = e.clientY;
-      if (drag.pan) this.pan(dx, dy); else this.orbit(-0.4 * dx, 0.4 * dy);
-    });
-    const end = (e) => { drag = null; c.style.cursor = "grab"; c.releasePointerCapture?.(e.pointerId); };
-    c.addEventListener("pointerup", end);
-    c.addEventListener("pointercancel", end);
-    c.addEventListener("wheel", (e) => {
-      e.preventDefault(); e.stopPropagation();
-      this.zoom(Math.exp(Math.max(-100, Math.min(100, e.deltaY)) * 0.002));
-    }, { passive: false });
-    c.addEventListener("dblclick", (e) => { e.stopPropagation(); this.resetView(); });
+    bindViewGestures(this.canvas, this);
     // Keyboard, while the view has focus (click it): space play/pause, arrows step time, r reset, b background.
     this.view.tabIndex = 0;
     this.view.addEventListener("pointerdown", () => this.view.focus({ preventScroll: true }));

@@ -25,6 +25,17 @@ function fileUrl(entry) {
 
 // Extract Mesh 4D: the mesh player appears on the first result with an animated GLB (a node that never ran, or ran
 // without fixed topology, stays compact); later runs load their GLB into the same player.
+/** A player of class ``Player`` in a DOM widget of ``node`` (not saved with the workflow); [widget, player]. */
+function addPlayerWidget(node, name, type, Player) {
+  const holder = document.createElement("div");
+  holder.style.cssText = "width:100%;height:100%;min-height:260px;";
+  stopGraphGestures(holder);
+  const widget = node.addDOMWidget(name, type, holder, {
+    serialize: false, hideOnZoom: false, getMinHeight: () => 280,
+  });
+  return [widget, new Player(holder, { autoplay: true })];
+}
+
 function addMeshPlayer(nodeType) {
   const onExecuted = nodeType.prototype.onExecuted;
   nodeType.prototype.onExecuted = function (output) {
@@ -32,13 +43,8 @@ function addMeshPlayer(nodeType) {
     const entry = output?.[MESH_UI_KEY]?.[0];
     if (!entry) return;
     if (!this.e4dMeshPlayer) {
-      const holder = document.createElement("div");
-      holder.style.cssText = "width:100%;height:100%;min-height:260px;";
-      stopGraphGestures(holder);
-      this.e4dMeshWidget = this.addDOMWidget("e4d_mesh_player", "E4D_MESH_PLAYER", holder, {
-        serialize: false, hideOnZoom: false, getMinHeight: () => 280,
-      });
-      this.e4dMeshPlayer = new E4DMeshPlayer(holder, { autoplay: true });
+      [this.e4dMeshWidget, this.e4dMeshPlayer] =
+        addPlayerWidget(this, "e4d_mesh_player", "E4D_MESH_PLAYER", E4DMeshPlayer);
       this.setSize([Math.max(this.size[0], 420), this.computeSize()[1]]);
     }
     this.e4dMeshLoading = this.e4dMeshPlayer.load(fileUrl(entry))
@@ -62,13 +68,7 @@ app.registerExtension({
     const onNodeCreated = nodeType.prototype.onNodeCreated;
     nodeType.prototype.onNodeCreated = function () {
       const r = onNodeCreated?.apply(this, arguments);
-      const holder = document.createElement("div");
-      holder.style.cssText = "width:100%;height:100%;min-height:260px;";
-      stopGraphGestures(holder);
-      this.e4dWidget = this.addDOMWidget("e4d_player", "E4D_PLAYER", holder, {
-        serialize: false, hideOnZoom: false, getMinHeight: () => 280,
-      });
-      this.e4dPlayer = new E4DPlayer(holder, { autoplay: true });
+      [this.e4dWidget, this.e4dPlayer] = addPlayerWidget(this, "e4d_player", "E4D_PLAYER", E4DPlayer);
       this.setSize([Math.max(this.size[0], 420), Math.max(this.size[1], 460)]);
       return r;
     };
