@@ -11,6 +11,7 @@ Usage (repo root)::
     python bench/sds.py --no-cuda-graphs   # eager guided UNet call (the SDSConfig.cuda_graphs=False path)
     python bench/sds.py --batches 4 --encoder-graph both   # VAE encoder fwd/bwd eager, then from CUDA graphs
     python bench/sds.py --steps 0 --fit --every 1 --encoder-graph both --skip-no-sds   # the PSNR guard
+    python bench/sds.py --batches 4 --no-cuda-graphs --encoder-graph off --profile   # where an SDS step's time goes
     python bench/sds.py --device cpu --tiny --steps 2 --batches 1     # CPU smoke run of this script
 
 Each measurement prints one JSON line. Issue 6 target: a 500-iteration fit with SDS <= 30 s on an H100.
@@ -70,7 +71,7 @@ def synthetic_vm(T: int, size: int = 256):
 
 
 def bench_steps(comps, dev: torch.device, batches: List[int], steps: int, warmup: int,
-                cuda_graphs: bool = True, graph_encoder: bool = True) -> None:
+                cuda_graphs: bool = True, graph_encoder: bool = True, profile: bool = False) -> None:
     from e4d.guidance.zero123 import SDSConfig, Zero123Guidance
 
     guid = Zero123Guidance(comps, SDSConfig(every=1, cuda_graphs=cuda_graphs, graph_encoder=graph_encoder), device=dev)
@@ -100,11 +101,26 @@ def bench_steps(comps, dev: torch.device, batches: List[int], steps: int, warmup
             one(s)
         sync(dev)
         ms = (time.perf_counter() - t0) / steps * 1000
+        if profile:
+            print_profile(lambda: [one(s) for s in range(5)], dev, f"5 SDS steps, B={B}")
         print_json({"bench": "sds_step", "B": B, "size": 256, "ms_per_step": round(ms, 2),
                     "sds_s_per_500_steps": round(ms * 0.5, 2), "peak_vram_gb": peak_vram_gb(dev),
                     "prepare_s_16_frames": round(prep, 3), "grad_finite": all(finite), "dtype": str(comps.dtype),
                     "cuda_graphs": cuda_graphs, "graph_encoder": graph_encoder and cuda_graphs, "env": env_info(dev),
                     "note": "random weights: cost only, no quality gain can be shown"})
+
+
+def print_profile(work, dev: torch.device, title: str) -> None:
+    """torch.profiler table (top 25 by device time) of ``work()`` on stdout."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        work()
+        sync(dev)
+    key = "self_cuda_time_total" if dev.type == "cuda" else "self_cpu_time_total"
+    print(f"== profile: {title}, sorted by {key} ==", flush=True)
+    print(prof.key_averages().table(sort_by=key, row_limit=25, max_name_column_width=70), flush=True)
 
 
 def parse_every(spec: str) -> List[tuple]:
@@ -162,6 +178,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--every", default="1,2", help="SDSConfig.every values of the --fit runs; a trailing '-' "
                                                     "(e.g. '2-') runs that value without carry_skipped")
     ap.add_argument("--no-cuda-graphs", action="store_true", help="time the SDS steps eagerly (cuda_graphs=False)")
+    ap.add_argument("--profile", action="store_true", help="also print a torch.profiler table of 5 steps per batch")
     ap.add_argument("--encoder-graph", default="on", choices=["on", "off", "both"],
                     help="SDSConfig.graph_encoder: VAE encoder forward/backward replayed from CUDA graphs (on), eager "
                          "(off; the guided UNet call stays graphed), or both one after the other")
@@ -177,7 +194,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     for i, graph_encoder in enumerate(modes):
         if args.steps > 0:
             bench_steps(comps, dev, [int(b) for b in args.batches.split(",")], args.steps, args.warmup,
-                        cuda_graphs=not args.no_cuda_graphs, graph_encoder=graph_encoder)
+                        cuda_graphs=not args.no_cuda_graphs, graph_encoder=graph_encoder, profile=args.profile)
         if args.fit:
             bench_fit(comps, dev, args.data or cesium_data("cameras.json"), args.iterations, args.points,
                       parse_every(args.every), args.preset, graph_encoder=graph_encoder,
