@@ -30,6 +30,8 @@ atomics fence and synchronise the block (the previous kernel paid both for every
 """
 from __future__ import annotations
 
+import inspect
+
 import triton
 import triton.language as tl
 from triton import knobs
@@ -194,12 +196,21 @@ def _cuda_only_caps(configs, named_args, **kwargs):
     return [c for c in configs if c.maxnreg is None]
 
 
-composite_forward_tuned = triton.autotune(
+def _autotune(configs, **kwargs):
+    """``triton.autotune`` keeping its choice on disk where this Triton can (``cache_results``, Triton >= 3.3): the
+    timings are then paid once per machine and image size, not at the first fit of every process. The file goes
+    to Triton's own kernel cache (``TRITON_CACHE_DIR``, default ``~/.triton/cache``) beside the compiled kernels."""
+    if "cache_results" in inspect.signature(triton.autotune).parameters:
+        kwargs["cache_results"] = True
+    return triton.autotune(configs, **kwargs)
+
+
+composite_forward_tuned = _autotune(
     [triton.Config({"BG": bg}, num_warps=w) for bg, w in FORWARD_CONFIGS],
     key=["height", "width"])(composite_forward)
 """The forward with the fastest of :data:`FORWARD_CONFIGS` for the image size, timed on its first call (the GPU's
 first render of that size; compiled kernels are cached on disk by Triton)."""
-composite_backward_tuned = triton.autotune(
+composite_backward_tuned = _autotune(
     [triton.Config({"BG": bg}, num_warps=1, maxnreg=cap) for bg, cap in BACKWARD_CONFIGS],
     key=["height", "width"], reset_to_zero=["grad_ptr"],
     prune_configs_by={"early_config_prune": _cuda_only_caps})(composite_backward)

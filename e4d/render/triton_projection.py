@@ -21,6 +21,10 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+# The kernels below do not specialise on the pair count P, the Gaussian count N or the camera count C: they change
+# within a fit (densification changes N, evaluation C), and Triton compiles a new variant of a kernel whenever such
+# an argument turns divisible by 16 or equal to 1, in the middle of the fit (about a second each).
+
 
 @triton.jit
 def _camera(w2c_ptr, K_ptr, img, mask):
@@ -129,7 +133,7 @@ def _tile_reached(u, v, qa, qb, qc, thr, tx, ty, width, height, TS: tl.constexpr
     return tl.minimum(s1, s2) <= thr
 
 
-@triton.jit
+@triton.jit(do_not_specialize=("P", "N", "C", "color_div"))
 def project_forward(means_ptr, covs_ptr, opac_ptr, colors_ptr, w2c_ptr, K_ptr, feat_ptr, depth_ptr, box_ptr,
                     count_ptr, hits_ptr, P, N, C, color_div, width, height, tiles_x, tiles_y, near, far, eps2d,
                     BLOCK: tl.constexpr, TS: tl.constexpr):
@@ -190,7 +194,7 @@ def project_forward(means_ptr, covs_ptr, opac_ptr, colors_ptr, w2c_ptr, K_ptr, f
     tl.store(hits_ptr + p, hits, mask=valid)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=("P", "N"))
 def emit_keys(box_ptr, count_ptr, hits_ptr, first_ptr, depth_ptr, keys_ptr, vals_ptr, P, N, n_tiles, tiles_x,
               BLOCK: tl.constexpr):
     p = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -216,7 +220,7 @@ def emit_keys(box_ptr, count_ptr, hits_ptr, first_ptr, depth_ptr, keys_ptr, vals
         i += 1
 
 
-@triton.jit
+@triton.jit(do_not_specialize=("P", "N", "C"))
 def project_backward(means_ptr, covs_ptr, opac_ptr, w2c_ptr, K_ptr, count_ptr, v_feat_ptr, v_means_ptr, v_covs_ptr,
                      P, N, C, width, height, eps2d, BLOCK: tl.constexpr):
     p = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
