@@ -139,3 +139,33 @@ def test_auto_never_compiles_gsplat_and_reports_its_choice():
     which = resolve_backend("auto", torch.device("cuda"))
     assert which in ("gsplat", "triton")
     assert describe_backend("auto", "cuda").startswith(which)
+
+
+@pytest.mark.skipif(not _triton_ok(), reason="needs a CUDA GPU and Triton")
+def test_triton_does_not_recompile_when_the_gaussian_or_camera_count_changes():
+    """Densification changes N and evaluation the number of cameras: every projection kernel is compiled once per
+    process, whatever N and C are (a recompile costs about a second in the middle of a fit)."""
+    from triton import knobs
+
+    misses = []
+
+    def hook(*args, **kwargs):  # called on every in-memory kernel-cache miss (a compile or a disk load)
+        misses.append(getattr(kwargs.get("fn"), "name", "?"))
+        return False
+
+    def one(num: int, views: int) -> None:
+        g = scene(num=num, sh_degree=0, time_degree=0, seed=num).requires_grad_()
+        cams = orbit_cameras([360.0 / views * i for i in range(views)], 15.0, 1.5, size=64)
+        out = render(g, torch.tensor([0.5], device="cuda"), cams.w2c[None].cuda(), cams.K[None].cuda(), 64, 64,
+                     backend="triton")
+        out.rgb.sum().backward()
+
+    one(1600, 4)  # N and P divisible by 16; compiles (or loads) every kernel once
+    previous, knobs.runtime.jit_cache_hook = knobs.runtime.jit_cache_hook, hook
+    try:
+        for num, views in ((1601, 4), (1603, 1), (1616, 3), (1, 1)):  # odd counts, one camera, one Gaussian
+            one(num, views)
+        torch.cuda.synchronize()
+    finally:
+        knobs.runtime.jit_cache_hook = previous
+    assert not misses, f"kernels compiled again for new counts: {misses}"
