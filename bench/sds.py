@@ -12,6 +12,7 @@ Usage (repo root)::
     python bench/sds.py --batches 4 --encoder-graph both   # VAE encoder fwd/bwd eager, then from CUDA graphs
     python bench/sds.py --steps 0 --fit --every 1 --encoder-graph both --skip-no-sds   # the PSNR guard
     python bench/sds.py --batches 4 --no-cuda-graphs --encoder-graph off --profile   # where an SDS step's time goes
+    python bench/sds.py --batches 4 --channels-last off,vae,on   # NCHW, channels_last VAE encoder only, both models
     python bench/sds.py --device cpu --tiny --steps 2 --batches 1     # CPU smoke run of this script
 
 Each measurement prints one JSON line. Issue 6 target: a 500-iteration fit with SDS <= 30 s on an H100.
@@ -70,11 +71,23 @@ def synthetic_vm(T: int, size: int = 256):
                       input_images=torch.rand(T, size, size, 3, generator=g), input_camera=input_view(0.0, size))
 
 
-def bench_steps(comps, dev: torch.device, batches: List[int], steps: int, warmup: int,
-                cuda_graphs: bool = True, graph_encoder: bool = True, profile: bool = False) -> None:
-    from e4d.guidance.zero123 import SDSConfig, Zero123Guidance
+def is_channels_last(comps) -> dict:
+    """Which models already run the channels_last layers (the switch is in place and one-way)."""
+    from e4d.guidance.fast_layers import ChannelsLastGroupNorm
 
-    guid = Zero123Guidance(comps, SDSConfig(every=1, cuda_graphs=cuda_graphs, graph_encoder=graph_encoder), device=dev)
+    return {name: any(isinstance(m, ChannelsLastGroupNorm) for m in model.modules())
+            for name, model in (("vae", comps.vae), ("unet", comps.unet))}
+
+
+def bench_steps(comps, dev: torch.device, batches: List[int], steps: int, warmup: int,
+                cuda_graphs: bool = True, graph_encoder: bool = True, profile: bool = False,
+                channels_last: str = "on") -> None:
+    from e4d.guidance.zero123 import SDSConfig, Zero123Guidance, fast_sds_layers
+
+    if channels_last == "vae" and dev.type == "cuda":
+        fast_sds_layers(comps, unet=False)
+    cfg = SDSConfig(every=1, cuda_graphs=cuda_graphs, graph_encoder=graph_encoder, channels_last=channels_last == "on")
+    guid = Zero123Guidance(comps, cfg, device=dev)
     vm = synthetic_vm(16).to(dev)
     t0 = time.perf_counter()
     guid.prepare(vm)
@@ -106,7 +119,9 @@ def bench_steps(comps, dev: torch.device, batches: List[int], steps: int, warmup
         print_json({"bench": "sds_step", "B": B, "size": 256, "ms_per_step": round(ms, 2),
                     "sds_s_per_500_steps": round(ms * 0.5, 2), "peak_vram_gb": peak_vram_gb(dev),
                     "prepare_s_16_frames": round(prep, 3), "grad_finite": all(finite), "dtype": str(comps.dtype),
-                    "cuda_graphs": cuda_graphs, "graph_encoder": graph_encoder and cuda_graphs, "env": env_info(dev),
+                    "cuda_graphs": cuda_graphs, "graph_encoder": graph_encoder and cuda_graphs,
+                    "channels_last": channels_last, "layers_channels_last": is_channels_last(comps),
+                    "env": env_info(dev),
                     "note": "random weights: cost only, no quality gain can be shown"})
 
 
@@ -131,7 +146,7 @@ def parse_every(spec: str) -> List[tuple]:
 
 def bench_fit(comps, dev: torch.device, data: Path, iterations: int, points: Optional[int] = None,
               every: List[tuple] = ((1, True),), preset_name: str = "recommended", graph_encoder: bool = True,
-              no_sds: bool = True) -> None:
+              no_sds: bool = True, channels_last: bool = True) -> None:
     from e4d.fit import evaluate, fit, preset
     from e4d.guidance.zero123 import SDSConfig, Zero123Guidance
     from e4d.viewmatrix import load_view_matrix
@@ -143,8 +158,8 @@ def bench_fit(comps, dev: torch.device, data: Path, iterations: int, points: Opt
     fit(train, config=cfg.replace(iterations=min(20, iterations)))  # warm-up (kernels)
     variants = [("no_sds", None)] if no_sds else []
     variants += [(f"sds_every{k}" + ("" if carry else "_nocarry"),
-                  Zero123Guidance(comps, SDSConfig(every=k, carry_skipped=carry, graph_encoder=graph_encoder),
-                                  device=dev)) for k, carry in every]
+                  Zero123Guidance(comps, SDSConfig(every=k, carry_skipped=carry, graph_encoder=graph_encoder,
+                                                   channels_last=channels_last), device=dev)) for k, carry in every]
     for name, guid in variants:
         reset_peak(dev)
         try:  # fit.seconds is the loop only; guidance.prepare (16 frames encoded once) runs before it
@@ -158,6 +173,8 @@ def bench_fit(comps, dev: torch.device, data: Path, iterations: int, points: Opt
                     "carry_skipped": guid.config.carry_skipped if guid else None,
                     "cuda_graphs": guid.config.cuda_graphs if guid else None,
                     "graph_encoder": guid.config.graph_encoder if guid else None,
+                    "channels_last": guid.config.channels_last if guid else None,
+                    "layers_channels_last": is_channels_last(comps),
                     "gaussians": int(res.gaussians.means.shape[0]),
                     "sds_views_per_step": cfg.times_per_batch if guid else 0, "psnr_heldout": round(held["psnr"], 3),
                     "peak_vram_gb": peak_vram_gb(dev), "target_30s_met": bool(res.seconds <= 30.0),
@@ -182,6 +199,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--encoder-graph", default="on", choices=["on", "off", "both"],
                     help="SDSConfig.graph_encoder: VAE encoder forward/backward replayed from CUDA graphs (on), eager "
                          "(off; the guided UNet call stays graphed), or both one after the other")
+    ap.add_argument("--channels-last", default="on",
+                    help="comma list run in this order of SDSConfig.channels_last variants: 'off' (NCHW), 'vae' (VAE "
+                         "encoder only), 'on' (VAE encoder and UNet); the switch is one-way, so list 'off' first; "
+                         "--fit uses the last")
     ap.add_argument("--skip-no-sds", action="store_true", help="--fit: leave out the fit without SDS")
     ap.add_argument("--preset", default="recommended", help="fit preset of the --fit runs")
     ap.add_argument("--data", type=Path, default=None,
@@ -191,14 +212,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     dtype = torch.float16 if dev.type == "cuda" and not args.fp32 else torch.float32
     comps = random_zero123(dev, dtype, args.tiny)
     modes = {"on": [True], "off": [False], "both": [False, True]}[args.encoder_graph]
+    layouts = [v.strip() for v in args.channels_last.split(",") if v.strip()]
+    if not layouts or any(v not in ("off", "vae", "on") for v in layouts):
+        ap.error(f"--channels-last takes a comma list of off, vae, on; got {args.channels_last!r}")
     for i, graph_encoder in enumerate(modes):
         if args.steps > 0:
-            bench_steps(comps, dev, [int(b) for b in args.batches.split(",")], args.steps, args.warmup,
-                        cuda_graphs=not args.no_cuda_graphs, graph_encoder=graph_encoder, profile=args.profile)
+            for layout in layouts:
+                bench_steps(comps, dev, [int(b) for b in args.batches.split(",")], args.steps, args.warmup,
+                            cuda_graphs=not args.no_cuda_graphs, graph_encoder=graph_encoder, profile=args.profile,
+                            channels_last=layout)
         if args.fit:
             bench_fit(comps, dev, args.data or cesium_data("cameras.json"), args.iterations, args.points,
                       parse_every(args.every), args.preset, graph_encoder=graph_encoder,
-                      no_sds=not args.skip_no_sds and i == 0)
+                      no_sds=not args.skip_no_sds and i == 0, channels_last=layouts[-1] != "off")
     return 0
 
 

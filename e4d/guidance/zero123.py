@@ -70,6 +70,11 @@ class SDSConfig:
     graph_encoder: bool = True
     """With ``cuda_graphs``, also capture the VAE encoder's forward and backward of the renders
     (:mod:`.encoder_graph`); same kernels and results as eager, fewer launches."""
+    channels_last: bool = True
+    """On CUDA (half precision, Triton working), run the VAE encoder and the UNet channels_last with layout-keeping
+    GroupNorm(+SiLU) kernels and a math attention in the VAE mid block (:mod:`.fast_layers`): the same numbers up to
+    fp16 rounding, no cuDNN layout transposes. The layers are swapped in place on the loaded components (same
+    parameters and state-dict keys); off leaves the model untouched."""
 
 
 def sds_timesteps(step: int, total: int, batch: int, t_min: float, t_max: float, anneal: bool,
@@ -223,6 +228,8 @@ class Zero123Guidance:
             self._graphs.clear()
             self._encoder.clear()
             self._model.to(device=device, dtype=dtype)
+        if self.config.channels_last and device.type == "cuda":
+            fast_sds_layers(self._model)
         if self._alphas is None:
             self._alphas = self._model.alphas_cumprod()
         return self._model
@@ -345,6 +352,24 @@ class Zero123Guidance:
             self._model = None
         self._graphs, self._encoder = GraphedCFG(cfg_noise_prediction), GraphedEncoder()  # drops graphs, timings
         self.cache, self._pending, self._alphas = None, None, None
+
+
+def fast_sds_layers(comps: Zero123Components, unet: bool = True) -> bool:
+    """Switch the SDS path's VAE encoder (and the UNet with ``unet``) to the channels_last layers of
+    :mod:`.fast_layers`, in place; False (model untouched) where the Triton GroupNorm cannot run (CPU, fp32, no
+    Triton, a failed self-check). Idempotent."""
+    w = next(comps.vae.parameters())
+    from .fast_layers import triton_norm_works, use_channels_last
+
+    if not triton_norm_works(w.device, w.dtype):
+        return False
+    n = use_channels_last(comps.vae.encoder)
+    comps.vae.quant_conv.to(memory_format=torch.channels_last)
+    if unet:
+        n += use_channels_last(comps.unet)
+    if n:
+        log.info("Zero123 SDS: %d layers switched to channels_last kernels", n)
+    return True
 
 
 @torch.no_grad()
