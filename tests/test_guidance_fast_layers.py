@@ -13,7 +13,8 @@ import torch.nn.functional as F
 
 from e4d.cameras import input_view, syncdreamer16
 from e4d.guidance import fast_layers
-from e4d.guidance.fast_layers import ChannelsLastGroupNorm, MathAttnProcessor, group_norm_reference, use_channels_last
+from e4d.guidance.fast_layers import (ChannelsLastGroupNorm, ChannelsLastTransformer2D, MathAttnProcessor,
+                                      group_norm_reference, use_channels_last)
 from e4d.guidance.loader import load_zero123
 from e4d.guidance.zero123 import SDSConfig, Zero123Guidance, fast_sds_layers
 from e4d.viewmatrix import ViewMatrix
@@ -125,6 +126,7 @@ def test_channels_last_layers_give_the_same_sds_loss_and_gradient(tiny_z123):
     assert n > 0 and use_channels_last(fast.vae.encoder) == 0  # idempotent
     assert isinstance(fast.vae.encoder.mid_block.attentions[0].processor, MathAttnProcessor)
     assert any(isinstance(m, ChannelsLastGroupNorm) and m.silu for m in fast.unet.modules())
+    assert any(isinstance(m, ChannelsLastTransformer2D) for m in fast.unet.modules())
     assert fast.vae.encoder.conv_in.weight.is_contiguous(memory_format=CL)
     for name, m in (("vae", fast.vae), ("unet", fast.unet)):
         sd, ref = m.state_dict(), getattr(stock, name).state_dict()

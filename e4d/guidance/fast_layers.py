@@ -10,6 +10,8 @@ swaps, in place and without touching a parameter or a state-dict key:
   :mod:`.triton_groupnorm`; elsewhere :func:`group_norm_reference`, same maths in float32),
 - diffusers ``ResnetBlock2D`` for :class:`FusedResnetBlock2D` (its two ``norm -> SiLU`` pairs in one kernel each),
   and ``conv_norm_out -> conv_act`` likewise,
+- diffusers ``Transformer2DModel`` (the UNet's) for :class:`ChannelsLastTransformer2D` (no NCHW copy before its
+  1x1 output projection),
 - the VAE mid block's single-head (head dim 512, 1,024 tokens) attention for :class:`MathAttnProcessor`: the
   memory-efficient SDPA kernel's backward at head dim 512 took 1.44 ms per step; the 1024² score matrix is small.
 
@@ -172,6 +174,32 @@ class MathAttnProcessor:
         return o if attn.rescale_output_factor == 1.0 else o / attn.rescale_output_factor
 
 
+class ChannelsLastTransformer2D(nn.Module):
+    """Output of a diffusers ``Transformer2DModel`` (continuous input) without its ``.contiguous()``: the 1x1
+    ``proj_out`` convolution as the matmul it is on the tokens, then a channels_last view of the result (assigned as
+    ``__class__`` by :func:`use_channels_last`, so it also subclasses ``Transformer2DModel``)."""
+
+    def _get_output_for_continuous_inputs(self, hidden_states: Tensor, residual: Tensor, batch_size: int, height: int,
+                                          width: int, inner_dim: int) -> Tensor:
+        if self.use_linear_projection:
+            out = self.proj_out(hidden_states)
+        else:
+            out = F.linear(hidden_states, self.proj_out.weight.flatten(1), self.proj_out.bias)
+        return out.reshape(batch_size, height, width, -1).permute(0, 3, 1, 2) + residual
+
+
+@functools.lru_cache(maxsize=None)
+def _channels_last_transformer_type(base: type) -> type:
+    return type("ChannelsLast" + base.__name__, (ChannelsLastTransformer2D, base), {"__module__": __name__})
+
+
+def _transformer_fits(mod) -> bool:
+    proj = getattr(mod, "proj_out", None)
+    conv_1x1 = isinstance(proj, nn.Conv2d) and proj.kernel_size == (1, 1) and proj.groups == 1
+    return (getattr(mod, "is_input_continuous", False) and hasattr(mod, "_get_output_for_continuous_inputs")
+            and (mod.use_linear_projection or conv_1x1))
+
+
 def _math_attention_fits(attn) -> bool:
     return (attn.group_norm is not None and attn.spatial_norm is None and attn.norm_q is None
             and attn.norm_k is None and not attn.is_cross_attention)
@@ -184,6 +212,7 @@ def use_channels_last(model: nn.Module) -> int:
     processor's maths, with a float32 softmax).
     """
     from diffusers.models.attention_processor import Attention
+    from diffusers.models.transformers.transformer_2d import Transformer2DModel
 
     resnet = _resnet_class()
     swapped = 0
@@ -199,6 +228,10 @@ def use_channels_last(model: nn.Module) -> int:
         elif isinstance(mod, Attention) and _math_attention_fits(mod) and not isinstance(mod.processor,
                                                                                          MathAttnProcessor):
             mod.set_processor(MathAttnProcessor(mod.processor))
+            swapped += 1
+        elif (isinstance(mod, Transformer2DModel) and not isinstance(mod, ChannelsLastTransformer2D)
+              and _transformer_fits(mod)):
+            mod.__class__ = _channels_last_transformer_type(type(mod))
             swapped += 1
     for name in ("conv_norm_out",):  # encoder / UNet output norm followed by its SiLU: fuse the pair
         norm, act = getattr(model, name, None), getattr(model, "conv_act", None)
