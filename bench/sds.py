@@ -7,12 +7,13 @@ Usage (repo root)::
 
     python bench/sds.py                    # ms per SDS step (render-sized leaf -> VAE encoder -> UNet CFG -> backward), B = 1..4
     python bench/sds.py --fit              # + 500-iteration CesiumMan fit without / with SDS every 1st, 2nd step
-    python bench/sds.py --fit --every 1,2,2-    # also SDS every 2nd step without carry_skipped
+    python bench/sds.py --fit --every 1,2,2-,2x2    # also every 2nd step without carry_skipped; every 2nd with 2 views per time
     python bench/sds.py --no-cuda-graphs   # eager guided UNet call (the SDSConfig.cuda_graphs=False path)
     python bench/sds.py --batches 4 --encoder-graph both   # VAE encoder fwd/bwd eager, then from CUDA graphs
     python bench/sds.py --steps 0 --fit --every 1 --encoder-graph both --skip-no-sds   # the PSNR guard
     python bench/sds.py --batches 4 --no-cuda-graphs --encoder-graph off --profile   # where an SDS step's time goes
-    python bench/sds.py --batches 4 --channels-last off,vae,on   # NCHW, channels_last VAE encoder only, both models
+    python bench/sds.py --batches 4 --channels-last off,vae,on,on+bench   # NCHW, channels_last VAE encoder only,
+                                                   # both models, both + cuDNN autotuning
     python bench/sds.py --device cpu --tiny --steps 2 --batches 1     # CPU smoke run of this script
 
 Each measurement prints one JSON line. Issue 6 target: a 500-iteration fit with SDS <= 30 s on an H100.
@@ -84,9 +85,10 @@ def bench_steps(comps, dev: torch.device, batches: List[int], steps: int, warmup
                 channels_last: str = "on") -> None:
     from e4d.guidance.zero123 import SDSConfig, Zero123Guidance, fast_sds_layers
 
-    if channels_last == "vae" and dev.type == "cuda":
+    if channels_last == "vae" and dev.type == "cuda":  # the VAE encoder only (the UNet stays NCHW)
         fast_sds_layers(comps, unet=False)
-    cfg = SDSConfig(every=1, cuda_graphs=cuda_graphs, graph_encoder=graph_encoder, channels_last=channels_last == "on")
+    cfg = SDSConfig(every=1, cuda_graphs=cuda_graphs, graph_encoder=graph_encoder,
+                    channels_last=channels_last in ("on", "on+bench"), cudnn_benchmark=channels_last == "on+bench")
     guid = Zero123Guidance(comps, cfg, device=dev)
     vm = synthetic_vm(16).to(dev)
     t0 = time.perf_counter()
@@ -120,7 +122,8 @@ def bench_steps(comps, dev: torch.device, batches: List[int], steps: int, warmup
                     "sds_s_per_500_steps": round(ms * 0.5, 2), "peak_vram_gb": peak_vram_gb(dev),
                     "prepare_s_16_frames": round(prep, 3), "grad_finite": all(finite), "dtype": str(comps.dtype),
                     "cuda_graphs": cuda_graphs, "graph_encoder": graph_encoder and cuda_graphs,
-                    "channels_last": channels_last, "layers_channels_last": is_channels_last(comps),
+                    "channels_last": channels_last, "cudnn_benchmark": cfg.cudnn_benchmark,
+                    "layers_channels_last": is_channels_last(comps),
                     "env": env_info(dev),
                     "note": "random weights: cost only, no quality gain can be shown"})
 
@@ -139,14 +142,20 @@ def print_profile(work, dev: torch.device, title: str) -> None:
 
 
 def parse_every(spec: str) -> List[tuple]:
-    """``"1,2,2-"`` -> [(1, True), (2, True), (2, False)]: SDS every k-th step; a trailing ``-`` turns off
-    ``SDSConfig.carry_skipped`` (applied steps not weighted by k)."""
-    return [(int(tok.rstrip("-")), not tok.endswith("-")) for tok in spec.split(",") if tok.strip()]
+    """``"1,2,2-,2x2"`` -> [(1, True, 1), (2, True, 1), (2, False, 1), (2, True, 2)]: SDS every k-th step; a
+    trailing ``-`` turns off ``SDSConfig.carry_skipped`` (applied steps not weighted by k); ``kxV`` renders V views
+    per sampled time (``SDSConfig.views_per_time``)."""
+    out = []
+    for tok in (t.strip() for t in spec.split(",")):
+        if tok:
+            every, _, views = tok.rstrip("-").partition("x")
+            out.append((int(every), not tok.endswith("-"), int(views or 1)))
+    return out
 
 
 def bench_fit(comps, dev: torch.device, data: Path, iterations: int, points: Optional[int] = None,
               every: List[tuple] = ((1, True),), preset_name: str = "recommended", graph_encoder: bool = True,
-              no_sds: bool = True, channels_last: bool = True) -> None:
+              no_sds: bool = True, channels_last: bool = True, cudnn_benchmark: bool = False) -> None:
     from e4d.fit import evaluate, fit, preset
     from e4d.guidance.zero123 import SDSConfig, Zero123Guidance
     from e4d.viewmatrix import load_view_matrix
@@ -157,9 +166,10 @@ def bench_fit(comps, dev: torch.device, data: Path, iterations: int, points: Opt
     cfg = preset(preset_name, iterations=iterations, **({"num_points": points} if points else {}))
     fit(train, config=cfg.replace(iterations=min(20, iterations)))  # warm-up (kernels)
     variants = [("no_sds", None)] if no_sds else []
-    variants += [(f"sds_every{k}" + ("" if carry else "_nocarry"),
-                  Zero123Guidance(comps, SDSConfig(every=k, carry_skipped=carry, graph_encoder=graph_encoder,
-                                                   channels_last=channels_last), device=dev)) for k, carry in every]
+    variants += [(f"sds_every{k}" + ("" if carry else "_nocarry") + (f"_views{v}" if v > 1 else ""),
+                  Zero123Guidance(comps, SDSConfig(every=k, carry_skipped=carry, views_per_time=v,
+                                                   graph_encoder=graph_encoder, channels_last=channels_last),
+                                  device=dev)) for k, carry, v in every]
     for name, guid in variants:
         reset_peak(dev)
         try:  # fit.seconds is the loop only; guidance.prepare (16 frames encoded once) runs before it
@@ -171,12 +181,14 @@ def bench_fit(comps, dev: torch.device, data: Path, iterations: int, points: Opt
         print_json({"bench": "fit_sds", "variant": name, "fit_s": round(res.seconds, 3), "iterations": iterations,
                     "preset": preset_name, "sds_every": guid.config.every if guid else None,
                     "carry_skipped": guid.config.carry_skipped if guid else None,
+                    "views_per_time": guid.config.views_per_time if guid else None,
                     "cuda_graphs": guid.config.cuda_graphs if guid else None,
                     "graph_encoder": guid.config.graph_encoder if guid else None,
                     "channels_last": guid.config.channels_last if guid else None,
+                    "cudnn_benchmark": guid.config.cudnn_benchmark if guid else None,
                     "layers_channels_last": is_channels_last(comps),
                     "gaussians": int(res.gaussians.means.shape[0]),
-                    "sds_views_per_step": cfg.times_per_batch if guid else 0, "psnr_heldout": round(held["psnr"], 3),
+                    "sds_views_per_step": cfg.times_per_batch * guid.config.views_per_time if guid else 0, "psnr_heldout": round(held["psnr"], 3),
                     "peak_vram_gb": peak_vram_gb(dev), "target_30s_met": bool(res.seconds <= 30.0),
                     "note": "random zero123 weights: SDS adds noise here, PSNR with SDS is expected to drop"})
 
@@ -201,8 +213,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                          "(off; the guided UNet call stays graphed), or both one after the other")
     ap.add_argument("--channels-last", default="on",
                     help="comma list run in this order of SDSConfig.channels_last variants: 'off' (NCHW), 'vae' (VAE "
-                         "encoder only), 'on' (VAE encoder and UNet); the switch is one-way, so list 'off' first; "
-                         "--fit uses the last")
+                         "encoder only), 'on' (VAE encoder and UNet), 'on+bench' (and SDSConfig.cudnn_benchmark); the "
+                         "switch is one-way, so list 'off' first; --fit uses the last")
     ap.add_argument("--skip-no-sds", action="store_true", help="--fit: leave out the fit without SDS")
     ap.add_argument("--preset", default="recommended", help="fit preset of the --fit runs")
     ap.add_argument("--data", type=Path, default=None,
@@ -213,8 +225,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     comps = random_zero123(dev, dtype, args.tiny)
     modes = {"on": [True], "off": [False], "both": [False, True]}[args.encoder_graph]
     layouts = [v.strip() for v in args.channels_last.split(",") if v.strip()]
-    if not layouts or any(v not in ("off", "vae", "on") for v in layouts):
-        ap.error(f"--channels-last takes a comma list of off, vae, on; got {args.channels_last!r}")
+    if not layouts or any(v not in ("off", "vae", "on", "on+bench") for v in layouts):
+        ap.error(f"--channels-last takes a comma list of off, vae, on, on+bench; got {args.channels_last!r}")
     for i, graph_encoder in enumerate(modes):
         if args.steps > 0:
             for layout in layouts:
@@ -224,7 +236,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.fit:
             bench_fit(comps, dev, args.data or cesium_data("cameras.json"), args.iterations, args.points,
                       parse_every(args.every), args.preset, graph_encoder=graph_encoder,
-                      no_sds=not args.skip_no_sds and i == 0, channels_last=layouts[-1] != "off")
+                      no_sds=not args.skip_no_sds and i == 0, channels_last=layouts[-1] != "off",
+                      cudnn_benchmark=layouts[-1] == "on+bench")
     return 0
 
 

@@ -168,3 +168,22 @@ def test_math_attention_falls_back_for_other_calls(tiny_z123):
         attn.set_processor(MathAttnProcessor(attn.processor))
         torch.testing.assert_close(attn(x), ref4, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(attn(tokens), ref3, rtol=0, atol=0)
+
+
+def test_cudnn_benchmark_is_scoped():
+    """SDSConfig.cudnn_benchmark switches cuDNN's autotuning on around the SDS calls only, and off never overrides
+    a process that has it on."""
+    from e4d.guidance.zero123 import cudnn_benchmark
+
+    prev = torch.backends.cudnn.benchmark
+    try:
+        torch.backends.cudnn.benchmark = False
+        with cudnn_benchmark(True):
+            assert torch.backends.cudnn.benchmark
+        assert not torch.backends.cudnn.benchmark
+        torch.backends.cudnn.benchmark = True
+        with cudnn_benchmark(False):
+            assert torch.backends.cudnn.benchmark
+        assert torch.backends.cudnn.benchmark
+    finally:
+        torch.backends.cudnn.benchmark = prev

@@ -11,6 +11,7 @@ unconditional branch zeroes both; classifier-free guidance 5; ``w(t) = 1 - ᾱ_t
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -64,6 +65,11 @@ class SDSConfig:
     """With ``every = k > 1``, multiply the loss of each applied step by k, so the SDS term summed over the fit
     is that of ``every = 1`` (fewer but larger steps) instead of k times weaker. Off by default: on CesiumMan with
     random Zero123 weights (H200), every=2 with it lost 0.74 dB of held-out PSNR against every step."""
+    views_per_time: int = 1
+    """Novel views rendered and scored per sampled fit time on an applied step (the fit asks for
+    ``times_per_batch * views_per_time`` views). With ``every = k``, ``views_per_time = k`` and ``carry_skipped``,
+    the SDS gradient summed over the fit has the expectation and the variance of ``every = 1`` with one view per
+    time, at the cost of half as many, twice as large steps (a batch of 8 costs 1.6 x a batch of 4)."""
     cuda_graphs: bool = True
     """On CUDA, capture the guided UNet call of an SDS step once per batch shape and replay it (same results,
     no per-step kernel launch overhead); ignored on CPU."""
@@ -75,6 +81,10 @@ class SDSConfig:
     GroupNorm(+SiLU) kernels and a math attention in the VAE mid block (:mod:`.fast_layers`): the same numbers up to
     fp16 rounding, no cuDNN layout transposes. The layers are swapped in place on the loaded components (same
     parameters and state-dict keys); off leaves the model untouched."""
+    cudnn_benchmark: bool = False
+    """Let cuDNN time its convolution algorithms for the SDS models' shapes once (first step; PyTorch's
+    ``cudnn.benchmark``, switched on only around the SDS encoder and UNet calls) instead of picking them by
+    heuristics; same results up to the algorithms' fp16 rounding."""
 
 
 def sds_timesteps(step: int, total: int, batch: int, t_min: float, t_max: float, anneal: bool,
@@ -285,6 +295,11 @@ class Zero123Guidance:
             raise ValueError(f"SDSConfig.every must be >= 1, got {self.config.every}")
         return step % self.config.every != 0
 
+    @property
+    def views_per_time(self) -> int:
+        """Novel views per sampled fit time (:attr:`SDSConfig.views_per_time`; read by the fit)."""
+        return self.config.views_per_time
+
     def step_factor(self) -> float:
         """Loss multiplier of an applied step: ``every`` with :attr:`SDSConfig.carry_skipped`, else 1."""
         return float(self.config.every) if self.config.carry_skipped else 1.0
@@ -317,7 +332,8 @@ class Zero123Guidance:
 
         x = (renders * 2.0 - 1.0).to(comps.device, comps.dtype)  # autograd carries the gradient back across devices
         graphed = self.config.cuda_graphs and self.config.graph_encoder
-        moments = self._encoder(comps.vae, x) if graphed else encoder_moments(comps.vae, x)
+        with cudnn_benchmark(self.config.cudnn_benchmark):
+            moments = self._encoder(comps.vae, x) if graphed else encoder_moments(comps.vae, x)
         post = DiagonalGaussianDistribution(moments)
         return post.sample(generator=self._gen) * comps.vae.config.scaling_factor
 
@@ -338,7 +354,8 @@ class Zero123Guidance:
             ab = self._alphas[t_cpu].view(-1, 1, 1, 1).to(z.device, non_blocking=True)
             z_t = ab.sqrt() * z.detach().float() + (1 - ab).sqrt() * eps
             ref = c.latents[time_idx.to(c.latents.device).long()]
-            eps_pred = self._eps(comps.unet, z_t, t, cond, ref, cfg.guidance_scale)
+            with cudnn_benchmark(cfg.cudnn_benchmark):
+                eps_pred = self._eps(comps.unet, z_t, t, cond, ref, cfg.guidance_scale)
             g = sds_gradient(eps_pred, eps, sds_weight(self._alphas, t_cpu).to(z.device, non_blocking=True))
         if self.keep_debug:
             if z.requires_grad:
@@ -352,6 +369,18 @@ class Zero123Guidance:
             self._model = None
         self._graphs, self._encoder = GraphedCFG(cfg_noise_prediction), GraphedEncoder()  # drops graphs, timings
         self.cache, self._pending, self._alphas = None, None, None
+
+
+@contextlib.contextmanager
+def cudnn_benchmark(on: bool):
+    """``torch.backends.cudnn.benchmark`` on inside the block when ``on`` (restored after; off never overrides a
+    process that has it on)."""
+    prev = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = prev or on
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = prev
 
 
 def fast_sds_layers(comps: Zero123Components, unet: bool = True) -> bool:
