@@ -145,7 +145,7 @@ def test_sds_graphs_warn_nothing_under_cuda_malloc_async(tmp_path):
 
 @pytest.mark.parametrize("shape,silu", [((4, 128, 256, 256), True), ((4, 256, 128, 128), True),
                                         ((4, 512, 32, 32), False), ((8, 320, 32, 32), True), ((8, 1280, 8, 8), True),
-                                        ((8, 1920, 16, 16), True)])
+                                        ((8, 1920, 16, 16), True), ((8, 2560, 4, 4), True)])
 def test_triton_group_norm_real_shapes(shape, silu):
     """The channels_last Triton GroupNorm (+SiLU) forward and backward at the SDS VAE-encoder / UNet shapes (fp16)
     against PyTorch's float32 GroupNorm: within fp16 rounding (2e-3 of the largest value), layout kept."""
