@@ -161,6 +161,40 @@ def test_guidance_skips_steps_without_sampling_or_rendering(scene):
     assert guid.calls["loss"] == [0, 2] and [s[1] for s in guid.calls["sample"]] == [0, 2]
 
 
+def test_guidance_views_per_time_renders_k_views_of_each_sampled_time(scene):
+    """views_per_time = 2: the guidance sees each sampled time twice, k consecutive cameras per time, and its
+    renders are those of that time from those cameras (time-major order)."""
+    train, _ = scene
+    cfg = tiny(iterations=1, w_rgb=0.0, w_ssim=0.0, times_per_batch=2)
+    init = initial_gaussians(train, cfg, torch.Generator().manual_seed(0))
+    guid = _RecordingGuidance()
+    guid.views_per_time = 2
+    seen = {}
+    sample, loss = guid.sample_cameras, guid.loss
+
+    def sample_cameras(time_idx, step, total, generator):
+        seen["cams"] = sample(time_idx, step, total, generator)
+        return seen["cams"]
+
+    def record_loss(renders, time_idx, step, total):
+        seen["renders"], seen["time_idx"] = renders.detach(), time_idx
+        return loss(renders, time_idx, step, total)
+
+    guid.sample_cameras, guid.loss = sample_cameras, record_loss
+    fit(train, config=cfg, guidance=guid, init=init)
+    ti = seen["time_idx"]
+    assert len(ti) == 4 and ti[0] == ti[1] and ti[2] == ti[3]
+    cams = seen["cams"]
+    for i in range(4):  # render each view alone at its time from the initial Gaussians (the step-0 state)
+        ref = render(init, train.times[ti[i:i + 1]], cams.w2c[i][None, None], cams.K[i][None, None], 16, 16,
+                     background=float(cfg.background), backend=cfg.backend)
+        torch.testing.assert_close(seen["renders"][i], ref.rgb[0, 0].permute(2, 0, 1), atol=1e-5, rtol=1e-5)
+    bad = _RecordingGuidance()
+    bad.views_per_time = 0
+    with pytest.raises(ValueError, match="views_per_time"):
+        fit(train, config=cfg, guidance=bad, init=init)
+
+
 def test_callback_progress_and_cancel(scene):
     train, _ = scene
     seen = []

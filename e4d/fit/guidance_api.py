@@ -13,6 +13,10 @@ the order the trainer calls it:
 
 ``step`` counts from 0 to ``total - 1``.
 
+Optional: ``views_per_time`` (int >= 1, default 1). With k > 1 the trainer passes each sampled time index k times
+(``time_idx.repeat_interleave(k)``, so ``sample_cameras`` returns B * k cameras, k consecutive ones per time), renders
+them as B slices x k cameras and hands ``loss`` the ``[B * k, 3, H, W]`` renders with the repeated indices.
+
 Optional: ``skips(step) -> bool``. Where it returns True the trainer neither samples cameras nor renders them
 for that step (the guidance would contribute nothing), so a guidance applied every k-th step costs nothing in
 between.
@@ -51,12 +55,21 @@ def check_guidance(guidance: object) -> None:
     w = getattr(guidance, "weight")
     if not isinstance(w, (int, float)) or w != w or w < 0:
         raise ValueError(f"guidance.weight must be a number >= 0, got {w!r}")
+    guidance_views_per_time(guidance)
 
 
 def guidance_skips(guidance: object, step: int) -> bool:
     """True when ``guidance`` declares (optional ``skips(step)``) that it contributes nothing at ``step``."""
     skips = getattr(guidance, "skips", None)
     return bool(skips(step)) if callable(skips) else False
+
+
+def guidance_views_per_time(guidance: object) -> int:
+    """The guidance's optional ``views_per_time`` (novel views per sampled time), 1 when it has none."""
+    k = getattr(guidance, "views_per_time", 1)
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"guidance.views_per_time must be an int >= 1, got {k!r}")
+    return k
 
 
 def check_guidance_cameras(cams: object, batch: int) -> Cameras:
@@ -76,4 +89,4 @@ def check_guidance_loss(value: object) -> Tensor:
     return value.reshape(())
 
 
-__all__ = ["Guidance", "check_guidance", "check_guidance_cameras", "check_guidance_loss"]
+__all__ = ["Guidance", "check_guidance", "check_guidance_cameras", "check_guidance_loss", "guidance_views_per_time"]

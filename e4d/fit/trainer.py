@@ -26,7 +26,8 @@ from ..render.backends import fit_time_estimate, log_backend
 from ..viewmatrix import ViewMatrix
 from .config import FitConfig
 from .densify import DensifyState, DensifyStrategy
-from .guidance_api import check_guidance, check_guidance_cameras, check_guidance_loss, guidance_skips
+from .guidance_api import (check_guidance, check_guidance_cameras, check_guidance_loss, guidance_skips,
+                           guidance_views_per_time)
 from .losses import alpha_loss, image_terms, weighted_sum
 from .sampler import BatchPlan, plan_batches
 
@@ -270,13 +271,15 @@ def _step_terms(run: _Run, step: int) -> Dict[str, Tensor]:
         terms["l_alpha"] = alpha_loss(out.alpha.flatten(0, 1).permute(0, 3, 1, 2), _gather(d.alpha, ti, vi),
                                       d.alpha_valid[vi].flatten())
     if run.guidance is not None and not guidance_skips(run.guidance, step):
-        ti_cpu = run.plan_cpu.time_idx[step]
+        k = guidance_views_per_time(run.guidance)
+        ti_cpu = run.plan_cpu.time_idx[step].repeat_interleave(k)  # k consecutive views per sampled time
         cams = check_guidance_cameras(run.guidance.sample_cameras(ti_cpu, step, c.iterations, run.generator),
                                       len(ti_cpu)).to(g.device)
-        gout = run.render(g, d.times[ti], cams.w2c[:, None], cams.K[:, None], cams.width, cams.height,
-                          background=float(c.background), backend=c.backend, packed=c.packed)
-        terms["l_sds"] = check_guidance_loss(run.guidance.loss(gout.rgb[:, 0].permute(0, 3, 1, 2), ti_cpu, step,
-                                                               c.iterations))
+        b = len(ti)
+        gout = run.render(g, d.times[ti], cams.w2c.view(b, k, 4, 4), cams.K.view(b, k, 3, 3), cams.width,
+                          cams.height, background=float(c.background), backend=c.backend, packed=c.packed)
+        terms["l_sds"] = check_guidance_loss(run.guidance.loss(gout.rgb.flatten(0, 1).permute(0, 3, 1, 2), ti_cpu,
+                                                               step, c.iterations))
     return terms
 
 
