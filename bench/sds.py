@@ -120,7 +120,8 @@ def bench_steps(comps, dev: torch.device, batches: List[int], steps: int, warmup
             print_profile(lambda: [one(s) for s in range(5)], dev, f"5 SDS steps, B={B}")
         print_json({"bench": "sds_step", "B": B, "size": 256, "ms_per_step": round(ms, 2),
                     "sds_s_per_500_steps": round(ms * 0.5, 2), "peak_vram_gb": peak_vram_gb(dev),
-                    "prepare_s_16_frames": round(prep, 3), "grad_finite": all(finite), "dtype": str(comps.dtype),
+                    "prepare_s_16_frames": round(prep, 3), "capture_s": round(guid.capture_s, 3),
+                    "grad_finite": all(finite), "dtype": str(comps.dtype),
                     "cuda_graphs": cuda_graphs, "graph_encoder": graph_encoder and cuda_graphs,
                     "channels_last": channels_last, "cudnn_benchmark": cfg.cudnn_benchmark,
                     "layers_channels_last": is_channels_last(comps),
