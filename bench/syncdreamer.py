@@ -196,6 +196,8 @@ def main(argv=None) -> int:
                     help="contiguous (NCHW) convolutions instead of the sampler's default channels_last")
     ap.add_argument("--no-fused-norm", action="store_true",
                     help="PyTorch's GroupNorm + activation kernels instead of the fused Triton kernel (the default)")
+    ap.add_argument("--no-fused-geglu", action="store_true",
+                    help="PyTorch's two GEGLU kernels instead of the one-kernel Triton GEGLU (the default)")
     ap.add_argument("--compile", nargs="?", const="default", default=None,
                     help="torch.compile the UNet with this mode (default 'default'; e.g. max-autotune-no-cudagraphs);"
                          " compile time is reported as compile_s (the untimed warm-up step)")
@@ -237,6 +239,10 @@ def main(argv=None) -> int:
 
     accelerate(model, compile_mode=a.compile,
                literal_depth_attention=a.literal_depth_attn, cache_dir=a.cache_dir, fused_norm=not a.no_fused_norm)
+    if a.no_fused_geglu:
+        from e4d.syncdreamer.attention import use_fused_geglu
+
+        use_fused_geglu(model, False)
     sync(device)
     params = sum(p.numel() for p in model.parameters())
     weights_gb = (torch.cuda.memory_allocated(device) / 2 ** 30) if device.type == "cuda" else None
@@ -251,7 +257,7 @@ def main(argv=None) -> int:
             profile_config(model, device, k, vb, a.guidance, size)
             continue
         if a.product:
-            env = {"inference_mode": a.inference_mode, "tf32_matmul": not a.no_tf32,
+            env = {"inference_mode": a.inference_mode, "tf32_matmul": not a.no_tf32, "fused_geglu": not a.no_fused_geglu,
                    "alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF", ""),
                    "dtype": str(next(model.unet.parameters()).dtype).replace("torch.", "")}
             calls = [(True, False)] * max(1, a.repeat) + ([(False, False)] if a.eager_after else []) \
@@ -269,7 +275,7 @@ def main(argv=None) -> int:
                            channels_last=not a.no_channels_last)
             tags = {"channels_last": not a.no_channels_last, "compile": a.compile,
                     "warmup_s": round(time.perf_counter() - tw, 1),
-                    "fused_norm": not a.no_fused_norm,
+                    "fused_norm": not a.no_fused_norm, "fused_geglu": not a.no_fused_geglu,
                     "depth_attn": "literal" if a.literal_depth_attn else "fused", "cuda_graphs": graphs,
                     "cudnn_benchmark": a.cudnn_benchmark,
                     "vae_dtype": str(model.first_stage_model.post_quant_conv.weight.dtype).replace("torch.", "")}

@@ -136,6 +136,33 @@ def test_triton_group_norm_kernel_in_interpreter():
     assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-2000:]
 
 
+_TRITON_GEGLU_CHECK = """
+import torch, torch.nn.functional as F
+from e4d.syncdreamer.triton_geglu import geglu
+torch.manual_seed(0)
+for shape in ((2, 5, 2 * 160), (3, 2 * 7), (1, 17, 2 * 130)):  # ragged rows and columns (blocks of 16 x 128)
+    h = torch.randn(shape) * 3
+    value, gate = h.chunk(2, dim=-1)
+    torch.testing.assert_close(geglu(h), value * F.gelu(gate), rtol=1e-5, atol=1e-5)
+print("ok")
+"""
+
+
+def test_triton_geglu_kernel_in_interpreter():
+    """The one-kernel GEGLU, run by Triton's CPU interpreter, equals ``value * gelu(gate)`` (exact GELU) on ragged
+    shapes (the CUDA run is in test_syncdreamer_gpu)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([sys.executable, "-c", _TRITON_GEGLU_CHECK], env=env, capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[1], timeout=300)
+    assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-2000:]
+
+
 def test_group_norm_act_layer_is_literal_on_cpu():
     """Off CUDA (and for float32) the layer is GroupNorm32 followed by its activation, with the checkpoint's keys."""
     from e4d.syncdreamer.layers import GroupNormAct

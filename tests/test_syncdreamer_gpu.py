@@ -215,6 +215,8 @@ with torch.inference_mode():  # as ComfyUI runs a node
         graphed = sample_latents(m, imgs, SamplerConfig(steps=2, view_batch=7))
 torch.testing.assert_close(graphed, eager, rtol=1e-3, atol=1e-3)
 torch.cuda.synchronize()
+from e4d.syncdreamer import attention, layers
+assert not attention._geglu_failed_once and layers.triton_available()  # no fallback to PyTorch's ops
 print("done", flush=True)
 sys.stderr.flush()
 os._exit(0)  # what the run freed is checked; process teardown (torch's own caches) is not part of a run
@@ -222,7 +224,7 @@ os._exit(0)  # what the run freed is checked; process teardown (torch's own cach
 
 
 def test_graphs_free_nothing_they_captured_under_cuda_malloc_async(tmp_path):
-    """Under ComfyUI's allocator backend (cudaMallocAsync) the fused GroupNorm kernel works (launched with addresses)
+    """Under ComfyUI's allocator backend (cudaMallocAsync) the fused GroupNorm and GEGLU kernels work (launched with addresses)
     and the chunk graphs leave no captured allocation to be freed after their capture: no "uncaptured free of a
     captured allocation" warning (a fresh process, as a server)."""
     import os
@@ -237,3 +239,16 @@ def test_graphs_free_nothing_they_captured_under_cuda_malloc_async(tmp_path):
                        text=True, timeout=240)
     assert r.returncode == 0 and "done" in r.stdout, r.stderr[-3000:]
     assert "uncaptured free" not in r.stderr, r.stderr[-3000:]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_fused_geglu_matches_pytorch_on_cuda(dtype):
+    """The one-kernel GEGLU against PyTorch's ``value * gelu(gate)`` at the UNet's shapes (and a ragged one)."""
+    from e4d.syncdreamer.triton_geglu import geglu
+
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    for shape in ((48, 1024, 2 * 1280), (48, 64, 2 * 5120), (3, 7, 2 * 200)):
+        h = (torch.randn(shape, generator=gen, device="cuda") * 2).to(dtype)
+        value, gate = h.float().chunk(2, dim=-1)
+        ref = value * torch.nn.functional.gelu(gate)
+        torch.testing.assert_close(geglu(h).float(), ref, rtol=1e-2, atol=1e-2)

@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .layers import GroupNormAct
+from .layers import GroupNormAct, triton_available
+
+log = logging.getLogger(__name__)
 
 
 class CrossAttention(nn.Module):
@@ -40,14 +43,48 @@ class CrossAttention(nn.Module):
         return self.to_out(o.transpose(1, 2).reshape(b, n, -1))
 
 
+_geglu_failed_once = False
+"""True after a fused GEGLU launch failed in this process (PyTorch's ops from then on)."""
+
+
 class GEGLU(nn.Module):
+    """``value * gelu(gate)`` of the two halves of one projection (exact erf GELU). On CUDA half/bfloat16 tensors
+    (outside autocast and ``torch.compile``) the product is one Triton kernel (:mod:`.triton_geglu`) instead of
+    PyTorch's two strided elementwise kernels; elsewhere, or after a failed launch, the literal ops."""
+
+    fused: bool = True
+    """Use the Triton kernel where it applies."""
+
     def __init__(self, dim: int, inner: int):
         super().__init__()
         self.proj = nn.Linear(dim, inner * 2)
 
     def forward(self, x: Tensor) -> Tensor:
-        value, gate = self.proj(x).chunk(2, dim=-1)
+        h = self.proj(x)
+        if (self.fused and h.is_cuda and h.dtype in (torch.float16, torch.bfloat16) and not _geglu_failed_once
+                and not torch.is_autocast_enabled("cuda") and not torch.compiler.is_compiling() and triton_available()):
+            try:
+                from .triton_geglu import geglu
+
+                return geglu(h)
+            except Exception as e:  # noqa: BLE001 -- a Triton/driver problem must not stop sampling: native ops
+                _geglu_fallback(e)
+        value, gate = h.chunk(2, dim=-1)
         return value * F.gelu(gate)  # exact (erf) GELU
+
+
+def use_fused_geglu(model: nn.Module, fused: bool = True) -> None:
+    """Switch every :class:`GEGLU` in ``model`` to the Triton kernel (where it applies) or PyTorch's ops."""
+    for m in model.modules():
+        if isinstance(m, GEGLU):
+            m.fused = fused
+
+
+def _geglu_fallback(err: Exception) -> None:
+    global _geglu_failed_once
+    log.warning("fused GEGLU kernel failed (%s: %s); using PyTorch's ops from now on", type(err).__name__,
+                str(err)[:300])
+    _geglu_failed_once = True
 
 
 class FeedForward(nn.Module):
