@@ -129,6 +129,46 @@ def bench_steps(comps, dev: torch.device, batches: List[int], steps: int, warmup
                     "note": "random weights: cost only, no quality gain can be shown"})
 
 
+NORM_SHAPES = ((4, 128, 256, 256), (4, 256, 128, 128), (4, 512, 64, 64), (8, 320, 32, 32), (8, 1280, 8, 8))
+"""GroupNorm inputs of the SDS step (VAE encoder at 256², B = 4; UNet at 32² latents, 2B = 8)."""
+
+
+def bench_norm(dev: torch.device, reps: int = 20) -> None:
+    """GroupNorm(32) + SiLU forward and backward: PyTorch's kernels on NCHW vs the channels_last Triton kernels."""
+    import torch.nn.functional as F
+
+    from e4d.guidance.fast_layers import _TritonGroupNorm
+
+    def timed(fn) -> float:
+        fn()
+        sync(dev)
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        sync(dev)
+        return (time.perf_counter() - t0) / reps * 1000
+
+    dt = torch.float16 if dev.type == "cuda" else torch.float32
+    for shape in NORM_SHAPES:
+        x = torch.randn(*shape, device=dev, dtype=dt)
+        w, b = torch.randn(shape[1], device=dev, dtype=dt), torch.randn(shape[1], device=dev, dtype=dt)
+        dy = torch.randn_like(x)
+        x_cl, dy_cl = x.contiguous(memory_format=torch.channels_last), dy.contiguous(memory_format=torch.channels_last)
+
+        def native(x=x, w=w, b=b, dy=dy) -> None:
+            xi = x.detach().requires_grad_(True)
+            torch.autograd.grad(F.silu(F.group_norm(xi, 32, w, b, 1e-6)), xi, dy)
+
+        def triton(x=x_cl, w=w, b=b, dy=dy_cl) -> None:
+            xi = x.detach().requires_grad_(True)
+            torch.autograd.grad(_TritonGroupNorm.apply(xi, 32, w, b, 1e-6, True), xi, dy)
+
+        rec = {"bench": "groupnorm_silu_fwd_bwd", "shape": list(shape), "native_nchw_ms": round(timed(native), 4)}
+        if dev.type == "cuda":
+            rec["triton_channels_last_ms"] = round(timed(triton), 4)
+        print_json(rec)
+
+
 def print_profile(work, dev: torch.device, title: str) -> None:
     """torch.profiler table (top 25 by device time) of ``work()`` on stdout."""
     from torch.profiler import ProfilerActivity, profile
@@ -216,6 +256,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                     help="comma list run in this order of SDSConfig.channels_last variants: 'off' (NCHW), 'vae' (VAE "
                          "encoder only), 'on' (VAE encoder and UNet), 'on+bench' (and SDSConfig.cudnn_benchmark); the "
                          "switch is one-way, so list 'off' first; --fit uses the last")
+    ap.add_argument("--norm-bench", action="store_true",
+                    help="also time GroupNorm+SiLU fwd+bwd at the SDS shapes, PyTorch NCHW vs Triton channels_last")
     ap.add_argument("--skip-no-sds", action="store_true", help="--fit: leave out the fit without SDS")
     ap.add_argument("--preset", default="recommended", help="fit preset of the --fit runs")
     ap.add_argument("--data", type=Path, default=None,
@@ -223,6 +265,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = ap.parse_args(argv)
     dev = pick_device(args.device)
     dtype = torch.float16 if dev.type == "cuda" and not args.fp32 else torch.float32
+    if args.norm_bench:
+        bench_norm(dev, reps=2 if args.tiny else 20)
     comps = random_zero123(dev, dtype, args.tiny)
     modes = {"on": [True], "off": [False], "both": [False, True]}[args.encoder_graph]
     layouts = [v.strip() for v in args.channels_last.split(",") if v.strip()]
