@@ -72,7 +72,8 @@ def pipeline_config(args: argparse.Namespace) -> PipelineConfig:
     c.keyframes = args.keyframes if args.keyframes is not None else c.keyframes
     c.sampler = dataclasses.replace(c.sampler, **flags(steps=args.steps, view_batch=args.view_batch))
     c.fit = c.fit.replace(**flags(iterations=args.iterations, num_points=args.points, backend=args.backend))
-    c.sds = dataclasses.replace(c.sds, every=args.sds_every)
+    if args.sds_every is not None:
+        c.sds = c.sds.with_every(args.sds_every)
     c.orbit = dataclasses.replace(c.orbit, **flags(frames=args.orbit_frames, resolution=args.orbit_res))
     return c
 
@@ -169,7 +170,8 @@ def parse(argv: Optional[List[str]] = None) -> argparse.Namespace:
                     help="torch.backends.cudnn.benchmark = True (off in the product and in ComfyUI by default)")
     ap.add_argument("--backend", default=None, choices=["auto", "gsplat", "triton", "reference"],
                     help="renderer of the fit, SDS and orbit (FitConfig.backend; default auto)")
-    ap.add_argument("--sds-every", type=int, default=1, help="SDS on every k-th fit step only (SDSConfig.every)")
+    ap.add_argument("--sds-every", type=int, default=None,
+                    help="SDS on every k-th fit step with k views per time (SDSConfig.with_every; default 2)")
     for k in ("keyframes", "steps", "view_batch", "iterations", "points", "orbit_frames", "orbit_res"):
         ap.add_argument("--" + k.replace("_", "-"), dest=k, type=int, default=None)
     ap.add_argument("--device", default=None, help="default: cuda when available (cpu with --tiny)")

@@ -178,7 +178,7 @@ def _run_config(args: argparse.Namespace, dev: torch.device):
     orbit = {k: v for k, v in {"frames": args.orbit_frames, "resolution": args.orbit_size}.items() if v is not None}
     cfg.orbit = dataclasses.replace(cfg.orbit, **orbit)
     if args.sds_every is not None:
-        cfg.sds = dataclasses.replace(cfg.sds, every=args.sds_every)
+        cfg.sds = cfg.sds.with_every(args.sds_every)
     return cfg
 
 
@@ -330,7 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--iterations", type=int, default=None, help=f"fit steps (default {FitConfig.iterations})")
     u.add_argument("--points", type=int, default=None, help=f"Gaussians (default {FitConfig.num_points})")
     u.add_argument("--sds-every", type=int, default=None,
-                   help=f"SDS on every k-th fit step (default {SDSConfig.every})")
+                   help=f"SDS on every k-th fit step, k views per sampled time, loss times k: the statistics of "
+                        f"every step in k times fewer steps (default {SDSConfig.every})")
     u.add_argument("--seed", type=int, default=None,
                    help=f"seed of the sampler and the fit (default {SamplerConfig.seed})")
     u.add_argument("--orbit-frames", type=int, default=None, help=f"orbit video frames (default {OrbitConfig.frames})")

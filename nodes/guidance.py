@@ -37,10 +37,11 @@ class Zero123GuidanceLoader(io.ComfyNode):
             node_id="E4D_Zero123GuidanceLoader",
             display_name="Zero123 Guidance (SDS) for the 4D Fit",
             category=CATEGORY,
-            description="Score distillation with Zero123 (paper eq. 8, 14; lambda_SDS = 1, lightly weighted): each "
-                        "fit step renders a random novel view per sampled time (elevation +-30 deg, any azimuth, "
-                        "same radius, 256 px) and pulls it towards what Zero123 predicts from the input frame of "
-                        "that time. 'refine' is the official-release variant (partial DDIM re-denoise + MSE). The "
+            description="Score distillation with Zero123 (paper eq. 8, 14; lambda_SDS = 1, lightly weighted): every "
+                        "2nd fit step (widget 'every') renders 2 random novel views per sampled time (elevation +-30 "
+                        "deg, any azimuth, same radius, 256 px) and pulls them towards what Zero123 predicts from the "
+                        "input frame of that time, with the loss doubled: the statistics of one view on every step in "
+                        "half the steps. 'refine' is the official-release variant (partial DDIM re-denoise + MSE). The "
                         "weights are read here and handed to ComfyUI's memory manager, which loads them on the GPU "
                         "when the fit starts. Without this node the fit has no SDS.",
             inputs=[
@@ -64,7 +65,9 @@ class Zero123GuidanceLoader(io.ComfyNode):
                 field_input(R, "steps", widget="refine_steps", min=1, max=1000, note="refine mode only."),
                 field_input(R, "strength", widget="refine_strength", min=0.01, max=1.0, step=0.01,
                             note="refine mode only."),
-                field_input(S, "every", min=1, max=100),
+                field_input(S, "every", min=1, max=8,
+                            note="Here every k-th step also renders k views per sampled time and weights its loss by "
+                                 "k (views_per_time = k, carry_skipped)."),
             ],
             outputs=[
                 E4D_GUIDANCE.Output(display_name="guidance", tooltip="Connect to the 4DGS fit node's guidance input."),
@@ -80,7 +83,7 @@ class Zero123GuidanceLoader(io.ComfyNode):
     def execute(cls, model: str, variant: str = "auto", mode: str = "sds", dtype: str = "auto", weight: float = 1.0,
                 cfg: float = 5.0, t_min: float = 0.02, t_max: float = 0.98, anneal: bool = True,
                 elevation_range: float = 30.0, seed: int = 0, refine_steps: int = 50,
-                refine_strength: float = 0.2, every: int = 1) -> io.NodeOutput:
+                refine_strength: float = 0.2, every: int = 2) -> io.NodeOutput:
         from e4d.guidance.loader import guess_variant, load_zero123
         from e4d.guidance.refine import RefineConfig, RefineGuidance
         from e4d.guidance.zero123 import SDSConfig, Zero123Guidance
@@ -100,7 +103,8 @@ class Zero123GuidanceLoader(io.ComfyNode):
                  "camera_projection": comps.camera_projection}
         patcher = M.manage(comps, parts, path.name, dt)
         common = dict(variant=var, weight=weight, guidance_scale=cfg, t_min=t_min, t_max=t_max, anneal=anneal,
-                      elevation_range=(-elevation_range, elevation_range), seed=seed, every=every)
+                      elevation_range=(-elevation_range, elevation_range), seed=seed, every=every, views_per_time=every,
+                      carry_skipped=True)  # SDSConfig.with_every: every k-th step, k views per time
 
         def on_device():  # the guidance calls this in the fit's prepare(): ComfyUI loads the weights then
             return M.load_managed(patcher)

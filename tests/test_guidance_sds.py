@@ -78,7 +78,7 @@ def test_sds_step_gradient_cache_and_cameras(tiny_z123):
     comps = load_zero123(tiny_z123)
     calls = []
     comps.image_encoder.register_forward_hook(lambda m, i, o: calls.append(("clip", i[0].shape[0] if i else None)))
-    guid = Zero123Guidance(comps, SDSConfig(guidance_scale=5.0, reduction="mean"))
+    guid = Zero123Guidance(comps, SDSConfig(guidance_scale=5.0, reduction="mean", every=1))
     guid.keep_debug = True
     vm = _vm(T=3)
     guid.prepare(vm)
@@ -201,6 +201,18 @@ def test_every_k_carries_the_skipped_steps(tiny_z123):
     assert Zero123Guidance(comps, SDSConfig(every=1)).step_factor() == 1.0
 
 
+def test_default_schedule_is_every_second_step_with_two_views_per_time():
+    """The default keeps the statistics of one view on every step in half the steps; with_every(k) sets the same
+    coupling for any k (the node's and the CLI's ``every``)."""
+    d = SDSConfig()
+    assert (d.every, d.views_per_time, d.carry_skipped) == (2, 2, True)
+    c = SDSConfig(weight=0.3).with_every(3)
+    assert (c.every, c.views_per_time, c.carry_skipped, c.weight) == (3, 3, True, 0.3)
+    assert SDSConfig().with_every(1).views_per_time == 1
+    with pytest.raises(ValueError, match="every"):
+        SDSConfig().with_every(0)
+
+
 def test_refine_guidance_mse_to_redenoised_render(tiny_z123):
     from diffusers import DDIMScheduler
 
@@ -210,7 +222,7 @@ def test_refine_guidance_mse_to_redenoised_render(tiny_z123):
     assert refine_timesteps(sched, 50, 0.2).tolist() == [181, 161, 141, 121, 101, 81, 61, 41, 21, 1]
     with pytest.raises(ValueError, match="strength"):
         refine_timesteps(sched, 10, 0.0)
-    guid = RefineGuidance(load_zero123(tiny_z123), RefineConfig(steps=10, strength=0.2))
+    guid = RefineGuidance(load_zero123(tiny_z123), RefineConfig(steps=10, strength=0.2, every=1))
     guid.keep_debug = True
     guid.prepare(_vm(T=2))
     tidx = torch.tensor([1])
@@ -240,5 +252,6 @@ def test_fit_with_zero123_sds_moves_the_gaussians(tiny_z123):
     init = initial_gaussians(vm, cfg, torch.Generator().manual_seed(0))
     guid = Zero123Guidance(load_zero123(tiny_z123), SDSConfig(t_min=0.2, t_max=0.6))
     res = fit(vm, config=cfg, guidance=guid, init=init)
-    assert "l_sds" in res.history[-1] and math.isfinite(res.history[-1]["l_sds"])
+    # the default schedule: step 0 scores 2 views per time (4 renders), step 1 is skipped
+    assert "l_sds" in res.history[0] and math.isfinite(res.history[0]["l_sds"]) and "l_sds" not in res.history[1]
     assert not torch.equal(res.gaussians.sh, init.sh)  # only the SDS term was on

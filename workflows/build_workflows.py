@@ -107,7 +107,8 @@ def _mesh_note(start_col: float) -> Note:
     return Note("mesh_note", start_col + 3, 2.6,
                 "Animated mesh (optional, switched off): select 'Extract Mesh 4D' and press Ctrl+M to enable it. It "
                 "writes one animated GLB (fixed topology, morph targets) to output/efficient4d/ plus one mesh per "
-                "time. To view it, add core 'Preview 3D & Animation' and connect glb_path to its model_file; on a "
+                "time, and plays the GLB in the node once it has run. To view it elsewhere, add core 'Preview 3D & "
+                "Animation' and connect glb_path to its model_file; on a "
                 "ComfyUI with the core MESH type, the node's MESH output also goes to core 'Save GLB' or the mesh "
                 "post-processing nodes.", 0.8)
 
