@@ -68,7 +68,7 @@ def test_sds_encoder_graph_matches_eager(tmp_path):
                     input_images=torch.rand(2, 64, 64, 3), input_camera=input_view(0.0, 64)).to(dev)
     runs = {}
     for graphed in (False, True):
-        guid = Zero123Guidance(comps, SDSConfig(graph_encoder=graphed), device=dev)
+        guid = Zero123Guidance(comps, SDSConfig(graph_encoder=graphed, every=1), device=dev)
         guid.prepare(vm)
         out = []
         for step in range(3):  # the capture step, then replays
