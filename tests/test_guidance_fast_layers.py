@@ -104,7 +104,7 @@ def _vm(T=2, size=64):
 
 def _sds_step(comps, renders: torch.Tensor, steps=(0, 3)):
     """SDS loss and render gradient at each step (CPU, fixed seeds)."""
-    guid = Zero123Guidance(comps, SDSConfig(channels_last=False), device="cpu")
+    guid = Zero123Guidance(comps, SDSConfig(channels_last=False, every=1), device="cpu")
     guid.prepare(_vm())
     out = []
     for step in steps:
@@ -145,7 +145,7 @@ def test_channels_last_flag(tiny_z123, monkeypatch):
     """Off: the guidance leaves the model as loaded. fast_sds_layers switches where the Triton check passes (faked
     here: CPU), and not where it fails."""
     comps = load_zero123(tiny_z123)
-    guid = Zero123Guidance(comps, SDSConfig(channels_last=False), device="cpu")
+    guid = Zero123Guidance(comps, SDSConfig(channels_last=False, every=1), device="cpu")
     guid.prepare(_vm())
     assert not any(isinstance(m, ChannelsLastGroupNorm) for m in comps.vae.modules())
     assert all(p.is_contiguous() for p in comps.unet.parameters())
