@@ -87,7 +87,8 @@ def triton_norm_works(device: torch.device, dtype: torch.dtype) -> bool:
         xr = x.detach().float().requires_grad_(True)
         yr = group_norm_reference(xr, 32, w, b, 1e-6, True)
         (dxr,) = torch.autograd.grad(yr, xr, dy.float())
-        err = max(float((y.float() - yr).abs().max()), float((dx.float() - dxr).abs().max() / dxr.abs().max()))
+        err = max(float((y.detach().float() - yr.detach()).abs().max()),
+                  float((dx.float() - dxr).abs().max() / dxr.abs().max()))
         ok = err < 0.02 and y.is_contiguous(memory_format=torch.channels_last)
     except Exception as e:  # noqa: BLE001 -- no Triton, no compiler, a driver problem: keep the stock layers
         log.warning("Triton GroupNorm unusable on %s (%s: %s); SDS keeps PyTorch's layers", device, type(e).__name__,

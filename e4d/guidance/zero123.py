@@ -86,11 +86,14 @@ class SDSConfig:
     """On CUDA (half precision, Triton working), run the VAE encoder and the UNet channels_last with layout-keeping
     GroupNorm(+SiLU) kernels and a math attention in the VAE mid block (:mod:`.fast_layers`): the same numbers up to
     fp16 rounding, no cuDNN layout transposes. The layers are swapped in place on the loaded components (same
-    parameters and state-dict keys); off leaves the model untouched."""
+    parameters and state-dict keys); off leaves the model untouched. H200, B = 4, CUDA graphs, random full-size
+    weights: 21.5 ms per SDS step instead of 27.2 (VAE encoder alone: 24.4); CesiumMan 500-step fit + SDS loop
+    17.6 s instead of 21.6 s, held-out PSNR 33.90 dB vs 33.88 dB."""
     cudnn_benchmark: bool = False
     """Let cuDNN time its convolution algorithms for the SDS models' shapes once (first step; PyTorch's
     ``cudnn.benchmark``, switched on only around the SDS encoder and UNet calls) instead of picking them by
-    heuristics; same results up to the algorithms' fp16 rounding."""
+    heuristics; same results up to the algorithms' fp16 rounding. Off by default: on an H200 (channels_last, B = 4)
+    it gained 0.36 ms of 21.5 per step (1.7 %), for a process-dependent choice of algorithms."""
 
     def with_every(self, k: int) -> "SDSConfig":
         """This config on every k-th step with k views per sampled time and the loss times k: the SDS statistics
