@@ -13,6 +13,7 @@ Usage (repo root)::
     python bench/fit.py --sweep               # several batch sizes / learning rates, one JSON line each
     python bench/fit.py --trace               # also held-out PSNR every 100 steps (eval time excluded)
     python bench/fit.py --profile             # torch.profiler table of 30 steps (stderr)
+    python bench/fit.py --set backend=triton --log-compiles   # Triton compiles, and which fell inside the timed fit
     python bench/fit.py --variants paper,paper_8x8 --set lr_color=0.02   # any FitConfig field
     python bench/fit.py --device cpu --size 32 --points 500 --iterations 5 --no-warmup   # CPU smoke
 """
@@ -207,6 +208,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--trace", action="store_true", help="record the loss every 100 steps")
     ap.add_argument("--profile", action="store_true", help="print a torch.profiler table of 30 steps to stderr")
     ap.add_argument("--breakdown", action="store_true", help="add per-stage ms of a training step to each record")
+    ap.add_argument("--log-compiles", action="store_true",
+                    help="print every Triton kernel compile (or cache load) and count those inside each timed fit")
     ap.add_argument("--budget-s", type=float, default=540.0,
                     help="skip the remaining variants once this many seconds have passed (default 540)")
     args = ap.parse_args(argv)
@@ -239,6 +242,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f"# data {tuple(train.images.shape)} train, {tuple(test.images.shape)} test, input={train.has_input}, "
           f"load {sw.times['load']:.2f}s upload {sw.times['upload']:.2f}s", file=sys.stderr, flush=True)
 
+    compiles: List[str] = []
+    if args.log_compiles:
+        log_triton_compiles(compiles)
     if not args.no_warmup:
         with sw("warmup"):
             fit(train, config=configs[names[0]].replace(iterations=20, log_every=20))
@@ -257,6 +263,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             print_json({"bench": "fit", "variant": n, "skipped": f"time budget {args.budget_s:.0f}s spent"})
             continue
         t0 = time.perf_counter()
+        before = len(compiles)
         try:
             rec = run_variant(n, configs[n], train, test, dev, args,
                               dict(extra, load_s=round(sw.times["load"], 3), upload_s=round(sw.times["upload"], 3),
@@ -269,9 +276,25 @@ def main(argv: Optional[List[str]] = None) -> int:
             if dev.type == "cuda":
                 torch.cuda.empty_cache()
         rec["wall_s"] = round(time.perf_counter() - t0, 3)
+        if args.log_compiles:
+            rec["triton_compiles_in_fit_and_eval"] = compiles[before:]
         print_json(rec)
         sync(dev)
     return 1 if failed else 0
+
+
+def log_triton_compiles(names: List[str]) -> None:
+    """Print each Triton kernel compile (or load from Triton's disk cache) with its time, appending its kernel name
+    to ``names`` (Triton's ``jit_cache_hook``: called on every in-memory kernel-cache miss)."""
+    from triton import knobs
+
+    def hook(*args, **kwargs) -> bool:
+        name = getattr(kwargs.get("fn"), "name", "?")
+        names.append(name)
+        print(f"# triton compile t={time.perf_counter() - START:.2f}s {name}", file=sys.stderr, flush=True)
+        return False  # False: go on and compile
+
+    knobs.runtime.jit_cache_hook = hook
 
 
 if __name__ == "__main__":
