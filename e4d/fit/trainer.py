@@ -276,7 +276,7 @@ def _step_terms(run: _Run, step: int) -> Dict[str, Tensor]:
         cams = check_guidance_cameras(run.guidance.sample_cameras(ti_cpu, step, c.iterations, run.generator),
                                       len(ti_cpu)).to(g.device)
         b = len(ti)
-        gout = run.render(g, d.times[ti], cams.w2c.view(b, k, 4, 4), cams.K.view(b, k, 3, 3), cams.width,
+        gout = run.render(g, d.times[ti], cams.w2c.reshape(b, k, 4, 4), cams.K.reshape(b, k, 3, 3), cams.width,
                           cams.height, background=float(c.background), backend=c.backend, packed=c.packed)
         terms["l_sds"] = check_guidance_loss(run.guidance.loss(gout.rgb.flatten(0, 1).permute(0, 3, 1, 2), ti_cpu,
                                                                step, c.iterations))
