@@ -143,9 +143,10 @@ def test_sds_graphs_warn_nothing_under_cuda_malloc_async(tmp_path):
     assert "uncaptured free" not in r.stderr, r.stderr[-3000:]
 
 
-@pytest.mark.parametrize("shape,silu", [((4, 128, 256, 256), True), ((4, 256, 128, 128), True),
-                                        ((4, 512, 32, 32), False), ((8, 320, 32, 32), True), ((8, 1280, 8, 8), True),
-                                        ((8, 1920, 16, 16), True), ((8, 2560, 4, 4), True)])
+# one shape per tile class: VAE level 0 (4 channels per group), VAE mid block (16, no SiLU), UNet level 0 (10 of a
+# 16-lane tile), UNet bottom concat (80 of 128 lanes, one pixel per tile)
+@pytest.mark.parametrize("shape,silu", [((4, 128, 256, 256), True), ((4, 512, 32, 32), False),
+                                        ((8, 320, 32, 32), True), ((8, 2560, 4, 4), True)])
 def test_triton_group_norm_real_shapes(shape, silu):
     """The channels_last Triton GroupNorm (+SiLU) forward and backward at the SDS VAE-encoder / UNet shapes (fp16)
     against PyTorch's float32 GroupNorm: within fp16 rounding (2e-3 of the largest value), layout kept."""
