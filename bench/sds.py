@@ -83,7 +83,8 @@ def is_channels_last(comps) -> dict:
 def bench_steps(comps, dev: torch.device, batches: List[int], steps: int, warmup: int,
                 cuda_graphs: bool = True, graph_encoder: bool = True, profile: bool = False,
                 channels_last: str = "on") -> None:
-    from e4d.guidance.zero123 import SDSConfig, Zero123Guidance, fast_sds_layers
+    from e4d.guidance.fast_layers import fast_sds_layers
+    from e4d.guidance.zero123 import SDSConfig, Zero123Guidance
 
     if channels_last == "vae" and dev.type == "cuda":  # the VAE encoder only (the UNet stays NCHW)
         fast_sds_layers(comps, unet=False)

@@ -14,9 +14,9 @@ import torch.nn.functional as F
 from e4d.cameras import input_view, syncdreamer16
 from e4d.guidance import fast_layers
 from e4d.guidance.fast_layers import (ChannelsLastGroupNorm, ChannelsLastTransformer2D, MathAttnProcessor,
-                                      group_norm_reference, use_channels_last)
+                                      fast_sds_layers, group_norm_reference, use_channels_last)
 from e4d.guidance.loader import load_zero123
-from e4d.guidance.zero123 import SDSConfig, Zero123Guidance, fast_sds_layers
+from e4d.guidance.zero123 import SDSConfig, Zero123Guidance
 from e4d.viewmatrix import ViewMatrix
 
 from tiny_zero123 import hide_torchvision_stub, write_tiny_zero123
@@ -173,7 +173,7 @@ def test_math_attention_falls_back_for_other_calls(tiny_z123):
 def test_cudnn_benchmark_is_scoped():
     """SDSConfig.cudnn_benchmark switches cuDNN's autotuning on around the SDS calls only, and off never overrides
     a process that has it on."""
-    from e4d.guidance.zero123 import cudnn_benchmark
+    from e4d.guidance.fast_layers import cudnn_benchmark
 
     prev = torch.backends.cudnn.benchmark
     try:

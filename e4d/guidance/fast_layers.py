@@ -20,6 +20,7 @@ reference path.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 from typing import Optional
@@ -249,3 +250,31 @@ def use_channels_last(model: nn.Module) -> int:
             swapped += 1
     model.to(memory_format=torch.channels_last)
     return swapped
+
+
+@contextlib.contextmanager
+def cudnn_benchmark(on: bool):
+    """``torch.backends.cudnn.benchmark`` on inside the block when ``on`` (restored after; off never overrides a
+    process that has it on)."""
+    prev = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = prev or on
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = prev
+
+
+def fast_sds_layers(comps, unet: bool = True) -> bool:
+    """Switch the SDS path's VAE encoder (and the UNet with ``unet``) of Zero123 components to the channels_last
+    layers above, in place; False (model untouched) where the Triton GroupNorm cannot run (CPU, fp32, no
+    Triton, a failed self-check). Idempotent."""
+    w = next(comps.vae.parameters())
+    if not triton_norm_works(w.device, w.dtype):
+        return False
+    n = use_channels_last(comps.vae.encoder)
+    comps.vae.quant_conv.to(memory_format=torch.channels_last)
+    if unet:
+        n += use_channels_last(comps.unet)
+    if n:
+        log.info("Zero123 SDS: %d layers switched to channels_last kernels", n)
+    return True

@@ -11,7 +11,6 @@ unconditional branch zeroes both; classifier-free guidance 5; ``w(t) = 1 - ᾱ_t
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 import dataclasses
@@ -27,6 +26,7 @@ from .camera_embed import VARIANTS, orbit_coordinates, sample_relative_views, ze
 from .cfg_graph import GraphedCFG
 from .components import Zero123Components
 from .encoder_graph import GraphedEncoder, encoder_moments
+from .fast_layers import cudnn_benchmark, fast_sds_layers
 
 log = logging.getLogger(__name__)
 
@@ -385,36 +385,6 @@ class Zero123Guidance:
             self._model = None
         self._graphs, self._encoder = GraphedCFG(cfg_noise_prediction), GraphedEncoder()  # drops graphs, timings
         self.cache, self._pending, self._alphas = None, None, None
-
-
-@contextlib.contextmanager
-def cudnn_benchmark(on: bool):
-    """``torch.backends.cudnn.benchmark`` on inside the block when ``on`` (restored after; off never overrides a
-    process that has it on)."""
-    prev = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = prev or on
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.benchmark = prev
-
-
-def fast_sds_layers(comps: Zero123Components, unet: bool = True) -> bool:
-    """Switch the SDS path's VAE encoder (and the UNet with ``unet``) to the channels_last layers of
-    :mod:`.fast_layers`, in place; False (model untouched) where the Triton GroupNorm cannot run (CPU, fp32, no
-    Triton, a failed self-check). Idempotent."""
-    w = next(comps.vae.parameters())
-    from .fast_layers import triton_norm_works, use_channels_last
-
-    if not triton_norm_works(w.device, w.dtype):
-        return False
-    n = use_channels_last(comps.vae.encoder)
-    comps.vae.quant_conv.to(memory_format=torch.channels_last)
-    if unet:
-        n += use_channels_last(comps.unet)
-    if n:
-        log.info("Zero123 SDS: %d layers switched to channels_last kernels", n)
-    return True
 
 
 @torch.no_grad()
