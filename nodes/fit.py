@@ -53,14 +53,19 @@ def parse_overrides(text: str) -> dict[str, Any]:
     return out
 
 
-def _fit_bytes(view_matrix, config) -> int:
+def _fit_bytes(view_matrix, config, guidance=None) -> int:
     """Memory the fit needs on the device, for ComfyUI to make room: the view matrix with its alpha and confidence,
     the Gaussians with gradients and Adam moments (at most ``max_points`` of about 64 floats each, four copies),
-    and a generous allowance for one batch of renders and their autograd buffers."""
+    a generous allowance for one batch of renders and their autograd buffers, and the guidance's working memory
+    for its step (``working_bytes``; the SDS step's encoder activations are a few GB)."""
     images = view_matrix.images.numel() * 4
     batch = config.times_per_batch * config.views_per_batch * view_matrix.H * view_matrix.W * 4
     points = max(config.num_points, config.max_points if config.densify else 0)
-    return 3 * images + points * 64 * 4 * 4 + 64 * batch
+    total = 3 * images + points * 64 * 4 * 4 + 64 * batch
+    working = getattr(guidance, "working_bytes", None)
+    if callable(working) and config.lambda_sds > 0 and getattr(guidance, "weight", 0) > 0:
+        total += int(working(config.times_per_batch * int(getattr(guidance, "views_per_time", 1))))
+    return total
 
 
 class Fit4DGS(io.ComfyNode):
@@ -123,7 +128,7 @@ class Fit4DGS(io.ComfyNode):
         if densify != "preset":
             widgets["densify"] = densify == "on"
         config = make_preset(preset, **{**widgets, **parse_overrides(overrides)})
-        M.reserve_memory(_fit_bytes(view_matrix, config))
+        M.reserve_memory(_fit_bytes(view_matrix, config, guidance))
         device = D.get_torch_device()
         # ComfyUI executes nodes under torch.inference_mode(); the fit needs autograd and normal tensors.
         with torch.inference_mode(False), torch.enable_grad():

@@ -59,3 +59,26 @@ def test_loader_is_lazy_and_follows_protocol(comfy_dirs, user_model):
     assert isinstance(ref, RefineGuidance) and ref.config.variant == "zero123-xl" and ref.config.steps == 5
     with pytest.raises(ValueError, match="t_min"):
         N.Zero123GuidanceLoader.execute("diffusers/zero123-xl-tiny", t_min=0.9, t_max=0.1)
+    # 'every' = k: every k-th step, k views per sampled time, loss times k (the default k = 2)
+    assert (guid.config.every, guid.views_per_time, guid.config.carry_skipped) == (2, 2, True)
+    g3, _ = N.Zero123GuidanceLoader.execute("diffusers/zero123-xl-tiny", every=3).result
+    assert (g3.config.every, g3.views_per_time, g3.step_factor()) == (3, 3, 3.0)
+
+
+def test_fit_node_makes_room_for_the_guidance_step():
+    """The fit node's request to ComfyUI's memory manager includes the SDS step's working memory for its
+    times_per_batch x views_per_time renders (the encoder activations are GBs: without them a 12 GiB card overran)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from e4d.fit import preset
+    from e4d.guidance.zero123 import SDSConfig, Zero123Guidance
+    from nodes.fit import _fit_bytes
+
+    vm = SimpleNamespace(images=torch.zeros(1), H=256, W=256)
+    cfg = preset("recommended")
+    base = _fit_bytes(vm, cfg)
+    guid = Zero123Guidance(lambda: None, SDSConfig())
+    assert _fit_bytes(vm, cfg, guid) - base == guid.working_bytes(cfg.times_per_batch * 2) >= 2e9
+    assert _fit_bytes(vm, cfg.replace(lambda_sds=0.0), guid) == _fit_bytes(vm, cfg.replace(lambda_sds=0.0))

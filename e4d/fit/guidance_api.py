@@ -17,6 +17,9 @@ Optional: ``views_per_time`` (int >= 1, default 1). With k > 1 the trainer passe
 (``time_idx.repeat_interleave(k)``, so ``sample_cameras`` returns B * k cameras, k consecutive ones per time), renders
 them as B slices x k cameras and hands ``loss`` the ``[B * k, 3, H, W]`` renders with the repeated indices.
 
+Optional: ``working_bytes(views) -> int``: device memory one guidance step over ``views`` renders needs beyond the
+guidance's weights; a host that manages memory (the ComfyUI fit node) makes that much room before the fit.
+
 Optional: ``skips(step) -> bool``. Where it returns True the trainer neither samples cameras nor renders them
 for that step (the guidance would contribute nothing), so a guidance applied every k-th step costs nothing in
 between.
