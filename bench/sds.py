@@ -135,7 +135,9 @@ NORM_SHAPES = ((4, 128, 256, 256), (4, 256, 128, 128), (4, 512, 64, 64), (8, 320
 
 
 def bench_norm(dev: torch.device, reps: int = 20) -> None:
-    """GroupNorm(32) + SiLU forward and backward: PyTorch's kernels on NCHW vs the channels_last Triton kernels."""
+    """GroupNorm(32) + SiLU forward and backward: PyTorch's kernels on NCHW vs the channels_last Triton kernels;
+    eagerly (``*_ms``: launch overhead included, as in an SDS step without CUDA graphs) and, on CUDA, replayed from
+    a CUDA graph (``*_graphed_ms``: device time, as in the default SDS step)."""
     import torch.nn.functional as F
 
     from e4d.guidance.fast_layers import _TritonGroupNorm
@@ -148,6 +150,17 @@ def bench_norm(dev: torch.device, reps: int = 20) -> None:
             fn()
         sync(dev)
         return (time.perf_counter() - t0) / reps * 1000
+
+    def graphed(fn) -> float:
+        side = torch.cuda.Stream(device=dev)
+        side.wait_stream(torch.cuda.current_stream(dev))
+        with torch.cuda.stream(side):  # warm-up on the capturing stream
+            fn()
+        torch.cuda.current_stream(dev).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, stream=side):
+            fn()
+        return timed(graph.replay)
 
     dt = torch.float16 if dev.type == "cuda" else torch.float32
     for shape in NORM_SHAPES:
@@ -167,6 +180,8 @@ def bench_norm(dev: torch.device, reps: int = 20) -> None:
         rec = {"bench": "groupnorm_silu_fwd_bwd", "shape": list(shape), "native_nchw_ms": round(timed(native), 4)}
         if dev.type == "cuda":
             rec["triton_channels_last_ms"] = round(timed(triton), 4)
+            rec["native_nchw_graphed_ms"] = round(graphed(native), 4)
+            rec["triton_channels_last_graphed_ms"] = round(graphed(triton), 4)
         print_json(rec)
 
 
