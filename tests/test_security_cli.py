@@ -177,10 +177,22 @@ def test_os_errors_become_one_actionable_line(code, fix):
     assert user_error_message(KeyError("w2c")) is None  # a programming error keeps its traceback
 
 
-def _cli(*args: str, **kw) -> subprocess.Popen:
+def _default_sigint() -> None:
+    """Ctrl-C as in a terminal: a test run started in the background by a non-interactive shell (``cmd &``) ignores
+    SIGINT, its children inherit that, and Python keeps an inherited SIG_IGN (no KeyboardInterrupt)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _cli(*args: str, preexec_fn=None, **kw) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+
+    def child_setup() -> None:
+        _default_sigint()
+        if preexec_fn is not None:
+            preexec_fn()
+
     return subprocess.Popen([sys.executable, "-m", "e4d", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env, **kw)
+                            text=True, env=env, preexec_fn=child_setup, **kw)
 
 
 def test_file_size_limit_in_a_subprocess_exits_2_and_leaves_nothing(model, tmp_path):
