@@ -66,14 +66,9 @@ def _fwd_partials(x_addr, part_addr, S, CG, sxn, sxc, sxs, chunk,
     tl.store(out + 1, tl.sum(tl.sum(a2, axis=2), axis=0))
 
 
-@triton.jit(do_not_specialize=["S", "CG", "split"])
-def _fwd_stats(x_addr, part_addr, stat_addr, S, CG, sxn, sxc, split, eps,
-               DT: tl.constexpr, G: tl.constexpr, BLOCK_P: tl.constexpr):
-    """Program n: merge the partial sums -> stat[n, :, 0] = mean, stat[n, :, 1] = rstd."""
-    x_ptr = _ptr(x_addr, DT)
-    part = _ptr(part_addr, tl.float32)
-    stat = _ptr(stat_addr, tl.float32)
-    n = tl.program_id(0)
+@triton.jit
+def _merge_partials(part, n, split, G: tl.constexpr, BLOCK_P: tl.constexpr):
+    """Sums over the ``split`` programs of sample ``n`` of the two per-group partials ``part[n, k, g, 0:2]``."""
     g = tl.arange(0, G)
     t1 = tl.zeros((G,), dtype=tl.float32)
     t2 = tl.zeros((G,), dtype=tl.float32)
@@ -83,6 +78,19 @@ def _fwd_stats(x_addr, part_addr, stat_addr, S, CG, sxn, sxc, split, eps,
         off = ((n * split + p[:, None]) * G + g[None, :]) * 2
         t1 += tl.sum(tl.load(part + off, mask=m, other=0.0), axis=0)
         t2 += tl.sum(tl.load(part + off + 1, mask=m, other=0.0), axis=0)
+    return t1, t2
+
+
+@triton.jit(do_not_specialize=["S", "CG", "split"])
+def _fwd_stats(x_addr, part_addr, stat_addr, S, CG, sxn, sxc, split, eps,
+               DT: tl.constexpr, G: tl.constexpr, BLOCK_P: tl.constexpr):
+    """Program n: merge the partial sums -> stat[n, :, 0] = mean, stat[n, :, 1] = rstd."""
+    x_ptr = _ptr(x_addr, DT)
+    part = _ptr(part_addr, tl.float32)
+    stat = _ptr(stat_addr, tl.float32)
+    n = tl.program_id(0)
+    g = tl.arange(0, G)
+    t1, t2 = _merge_partials(part, n, split, G, BLOCK_P)
     cnt = (S * CG).to(tl.float32)
     shift = tl.load(x_ptr + n * sxn + (g * CG) * sxc).to(tl.float32)
     dm = t1 / cnt
@@ -176,14 +184,7 @@ def _bwd_stats(part_addr, coef_addr, S, CG, split, G: tl.constexpr, BLOCK_P: tl.
     coef = _ptr(coef_addr, tl.float32)
     n = tl.program_id(0)
     g = tl.arange(0, G)
-    t1 = tl.zeros((G,), dtype=tl.float32)
-    t2 = tl.zeros((G,), dtype=tl.float32)
-    for p0 in range(0, split, BLOCK_P):
-        p = p0 + tl.arange(0, BLOCK_P)
-        m = (p < split)[:, None]
-        off = ((n * split + p[:, None]) * G + g[None, :]) * 2
-        t1 += tl.sum(tl.load(part + off, mask=m, other=0.0), axis=0)
-        t2 += tl.sum(tl.load(part + off + 1, mask=m, other=0.0), axis=0)
+    t1, t2 = _merge_partials(part, n, split, G, BLOCK_P)
     cnt = (S * CG).to(tl.float32)
     tl.store(coef + (n * G + g) * 2, t1 / cnt)
     tl.store(coef + (n * G + g) * 2 + 1, t2 / cnt)
