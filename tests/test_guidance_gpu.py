@@ -54,6 +54,19 @@ def test_sds_cuda_graph_matches_eager(tmp_path):
     assert len(run.graphs) == 2
 
 
+def _three_sds_steps(guid, dev) -> list:
+    """(loss, render gradient) of SDS steps 0-2 of ``guid`` on fixed random 256² renders of times 0 and 1."""
+    out = []
+    for step in range(3):
+        tidx = torch.tensor([0, 1])
+        guid.sample_cameras(tidx, step, 10, torch.Generator().manual_seed(step))
+        rgb = torch.rand(2, 3, 256, 256, generator=torch.Generator().manual_seed(step)).to(dev).requires_grad_()
+        loss = guid.loss(rgb, tidx, step, 10)
+        loss.backward()
+        out.append((loss.detach(), rgb.grad))
+    return out
+
+
 def test_sds_encoder_graph_matches_eager(tmp_path):
     """The captured VAE encoder forward/backward gives the eager SDS loss and render gradient at every step."""
     hide_torchvision_stub()
@@ -70,15 +83,7 @@ def test_sds_encoder_graph_matches_eager(tmp_path):
     for graphed in (False, True):
         guid = Zero123Guidance(comps, SDSConfig(graph_encoder=graphed, every=1), device=dev)
         guid.prepare(vm)
-        out = []
-        for step in range(3):  # the capture step, then replays
-            tidx = torch.tensor([0, 1])
-            guid.sample_cameras(tidx, step, 10, torch.Generator().manual_seed(step))
-            rgb = torch.rand(2, 3, 256, 256, generator=torch.Generator().manual_seed(step)).to(dev).requires_grad_()
-            loss = guid.loss(rgb, tidx, step, 10)
-            loss.backward()
-            out.append((loss.detach(), rgb.grad))
-        runs[graphed] = out
+        runs[graphed] = _three_sds_steps(guid, dev)  # the capture step, then replays
         assert len(guid._encoder.graphs) == (1 if graphed else 0)
     for (l0, g0), (l1, g1) in zip(runs[False], runs[True]):
         torch.testing.assert_close(l1, l0, rtol=1e-3, atol=0)
@@ -193,15 +198,7 @@ def test_sds_channels_last_matches_nchw(tmp_path):
         switched = any(isinstance(m, ChannelsLastGroupNorm) for m in comps.unet.modules())
         assert switched == fast and list(comps.vae.state_dict()) + list(comps.unet.state_dict()) == keys
         assert isinstance(comps.vae.encoder.mid_block.attentions[0].processor, MathAttnProcessor) == fast
-        out = []
-        for step in range(3):
-            tidx = torch.tensor([0, 1])
-            guid.sample_cameras(tidx, step, 10, torch.Generator().manual_seed(step))
-            rgb = torch.rand(2, 3, 256, 256, generator=torch.Generator().manual_seed(step)).to(dev).requires_grad_()
-            loss = guid.loss(rgb, tidx, step, 10)
-            loss.backward()
-            out.append((loss.detach(), rgb.grad))
-        runs[fast] = out
+        runs[fast] = _three_sds_steps(guid, dev)
     for (l0, g0), (l1, g1) in zip(runs[False], runs[True]):
         assert g0.abs().sum() > 0 and torch.isfinite(g1).all()
         torch.testing.assert_close(l1, l0, rtol=1e-2, atol=0)
