@@ -103,17 +103,16 @@ class Zero123GuidanceLoader(io.ComfyNode):
                  "camera_projection": comps.camera_projection}
         patcher = M.manage(comps, parts, path.name, dt)
         common = dict(variant=var, weight=weight, guidance_scale=cfg, t_min=t_min, t_max=t_max, anneal=anneal,
-                      elevation_range=(-elevation_range, elevation_range), seed=seed, every=every, views_per_time=every,
-                      carry_skipped=True)  # SDSConfig.with_every: every k-th step, k views per time
+                      elevation_range=(-elevation_range, elevation_range), seed=seed)
 
         def on_device():  # the guidance calls this in the fit's prepare(): ComfyUI loads the weights then
             return M.load_managed(patcher)
 
         if mode == "refine":
-            cfg_ = RefineConfig(steps=refine_steps, strength=refine_strength, **common)
+            cfg_ = RefineConfig(steps=refine_steps, strength=refine_strength, **common).with_every(every)
             guid = RefineGuidance(on_device, cfg_, patcher.load_device, dt)
         else:
-            guid = Zero123Guidance(on_device, SDSConfig(**common), patcher.load_device, dt)
+            guid = Zero123Guidance(on_device, SDSConfig(**common).with_every(every), patcher.load_device, dt)
         return io.NodeOutput(guid, f"{mode} guidance, {var}, {model}")
 
 
